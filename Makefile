@@ -1,0 +1,30 @@
+# Set-up, tests and demo. `make test` and `make demo` set up .venv first when needed.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+
+.PHONY: setup test demo clean-venv
+
+setup: $(STAMP)
+
+# torch first (the CPU build), then mmcv compiled against it (its setup.py imports
+# torch and pkg_resources, hence --no-build-isolation and setuptools<81), then the rest.
+$(STAMP): requirements.txt setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade "pip>=24" wheel
+	$(PIP) install torch==2.13.0 "setuptools>=77.0.3,<81"
+	MMCV_WITH_OPS=1 MAX_JOBS=2 $(PIP) install --no-build-isolation mmcv==2.1.0
+	$(PIP) install -r requirements.txt
+	$(PIP) install --no-build-isolation --no-deps -e .
+	touch $(STAMP)
+
+test: setup
+	$(PY) -m pytest -q tests
+
+demo: setup
+	$(PY) tools/demo.py
+
+clean-venv:
+	rm -rf $(VENV)

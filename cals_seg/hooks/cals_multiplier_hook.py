@@ -1,0 +1,193 @@
+"""Runs the multiplier update rounds of every CALSLoss in a model."""
+import warnings
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+from mmengine.dist import all_reduce
+from mmengine.hooks import Hook
+from mmengine.model import is_model_wrapper
+
+from mmseg.registry import HOOKS
+
+from ..constraints import RoundStatistics
+from ..losses.cals_loss import CALSLoss
+
+
+def find_cals_losses(model: torch.nn.Module) -> List[Tuple[str, CALSLoss]]:
+    """Every :class:`CALSLoss` in ``model`` (unwrapped from DDP), with its name."""
+    if is_model_wrapper(model):
+        model = model.module
+    return [(name, module) for name, module in model.named_modules()
+            if isinstance(module, CALSLoss)]
+
+
+@HOOKS.register_module()
+class CALSMultiplierHook(Hook):
+    """Updates the class multipliers (and penalty parameters) of CALS.
+
+    Each round gathers per-class statistics (DESIGN.md 1.4) from one of three
+    sources, sums them over ranks, then every rank applies the same update, so
+    ``multipliers`` and ``rho`` stay identical across ranks:
+
+    - ``'train'``: the training batches since the last round, collected by the
+      loss in its forward pass; a round every ``interval`` iterations.
+    - ``'holdout'``: one pass of the model in eval mode over
+      ``holdout_dataloader`` every ``interval`` iterations. Use data held out of
+      training, e.g. :class:`~cals_seg.datasets.HashSplitDataset`.
+    - ``'val'``: the outputs of the runner's validation loop, one round per
+      validation. It tunes the multipliers on the validation set, which leaks when
+      that set is the one results are reported on; a warning says so.
+
+    The values are written to the message hub every iteration (``cals/...``
+    scalars: mean and max of lambda and rho, lambda per class under the dataset's
+    class names), so they reach the text log, ``scalars.json`` and TensorBoard.
+
+    Args:
+        source (str): 'train', 'holdout' or 'val'. Default: 'train'.
+        interval (int): iterations between rounds for 'train' and 'holdout'.
+            Default: 100.
+        holdout_dataloader (dict, optional): dataloader config for 'holdout', with
+            a test pipeline (annotations at the original image size).
+        log_per_class (bool): log lambda of every class. Default: True.
+    """
+    priority = 'NORMAL'
+    SOURCES = ('train', 'holdout', 'val')
+
+    def __init__(self,
+                 source: str = 'train',
+                 interval: int = 100,
+                 holdout_dataloader: Optional[dict] = None,
+                 log_per_class: bool = True):
+        if source not in self.SOURCES:
+            raise ValueError(f'CALSMultiplierHook: source must be one of '
+                             f'{self.SOURCES}, got {source!r}')
+        if not (isinstance(interval, int) and interval >= 1):
+            raise ValueError(f'CALSMultiplierHook: interval must be an int >= 1, '
+                             f'got {interval!r}')
+        if (source == 'holdout') != (holdout_dataloader is not None):
+            raise ValueError('CALSMultiplierHook: holdout_dataloader is required '
+                             "with source='holdout' and used by no other source")
+        self.source = source
+        self.interval = interval
+        self.holdout_dataloader = holdout_dataloader
+        self.log_per_class = log_per_class
+        self._losses: List[Tuple[str, CALSLoss]] = []
+        self._scalars: Dict[str, float] = {}
+        self._in_training = False
+        self._ignore_index = 255
+
+    def before_train(self, runner) -> None:
+        self._losses = find_cals_losses(runner.model)
+        if not self._losses:
+            raise RuntimeError('CALSMultiplierHook: the model has no CALSLoss; use '
+                               "loss_decode=dict(type='CALSLoss', ...) or remove "
+                               'the hook')
+        model = runner.model.module if is_model_wrapper(
+            runner.model) else runner.model
+        decode_head = getattr(model, 'decode_head', None)
+        self._ignore_index = getattr(decode_head, 'ignore_index', 255)
+        for _, loss in self._losses:
+            loss.collect_round_statistics = self.source == 'train'
+        if self.source == 'holdout':
+            self._holdout_loader = runner.build_dataloader(
+                self.holdout_dataloader, seed=runner.seed)
+            if len(self._holdout_loader) == 0:
+                raise ValueError('CALSMultiplierHook: holdout_dataloader yields no '
+                                 'batch; its dataset is empty')
+        if self.source == 'val':
+            if runner._val_loop is None:
+                raise ValueError("CALSMultiplierHook: source='val' needs a "
+                                 'validation loop (val_dataloader, val_cfg and '
+                                 'val_evaluator)')
+            warnings.warn(
+                "CALSMultiplierHook: source='val' tunes the multipliers on the "
+                'validation set; if that is the set you report results on, they '
+                "leak. Prefer 'train' or 'holdout'.")
+        self._class_names = self._class_names_of(runner)
+        self._in_training = True
+        self._refresh_scalars()
+
+    def after_train(self, runner) -> None:
+        self._in_training = False
+        for _, loss in self._losses:
+            loss.collect_round_statistics = False
+
+    def after_train_iter(self, runner, batch_idx: int, data_batch=None,
+                         outputs=None) -> None:
+        if self.source != 'val' and self.every_n_train_iters(runner, self.interval):
+            if self.source == 'holdout':
+                self._collect_holdout(runner)
+            self._finish_round(runner)
+        for key, value in self._scalars.items():
+            runner.message_hub.update_scalar(f'train/{key}', value)
+
+    def after_val_iter(self, runner, batch_idx: int, data_batch=None,
+                       outputs: Optional[Sequence] = None) -> None:
+        if self.source == 'val' and self._in_training:
+            self._accumulate_outputs(outputs)
+
+    def after_val_epoch(self, runner, metrics=None) -> None:
+        if self.source == 'val' and self._in_training:
+            self._finish_round(runner)
+
+    @torch.no_grad()
+    def _collect_holdout(self, runner) -> None:
+        model = runner.model
+        was_training = model.training
+        model.eval()
+        try:
+            for data_batch in self._holdout_loader:
+                self._accumulate_outputs(model.test_step(data_batch))
+        finally:
+            model.train(was_training)
+
+    def _accumulate_outputs(self, outputs: Sequence) -> None:
+        """Statistics of predicted ``seg_logits`` against ``gt_sem_seg``."""
+        for sample in outputs:
+            logits = sample.seg_logits.data.unsqueeze(0)
+            label = sample.gt_sem_seg.data.to(logits.device).long()
+            for _, loss in self._losses:
+                loss.accumulate_round_statistics(
+                    loss.statistics_from_logits(logits, label, self._ignore_index))
+
+    def _finish_round(self, runner) -> None:
+        for name, loss in self._losses:
+            stats = loss.pop_round_statistics()
+            flat = stats.flatten()
+            all_reduce(flat, op='sum')
+            stats = RoundStatistics.unflatten(flat, loss.num_classes)
+            if stats.num_nonfinite > 0:
+                warnings.warn(f'CALSMultiplierHook: {int(stats.num_nonfinite)} '
+                              f'pixels with non-finite logits left out of round '
+                              f'{int(loss.num_rounds) + 1} of {name}')
+            loss.apply_round(stats)
+            runner.logger.info(
+                f'CALS round {int(loss.num_rounds)} ({name}): lambda mean '
+                f'{loss.multipliers.mean():.4g} max {loss.multipliers.max():.4g}, '
+                f'rho mean {loss.rho.mean():.4g} max {loss.rho.max():.4g}, '
+                f'{int(stats.count.max())} pixels')
+        self._refresh_scalars()
+
+    def _refresh_scalars(self) -> None:
+        """Cache the logged values as floats: they change only at rounds."""
+        scalars = {}
+        for name, loss in self._losses:
+            prefix = 'cals' if len(self._losses) == 1 else f'cals/{name}'
+            multipliers = loss.multipliers.detach().cpu().double()
+            rho = loss.rho.detach().cpu().double()
+            scalars[f'{prefix}/lambda_mean'] = multipliers.mean().item()
+            scalars[f'{prefix}/lambda_max'] = multipliers.max().item()
+            scalars[f'{prefix}/rho_mean'] = rho.mean().item()
+            scalars[f'{prefix}/rho_max'] = rho.max().item()
+            if self.log_per_class:
+                names = self._class_names
+                if len(names) != loss.num_classes:
+                    names = [f'class_{k}' for k in range(loss.num_classes)]
+                for class_name, value in zip(names, multipliers.tolist()):
+                    scalars[f'{prefix}/lambda/{class_name}'] = value
+        self._scalars = scalars
+
+    @staticmethod
+    def _class_names_of(runner) -> List[str]:
+        metainfo = getattr(runner.train_dataloader.dataset, 'metainfo', None) or {}
+        return [str(name) for name in metainfo.get('classes', ())]

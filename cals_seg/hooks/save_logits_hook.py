@@ -1,0 +1,101 @@
+"""Writes each test image's logits to disk for offline calibration analysis."""
+import json
+import os
+import os.path as osp
+from typing import Optional, Sequence
+
+import numpy as np
+from mmengine.dist import all_gather_object, is_main_process
+from mmengine.hooks import Hook
+
+from mmseg.registry import HOOKS
+
+MANIFEST = 'manifest.json'
+LOGITS_DTYPES = ('float16', 'float32')
+
+
+def atomic_write(path: str, write) -> None:
+    """Call ``write(file)`` on a temporary file, then move it to ``path``, so a
+    reader never sees half a file."""
+    temporary = f'{path}.tmp{os.getpid()}'
+    with open(temporary, 'wb') as f:
+        write(f)
+    os.replace(temporary, path)
+
+
+def logits_name(img_path: str) -> str:
+    """The file name (without extension) that an image's logits are saved under."""
+    return osp.splitext(osp.basename(img_path))[0]
+
+
+def _json_label_map(label_map: Optional[dict]) -> Optional[dict]:
+    """mmseg's label_map (old id -> new id) with JSON's string keys."""
+    if not label_map:
+        return None
+    return {str(old): int(new) for old, new in label_map.items()}
+
+
+@HOOKS.register_module()
+class SaveLogitsHook(Hook):
+    """Saves ``seg_logits`` (C x H x W at the original image size) per test image.
+
+    Files are ``<out_dir>/<image basename>.npy``; ``manifest.json`` beside them
+    records what ``tools/calib_eval.py`` needs without the config: class names,
+    ignore_index, the dataset's type, root, suffixes and label mapping, the config
+    file, and each file's ground-truth map.
+
+    Args:
+        out_dir (str): folder to write to (created).
+        dtype (str): 'float16' (default, half the disk) or 'float32'.
+        ignore_index (int): label of ignored pixels, recorded in the manifest.
+    """
+    priority = 'LOW'
+
+    def __init__(self, out_dir: str, dtype: str = 'float16',
+                 ignore_index: int = 255):
+        if dtype not in LOGITS_DTYPES:
+            raise ValueError(f'dtype must be one of {LOGITS_DTYPES}, got {dtype!r}')
+        self.out_dir = out_dir
+        self.dtype = dtype
+        self.ignore_index = ignore_index
+        self._ground_truth = {}
+
+    def before_test(self, runner) -> None:
+        os.makedirs(self.out_dir, exist_ok=True)
+        self._ground_truth = {}
+
+    def after_test_iter(self, runner, batch_idx: int, data_batch=None,
+                        outputs: Optional[Sequence] = None) -> None:
+        for sample in outputs:
+            name = logits_name(sample.img_path)
+            logits = sample.seg_logits.data.detach().cpu().numpy().astype(
+                self.dtype)
+            atomic_write(osp.join(self.out_dir, f'{name}.npy'),
+                         lambda f, array=logits: np.save(f, array))
+            self._ground_truth[name] = sample.get('seg_map_path')
+
+    def after_test_epoch(self, runner, metrics=None) -> None:
+        merged = {}
+        for part in all_gather_object(self._ground_truth):
+            merged.update(part)
+        if not is_main_process():
+            return
+        dataset = runner.test_dataloader.dataset
+        dataset_cfg = runner.cfg.test_dataloader.dataset
+        manifest = dict(
+            classes=list(dataset.metainfo['classes']),
+            ignore_index=self.ignore_index,
+            dtype=self.dtype,
+            config=runner.cfg.filename,
+            dataset=dict(
+                type=str(dataset_cfg.get('type')),
+                data_root=dataset_cfg.get('data_root'),
+                img_suffix=getattr(dataset, 'img_suffix', None),
+                seg_map_suffix=getattr(dataset, 'seg_map_suffix', None),
+                reduce_zero_label=bool(getattr(dataset, 'reduce_zero_label',
+                                               False)),
+                label_map=_json_label_map(dataset.metainfo.get('label_map'))),
+            ground_truth=dict(sorted(merged.items())))
+        atomic_write(
+            osp.join(self.out_dir, MANIFEST),
+            lambda f: f.write(json.dumps(manifest, indent=2).encode('utf-8')))

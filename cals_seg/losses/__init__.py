@@ -1,0 +1,3 @@
+from .cals_loss import CALSLoss
+
+__all__ = ['CALSLoss']

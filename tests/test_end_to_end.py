@@ -1,0 +1,109 @@
+"""Real runs: MMEngine's Runner, mmseg models, datasets in their on-disk layouts."""
+import glob
+import os.path as osp
+
+import pytest
+import torch
+from mmengine.runner import Runner
+
+import cals_seg  # noqa: F401
+from cals_seg.demo_data import make_demo_dataset
+from cals_seg.hooks import find_cals_losses
+from helpers import (REPO, TINY_R50_D8, demo_config, read_scalars, run_tool,
+                     short_schedule)
+
+
+@pytest.fixture(scope='module')
+def demo_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp('demo')
+    return {
+        layout: make_demo_dataset(str(root / layout), layout, num_train=6,
+                                  num_val=3, size=64, seed=1)
+        for layout in ('voc', 'cityscapes')
+    }
+
+
+@pytest.mark.parametrize('model', ['deeplabv3', 'pspnet'])
+@pytest.mark.parametrize('layout', ['voc', 'cityscapes'])
+def test_runner_trains_with_cals_and_validates(model, layout, demo_data,
+                                               tmp_path):
+    cfg = demo_config(f'{model}_r18tiny_1500it_demo-voc_cals.py',
+                      demo_data[layout]['data_root'], str(tmp_path))
+    if layout == 'cityscapes':
+        for loader in ('train_dataloader', 'val_dataloader'):
+            split = 'train' if loader.startswith('train') else 'val'
+            cfg[loader].dataset.update(
+                type='CityscapesDataset',
+                metainfo=dict(classes=demo_data[layout]['classes']),
+                data_prefix=dict(img_path=f'leftImg8bit/{split}',
+                                 seg_map_path=f'gtFine/{split}'),
+                ann_file='')
+    runner = Runner.from_cfg(cfg)
+    runner.train()
+
+    (_, loss), = find_cals_losses(runner.model)
+    assert int(loss.num_rounds) == 2
+    assert torch.all(loss.multipliers > loss.lambd_min)
+    assert torch.isfinite(loss.multipliers).all() and torch.isfinite(loss.rho).all()
+    records = read_scalars(str(tmp_path))
+    train = [r for r in records if 'cals/lambda_mean' in r]
+    assert train and train[-1]['cals/lambda_mean'] == pytest.approx(
+        loss.multipliers.mean().item(), rel=1e-5)
+    for name in demo_data[layout]['classes']:
+        assert f'cals/lambda/{name}' in train[-1]
+    val = [r for r in records if 'mIoU' in r]
+    assert val and {'ECE', 'AECE', 'CECE', 'NLL', 'Brier'} <= set(val[-1])
+    checkpoint = torch.load(osp.join(str(tmp_path), 'iter_4.pth'),
+                            weights_only=True)
+    saved = checkpoint['state_dict']['decode_head.loss_decode.multipliers']
+    assert torch.equal(saved, loss.multipliers)
+
+
+def _shipped_args(config, data_root, work_dir, iterations=4):
+    args = ['tools/train.py', config, '--work-dir', work_dir, '--cfg-options']
+    args += TINY_R50_D8 + short_schedule(iterations)
+    args += ['train_dataloader.batch_size=2', 'model.decode_head.loss_decode.margin=0.5']
+    if 'voc' in config:
+        for i in range(2):  # voc12aug: VOC train + SBD aug
+            args.append(f'train_dataloader.dataset.datasets.{i}.data_root={data_root}')
+    else:
+        args.append(f'train_dataloader.dataset.data_root={data_root}')
+    args.append(f'val_dataloader.dataset.data_root={data_root}')
+    return args
+
+
+@pytest.mark.parametrize('config, layout', [('configs/deeplabv3_voc_cals.py', 'voc'),
+                                            ('configs/pspnet_cityscapes_cals.py',
+                                             'cityscapes')])
+def test_train_tool_runs_shipped_config_and_resumes(config, layout, demo_data,
+                                                    tmp_path):
+    work_dir = str(tmp_path / 'work')
+    data_root = demo_data[layout]['data_root']
+    first = run_tool(_shipped_args(config, data_root, work_dir))
+    assert first.returncode == 0, first.stderr[-3000:]
+    records = read_scalars(work_dir)
+    assert any('cals/lambda_mean' in r for r in records)
+    assert any('mIoU' in r and 'ECE' in r for r in records)
+    saved = torch.load(osp.join(work_dir, 'iter_4.pth'), weights_only=True)
+    multipliers = saved['state_dict']['decode_head.loss_decode.multipliers']
+    assert torch.all(multipliers > 1e-6)
+
+    resumed = run_tool(
+        _shipped_args(config, data_root, work_dir, iterations=6) + ['--resume'])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    log = '\n'.join(open(p).read() for p in glob.glob(
+        osp.join(work_dir, '*', '*.log')))
+    assert 'resumed' in log.lower() or 'Resumed' in log
+    final = torch.load(osp.join(work_dir, 'iter_6.pth'), weights_only=True)
+    assert int(final['state_dict']['decode_head.loss_decode.num_rounds']) == 3
+
+
+def test_missing_dataset_is_one_clear_line(tmp_path):
+    result = run_tool(['tools/train.py', osp.join(REPO, 'configs',
+                                                  'deeplabv3_voc_cals.py')],
+                      cwd=str(tmp_path))
+    assert result.returncode == 2
+    assert 'Traceback' not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert 'data/VOCdevkit/VOC2012' in lines[0] and 'make demo' in lines[0]

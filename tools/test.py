@@ -1,0 +1,133 @@
+"""Test a segmentor: mmseg's tools/test.py, plus --save-logits for calib_eval."""
+import argparse
+import os
+import os.path as osp
+import sys
+
+from mmengine.config import Config, DictAction
+from mmengine.runner import Runner
+
+import cals_seg  # noqa: F401  (registers the plugin, allows mmengine checkpoints)
+from cals_seg.data_check import DatasetNotFoundError, check_datasets
+from cals_seg.hooks.save_logits_hook import LOGITS_DTYPES
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(
+        description='Test (and evaluate) a segmentor')
+    parser.add_argument('config', help='test config file path')
+    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument(
+        '--work-dir',
+        help='if specified, the evaluation metric results will be dumped '
+        'into the directory as json')
+    parser.add_argument(
+        '--out',
+        type=str,
+        help='the directory to save the output prediction for offline evaluation')
+    parser.add_argument(
+        '--save-logits',
+        metavar='DIR',
+        help='write each image\'s logits (C x H x W, original size) to DIR as '
+        '.npy, with a manifest.json for tools/calib_eval.py')
+    parser.add_argument(
+        '--logits-dtype',
+        choices=LOGITS_DTYPES,
+        default='float16',
+        help='dtype of the saved logits (default: float16)')
+    parser.add_argument(
+        '--show', action='store_true', help='show prediction results')
+    parser.add_argument(
+        '--show-dir',
+        help='directory where painted images will be saved. '
+        'If specified, it will be automatically saved '
+        'to the work_dir/timestamp/show_dir')
+    parser.add_argument(
+        '--wait-time', type=float, default=2, help='the interval of show (s)')
+    parser.add_argument(
+        '--cfg-options',
+        nargs='+',
+        action=DictAction,
+        help='override some settings in the used config, the key-value pair '
+        'in xxx=yyy format will be merged into config file.')
+    parser.add_argument(
+        '--launcher',
+        choices=['none', 'pytorch', 'slurm', 'mpi'],
+        default='none',
+        help='job launcher')
+    parser.add_argument(
+        '--tta', action='store_true', help='Test time augmentation')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    args = parser.parse_args()
+    if 'LOCAL_RANK' not in os.environ:
+        os.environ['LOCAL_RANK'] = str(args.local_rank)
+    return args
+
+
+def trigger_visualization_hook(cfg, args):
+    default_hooks = cfg.default_hooks
+    if 'visualization' not in default_hooks:
+        sys.exit('error: --show and --show-dir need a VisualizationHook in '
+                 'default_hooks (visualization=dict(type="SegVisualizationHook"))')
+    visualization_hook = default_hooks['visualization']
+    visualization_hook['draw'] = True
+    if args.show:
+        visualization_hook['show'] = True
+        visualization_hook['wait_time'] = args.wait_time
+    if args.show_dir:
+        visualizer = cfg.visualizer
+        visualizer['save_dir'] = args.show_dir
+    return cfg
+
+
+def main():
+    args = parse_args()
+    cfg = Config.fromfile(args.config)
+    cfg.launcher = args.launcher
+    if args.cfg_options is not None:
+        cfg.merge_from_dict(args.cfg_options)
+
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
+    elif cfg.get('work_dir', None) is None:
+        cfg.work_dir = osp.join('./work_dirs',
+                                osp.splitext(osp.basename(args.config))[0])
+
+    cfg.load_from = args.checkpoint
+    if not osp.isfile(args.checkpoint):
+        sys.exit(f'error: checkpoint not found: {args.checkpoint}')
+
+    if args.show or args.show_dir:
+        cfg = trigger_visualization_hook(cfg, args)
+
+    if args.tta:
+        cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
+        cfg.tta_model.module = cfg.model
+        cfg.model = cfg.tta_model
+
+    if args.out is not None:
+        evaluators = cfg.test_evaluator if isinstance(
+            cfg.test_evaluator, (list, tuple)) else [cfg.test_evaluator]
+        for evaluator in evaluators:
+            if evaluator.get('type') == 'IoUMetric':
+                evaluator.update(output_dir=args.out, keep_results=True)
+
+    if args.save_logits:
+        ignore_index = cfg.model.get('decode_head', {}).get('ignore_index', 255)
+        cfg.custom_hooks = list(cfg.get('custom_hooks', [])) + [
+            dict(type='SaveLogitsHook', out_dir=args.save_logits,
+                 dtype=args.logits_dtype, ignore_index=ignore_index)
+        ]
+
+    try:
+        check_datasets(cfg, ('test_dataloader', ))
+    except DatasetNotFoundError as error:
+        print(f'error: {error}', file=sys.stderr)
+        sys.exit(2)
+
+    runner = Runner.from_cfg(cfg)
+    runner.test()
+
+
+if __name__ == '__main__':
+    main()
