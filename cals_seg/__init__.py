@@ -3,11 +3,18 @@
 Importing the package registers its losses, hooks, metrics and datasets in
 mmseg's registries and lets torch load the checkpoints MMEngine writes.
 """
-from .checkpoint import allow_mmengine_checkpoints
-from .datasets import HashSplitDataset
-from .evaluation import CalibrationMetric
-from .hooks import CALSMultiplierHook
-from .losses import CALSLoss
+import warnings
+
+# mmengine 0.10.7 imports pkg_resources, which setuptools >= 80 deprecates loudly
+# on every start; the pin keeps it working, the warning only adds noise.
+warnings.filterwarnings('ignore', message='pkg_resources is deprecated',
+                        category=UserWarning)
+
+from .checkpoint import allow_mmengine_checkpoints  # noqa: E402
+from .datasets import HashSplitDataset  # noqa: E402
+from .evaluation import CalibrationMetric  # noqa: E402
+from .hooks import CALSMultiplierHook  # noqa: E402
+from .losses import CALSLoss  # noqa: E402
 
 __version__ = '0.1.0'
 

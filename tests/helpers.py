@@ -32,9 +32,15 @@ def short_schedule(iterations, hook_interval=2):
 
 
 def demo_config(name, data_root, work_dir, iterations=4, batch_size=2,
-                size=64, margin=0.5):
-    """A demo config shrunk to a few iterations on ``data_root``."""
+                size=64, margin=0.05, layout='voc'):
+    """A demo config shrunk to a few iterations on ``data_root``, with the
+    data and evaluators of ``configs/_base_/datasets/demo_{layout}.py``."""
     cfg = Config.fromfile(osp.join(DEMO_CONFIGS, name))
+    data = Config.fromfile(
+        osp.join(REPO, 'configs', '_base_', 'datasets', f'demo_{layout}.py'))
+    for key in ('train_dataloader', 'val_dataloader', 'test_dataloader',
+                'val_evaluator', 'test_evaluator'):
+        cfg[key] = data[key]
     for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
         cfg[loader].dataset.data_root = data_root
         cfg[loader].num_workers = 0
@@ -46,6 +52,9 @@ def demo_config(name, data_root, work_dir, iterations=4, batch_size=2,
     cfg.default_hooks.checkpoint.interval = iterations
     cfg.default_hooks.logger.interval = 1
     cfg.work_dir = work_dir
+    # Visualizers are process-wide singletons by name; a new name per run keeps
+    # each run's scalars.json in its own work_dir.
+    cfg.visualizer.name = f'visualizer_{osp.basename(work_dir)}_{id(cfg)}'
     if cfg.model.decode_head.loss_decode.type == 'CALSLoss':
         # A small margin makes constraints active on an untrained network, so the
         # multipliers must move within a few iterations.
@@ -57,7 +66,8 @@ def demo_config(name, data_root, work_dir, iterations=4, batch_size=2,
 def run_tool(args, cwd=None, timeout=600):
     """Run ``python tools/...`` as a user would; returns the CompletedProcess."""
     env = dict(os.environ, PYTHONPATH=REPO)
-    return subprocess.run([sys.executable] + args, cwd=cwd or REPO, env=env,
+    script = osp.join(REPO, args[0])
+    return subprocess.run([sys.executable, script] + list(args[1:]), cwd=cwd or REPO, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
 

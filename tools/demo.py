@@ -45,6 +45,9 @@ def train_and_test(name: str, args) -> dict:
         cfg[loader].dataset.data_root = data_root
     work_dir = osp.join(args.work_dir, name.lower())
     cfg.work_dir = work_dir
+    # Visualizers are process-wide singletons by name: one per run keeps each
+    # run's scalars.json in its own work_dir.
+    cfg.visualizer.name = f'demo_{name.lower()}'
     if args.iters:
         cfg.train_cfg.max_iters = args.iters
         cfg.train_cfg.val_interval = args.iters

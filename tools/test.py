@@ -4,10 +4,10 @@ import os
 import os.path as osp
 import sys
 
+import cals_seg  # noqa: F401  (first: registers the plugin, quiets mmengine's import)
 from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
 
-import cals_seg  # noqa: F401  (registers the plugin, allows mmengine checkpoints)
 from cals_seg.data_check import DatasetNotFoundError, check_datasets
 from cals_seg.hooks.save_logits_hook import LOGITS_DTYPES
 

@@ -6,13 +6,13 @@ import os
 import os.path as osp
 import sys
 
+import cals_seg  # noqa: F401  (first: registers the plugin, quiets mmengine's import)
 from mmengine.config import Config, DictAction
 from mmengine.logging import print_log
 from mmengine.runner import Runner
 
 from mmseg.registry import RUNNERS
 
-import cals_seg  # noqa: F401  (registers the plugin, allows mmengine checkpoints)
 from cals_seg.data_check import DatasetNotFoundError, check_datasets
 
 
