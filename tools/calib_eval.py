@@ -119,16 +119,17 @@ def run(args) -> dict:
         excluded, progress=lambda it: tqdm(it, desc='evaluating', unit='img'))
     report['num_images'] = len(evaluated)
     outputs = {}
-    for tag, temperature, result in zip(('uncalibrated', 'temperature_scaled'),
-                                        temperatures, results):
+    tags = ('uncalibrated', 'temperature_scaled') if len(temperatures) > 1 else (
+        'metrics', )
+    for tag, temperature, result in zip(tags, temperatures, results):
         decoded = totals.decode(result.totals)
-        label = tag if len(temperatures) > 1 else 'calibration'
-        print(_report(f'{label} (T = {temperature:.4f})', decoded, class_names))
+        print(_report(f'{tag} (T = {temperature:.4f})', decoded, class_names))
         report[tag] = _json_metrics(decoded, class_names)
+        stem = 'reliability' if tag == 'metrics' else f'reliability_{tag}'
         title = f'{tag.replace("_", " ")}, T = {temperature:.3f}'
-        outputs[f'reliability_{tag}.png'] = top_label_diagram(result.pooled, title)
-        outputs[f'reliability_{tag}_classes.png'] = class_diagrams(
-            result.pooled, class_names, title)
+        outputs[f'{stem}.png'] = top_label_diagram(result.pooled, title)
+        outputs[f'{stem}_classes.png'] = class_diagrams(result.pooled, class_names,
+                                                        title)
     outputs['metrics.json'] = json.dumps(report, indent=2).encode('utf-8')
 
     out_dir = args.out or osp.join(args.logits_dir, 'calibration')
