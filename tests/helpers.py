@@ -63,6 +63,27 @@ def demo_config(name, data_root, work_dir, iterations=4, batch_size=2,
     return cfg
 
 
+def deterministic_config(data_root, work_dir, iterations, batch_size,
+                         hook_interval):
+    """The tiny CALS demo config with every source of randomness off: no dropout,
+    no flips, unshuffled data; the same run gives the same numbers."""
+    cfg = demo_config('deeplabv3_r18tiny_1500it_demo-voc_cals.py', data_root,
+                      work_dir, iterations=iterations, batch_size=batch_size)
+    cfg.model.decode_head.dropout_ratio = 0.0
+    # The tiny test margin makes the penalty steep; a small step keeps it stable.
+    cfg.optim_wrapper.optimizer.lr = 0.001
+    cfg.train_dataloader.sampler.shuffle = False
+    cfg.train_dataloader.dataset.pipeline = [
+        dict(type='LoadImageFromFile'),
+        dict(type='LoadAnnotations'),
+        dict(type='PackSegInputs')
+    ]
+    cfg.custom_hooks = [
+        dict(type='CALSMultiplierHook', source='train', interval=hook_interval)
+    ]
+    return cfg
+
+
 def run_tool(args, cwd=None, timeout=600):
     """Run ``python tools/...`` as a user would; returns the CompletedProcess."""
     env = dict(os.environ, PYTHONPATH=REPO)

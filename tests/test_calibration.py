@@ -151,6 +151,13 @@ def test_bad_labels_are_named():
         _errors(logits, labels[:, :3])
 
 
+def test_nonfinite_logits_are_named():
+    logits, labels = _image(4)
+    logits[1, 2, 3] = np.nan
+    with pytest.raises(ValueError, match=r'NaN or infinite values \(1 pixels\)'):
+        _errors(logits, labels)
+
+
 def test_no_pixel_gives_nan_not_a_crash():
     logits, labels = _image(4)
     labels[:] = 255

@@ -14,6 +14,7 @@ from mmengine.runner import Runner
 from mmseg.registry import RUNNERS
 
 from cals_seg.data_check import DatasetNotFoundError, check_datasets
+from cals_seg.launch import prepare_cpu_distributed
 
 
 def parse_args():
@@ -80,6 +81,7 @@ def main():
         print(f'error: {error}', file=sys.stderr)
         sys.exit(2)
 
+    prepare_cpu_distributed(cfg, args.launcher)
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(
         cfg)
     runner.train()

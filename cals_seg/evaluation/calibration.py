@@ -142,6 +142,10 @@ def calibration_statistics(logits: Tensor,
     top, prediction = z.max(dim=0)
     prob = torch.exp(z - top)
     partition = prob.sum(dim=0)
+    if not bool(torch.isfinite(partition).all()):
+        raise ValueError('logits hold NaN or infinite values '
+                         f'({int((~torch.isfinite(partition)).sum())} pixels); '
+                         'a diverged model has no calibration to measure')
     prob.div_(partition)
     confidence = partition.reciprocal()
     correct = (prediction == y).double()

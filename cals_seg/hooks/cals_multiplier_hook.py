@@ -3,7 +3,7 @@ import warnings
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
-from mmengine.dist import all_reduce
+from mmengine.dist import all_reduce, get_rank, get_world_size
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 
@@ -11,6 +11,22 @@ from mmseg.registry import HOOKS
 
 from ..constraints import RoundStatistics
 from ..losses.cals_loss import CALSLoss
+
+CHECKPOINT_KEY = 'cals_multiplier_hook'
+
+
+def _check_same_on_every_rank(name: str, loss: CALSLoss) -> None:
+    """Raise if ranks disagree on the multipliers: a silent divergence would
+    train each replica with a different objective."""
+    if get_world_size() == 1:
+        return
+    state = torch.cat([loss.multipliers, loss.rho]).double()
+    low, high = state.clone(), state.clone()
+    all_reduce(low, op='min')
+    all_reduce(high, op='max')
+    if not torch.equal(low, high):
+        raise RuntimeError(f'CALSMultiplierHook: ranks disagree on lambda/rho of '
+                           f'{name} after round {int(loss.num_rounds)}')
 
 
 def find_cals_losses(model: torch.nn.Module) -> List[Tuple[str, CALSLoss]]:
@@ -37,6 +53,15 @@ class CALSMultiplierHook(Hook):
     - ``'val'``: the outputs of the runner's validation loop, one round per
       validation. It tunes the multipliers on the validation set, which leaks when
       that set is the one results are reported on; a warning says so.
+
+    State and ranks: each rank's new statistics are summed over ranks as soon as
+    they exist (every iteration for 'train': one all-reduce of ``3C + 1`` numbers),
+    so the round's running totals are the same on every rank; they are saved in
+    checkpoints under ``'cals_multiplier_hook'`` and restored on resume, and the
+    loss's buffers hold lambda, rho, the round count and the previous mean
+    constraints. Samples that mmengine's DefaultSampler repeats to even out the
+    ranks are left out of 'holdout' and 'val' rounds. After every round the ranks
+    check that they agree on lambda and rho, and stop with an error if not.
 
     The values are written to the message hub every iteration (``cals/...``
     scalars: mean and max of lambda and rho, lambda per class under the dataset's
@@ -75,6 +100,9 @@ class CALSMultiplierHook(Hook):
         self._scalars: Dict[str, float] = {}
         self._in_training = False
         self._ignore_index = 255
+        # Per loss: statistics of the current round, already summed over ranks.
+        self._totals: Dict[str, RoundStatistics] = {}
+        self._samples_seen = 0
 
     def before_train(self, runner) -> None:
         self._losses = find_cals_losses(runner.model)
@@ -89,11 +117,7 @@ class CALSMultiplierHook(Hook):
         for _, loss in self._losses:
             loss.collect_round_statistics = self.source == 'train'
         if self.source == 'holdout':
-            self._holdout_loader = runner.build_dataloader(
-                self.holdout_dataloader, seed=runner.seed)
-            if len(self._holdout_loader) == 0:
-                raise ValueError('CALSMultiplierHook: holdout_dataloader yields no '
-                                 'batch; its dataset is empty')
+            self._holdout_loader = self._build_holdout_loader(runner)
         if self.source == 'val':
             if runner._val_loop is None:
                 raise ValueError("CALSMultiplierHook: source='val' needs a "
@@ -107,6 +131,23 @@ class CALSMultiplierHook(Hook):
         self._in_training = True
         self._refresh_scalars()
 
+    def _build_holdout_loader(self, runner):
+        """Build the hold-out loader now, so a bad one fails before training."""
+        try:
+            loader = runner.build_dataloader(self.holdout_dataloader,
+                                             seed=runner.seed)
+            size = len(loader.dataset)
+        except Exception as error:
+            # mmengine datasets fail in many ways on an empty annotation list
+            # (e.g. numpy's "need at least one array to concatenate").
+            raise ValueError(f'CALSMultiplierHook: holdout_dataloader could not '
+                             f'be built ({type(error).__name__}: {error}); is its '
+                             'dataset empty or missing?') from error
+        if size == 0 or len(loader) == 0:
+            raise ValueError('CALSMultiplierHook: holdout_dataloader yields no '
+                             'batch; its dataset is empty')
+        return loader
+
     def after_train(self, runner) -> None:
         self._in_training = False
         for _, loss in self._losses:
@@ -114,6 +155,8 @@ class CALSMultiplierHook(Hook):
 
     def after_train_iter(self, runner, batch_idx: int, data_batch=None,
                          outputs=None) -> None:
+        if self.source == 'train':
+            self._reduce_pending()
         if self.source != 'val' and self.every_n_train_iters(runner, self.interval):
             if self.source == 'holdout':
                 self._collect_holdout(runner)
@@ -121,25 +164,62 @@ class CALSMultiplierHook(Hook):
         for key, value in self._scalars.items():
             runner.message_hub.update_scalar(f'train/{key}', value)
 
+    def before_val_epoch(self, runner) -> None:
+        self._samples_seen = 0
+
     def after_val_iter(self, runner, batch_idx: int, data_batch=None,
                        outputs: Optional[Sequence] = None) -> None:
         if self.source == 'val' and self._in_training:
-            self._accumulate_outputs(outputs)
+            self._accumulate_outputs(
+                self._without_padding(outputs, len(runner.val_dataloader.dataset)))
 
     def after_val_epoch(self, runner, metrics=None) -> None:
         if self.source == 'val' and self._in_training:
+            self._reduce_pending()
             self._finish_round(runner)
+
+    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        # The totals are already summed over ranks, so rank 0's copy (the one
+        # saved) is every rank's.
+        checkpoint[CHECKPOINT_KEY] = {
+            name: stats.flatten().cpu()
+            for name, stats in self._totals.items()
+        }
+
+    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        self._totals = {
+            name: RoundStatistics.unflatten(flat, (flat.numel() - 1) // 3)
+            for name, flat in checkpoint.get(CHECKPOINT_KEY, {}).items()
+        }
+
+    def _without_padding(self, outputs: Sequence, dataset_size: int) -> list:
+        """Drop the samples mmengine's DefaultSampler repeats to even out ranks.
+
+        Rank ``r`` gets positions ``r, r + W, r + 2W, ...`` of the padded index
+        list; positions at or past the dataset's size are repeats.
+        """
+        world_size, rank = get_world_size(), get_rank()
+        kept = []
+        for sample in outputs:
+            if self._samples_seen * world_size + rank < dataset_size:
+                kept.append(sample)
+            self._samples_seen += 1
+        return kept
 
     @torch.no_grad()
     def _collect_holdout(self, runner) -> None:
         model = runner.model
         was_training = model.training
         model.eval()
+        self._samples_seen = 0
+        size = len(self._holdout_loader.dataset)
         try:
             for data_batch in self._holdout_loader:
-                self._accumulate_outputs(model.test_step(data_batch))
+                self._accumulate_outputs(
+                    self._without_padding(model.test_step(data_batch), size))
         finally:
             model.train(was_training)
+        self._reduce_pending()
 
     def _accumulate_outputs(self, outputs: Sequence) -> None:
         """Statistics of predicted ``seg_logits`` against ``gt_sem_seg``."""
@@ -150,17 +230,26 @@ class CALSMultiplierHook(Hook):
                 loss.accumulate_round_statistics(
                     loss.statistics_from_logits(logits, label, self._ignore_index))
 
-    def _finish_round(self, runner) -> None:
+    def _reduce_pending(self) -> None:
+        """Sum this rank's new statistics over ranks into the round's totals."""
         for name, loss in self._losses:
-            stats = loss.pop_round_statistics()
-            flat = stats.flatten()
+            flat = loss.pop_round_statistics().flatten()
             all_reduce(flat, op='sum')
             stats = RoundStatistics.unflatten(flat, loss.num_classes)
+            total = self._totals.get(name)
+            self._totals[name] = stats if total is None else total + stats
+
+    def _finish_round(self, runner) -> None:
+        for name, loss in self._losses:
+            stats = self._totals.pop(name, None)
+            if stats is None:
+                stats = RoundStatistics.zeros(loss.num_classes)
             if stats.num_nonfinite > 0:
                 warnings.warn(f'CALSMultiplierHook: {int(stats.num_nonfinite)} '
                               f'pixels with non-finite logits left out of round '
                               f'{int(loss.num_rounds) + 1} of {name}')
             loss.apply_round(stats)
+            _check_same_on_every_rank(name, loss)
             runner.logger.info(
                 f'CALS round {int(loss.num_rounds)} ({name}): lambda mean '
                 f'{loss.multipliers.mean():.4g} max {loss.multipliers.max():.4g}, '

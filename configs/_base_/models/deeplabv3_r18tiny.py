@@ -1,4 +1,4 @@
-# A tiny DeepLabV3 (ResNet-18 V1c with 16 base channels, output stride 8) that
+# A tiny DeepLabV3 (ResNet-18 V1c with 8 base channels, output stride 8) that
 # trains on a laptop CPU: the demo's and the tests' model.
 norm_cfg = dict(type='BN', requires_grad=True)
 data_preprocessor = dict(
@@ -16,8 +16,8 @@ model = dict(
     backbone=dict(
         type='ResNetV1c',
         depth=18,
-        base_channels=16,
-        stem_channels=16,
+        base_channels=8,
+        stem_channels=8,
         num_stages=4,
         out_indices=(0, 1, 2, 3),
         dilations=(1, 1, 2, 4),
@@ -28,7 +28,7 @@ model = dict(
         contract_dilation=True),
     decode_head=dict(
         type='ASPPHead',
-        in_channels=128,
+        in_channels=64,
         in_index=3,
         channels=32,
         dilations=(1, 6, 12, 18),

@@ -1,0 +1,28 @@
+"""Distributed launch on machines without CUDA (gloo), for tools/train.py."""
+import torch
+import torch.distributed as dist
+
+
+def prepare_cpu_distributed(cfg, launcher: str) -> None:
+    """Start a gloo process group when ``launcher='pytorch'`` and CUDA is absent.
+
+    mmengine 0.10.7's ``init_dist`` calls ``torch.cuda.set_device``, which a
+    CPU-only torch lacks, and its default DDP wrapper passes ``device_ids``,
+    which DDP refuses for CPU modules. With the group started here the Runner
+    skips its own ``init_dist``; the wrapper config drops ``device_ids``.
+    On GPU machines this does nothing.
+
+    Args:
+        cfg (Config): the training config (``model_wrapper_cfg`` may be set).
+        launcher (str): the ``--launcher`` argument.
+    """
+    if launcher != 'pytorch' or torch.cuda.is_available():
+        return
+    if not dist.is_initialized():
+        dist.init_process_group(backend='gloo')
+    if cfg.get('model_wrapper_cfg') is None:
+        cfg.model_wrapper_cfg = dict(
+            type='MMDistributedDataParallel',
+            device_ids=None,
+            broadcast_buffers=False,
+            find_unused_parameters=cfg.get('find_unused_parameters', False))

@@ -1,0 +1,55 @@
+"""HashSplitDataset: a deterministic, disjoint and complete split."""
+import pytest
+
+from mmseg.registry import DATASETS
+
+import cals_seg  # noqa: F401
+from cals_seg.datasets import hash_fraction
+from cals_seg.demo_data import VOC_CLASSES, make_demo_dataset
+
+
+@pytest.fixture(scope='module')
+def voc_dataset(tmp_path_factory):
+    info = make_demo_dataset(str(tmp_path_factory.mktemp('split')), 'voc',
+                             num_train=40, num_val=2, size=32, seed=3)
+    return dict(type='PascalVOCDataset', data_root=info['data_root'],
+                metainfo=dict(classes=VOC_CLASSES),
+                data_prefix=dict(img_path='JPEGImages',
+                                 seg_map_path='SegmentationClass'),
+                ann_file='ImageSets/Segmentation/train.txt', pipeline=[])
+
+
+def _names(dataset):
+    return [dataset.get_data_info(i)['img_path'].rsplit('/', 1)[-1]
+            for i in range(len(dataset))]
+
+
+def test_split_is_disjoint_complete_and_by_name_hash(voc_dataset):
+    parts = {
+        split: DATASETS.build(dict(type='HashSplitDataset', dataset=voc_dataset,
+                                   split=split, holdout_fraction=0.25))
+        for split in ('train', 'holdout')
+    }
+    train, holdout = _names(parts['train']), _names(parts['holdout'])
+    assert len(train) + len(holdout) == 40 and not set(train) & set(holdout)
+    assert 2 <= len(holdout) <= 18
+    assert all(hash_fraction(n[:-4]) < 0.25 for n in holdout)
+    assert parts['holdout'].metainfo['classes'] == VOC_CLASSES
+    again = DATASETS.build(dict(type='HashSplitDataset', dataset=voc_dataset,
+                                split='holdout', holdout_fraction=0.25))
+    assert _names(again) == holdout
+    assert parts['holdout'][0]['img_path'].endswith(holdout[0])
+
+
+def test_hash_fraction_is_fixed():
+    # A constant, so the split cannot change between machines or versions.
+    assert hash_fraction('2007_000032') == pytest.approx(0.124809, abs=1e-6)
+
+
+@pytest.mark.parametrize('kwargs, message', [(dict(split='val'), 'split'),
+                                             (dict(holdout_fraction=1.0),
+                                              'holdout_fraction')])
+def test_bad_arguments_are_named(voc_dataset, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        DATASETS.build(dict(type='HashSplitDataset', dataset=voc_dataset,
+                            **dict(dict(split='train'), **kwargs)))
