@@ -60,6 +60,8 @@ def demo_config(name, data_root, work_dir, iterations=4, batch_size=2,
         # multipliers must move within a few iterations.
         cfg.model.decode_head.loss_decode.margin = margin
         cfg.custom_hooks[0].interval = 2
+        # That margin also makes the penalty steep: a small step keeps it stable.
+        cfg.optim_wrapper.optimizer.lr = 0.001
     return cfg
 
 
@@ -70,8 +72,6 @@ def deterministic_config(data_root, work_dir, iterations, batch_size,
     cfg = demo_config('deeplabv3_r18tiny_1500it_demo-voc_cals.py', data_root,
                       work_dir, iterations=iterations, batch_size=batch_size)
     cfg.model.decode_head.dropout_ratio = 0.0
-    # The tiny test margin makes the penalty steep; a small step keeps it stable.
-    cfg.optim_wrapper.optimizer.lr = 0.001
     cfg.train_dataloader.sampler.shuffle = False
     cfg.train_dataloader.dataset.pipeline = [
         dict(type='LoadImageFromFile'),
