@@ -1,4 +1,4 @@
-"""Distributed launch on machines without CUDA (gloo), for tools/train.py."""
+"""Distributed launch on machines without CUDA (gloo), for the tools."""
 import torch
 import torch.distributed as dist
 
@@ -13,7 +13,7 @@ def prepare_cpu_distributed(cfg, launcher: str) -> None:
     On GPU machines this does nothing.
 
     Args:
-        cfg (Config): the training config (``model_wrapper_cfg`` may be set).
+        cfg (Config): the config (``model_wrapper_cfg`` may be set).
         launcher (str): the ``--launcher`` argument.
     """
     if launcher != 'pytorch' or torch.cuda.is_available():

@@ -90,6 +90,18 @@ def test_train_tool_runs_shipped_config_and_resumes(config, layout, demo_data,
     assert int(final['state_dict']['decode_head.loss_decode.num_rounds']) == 3
 
 
+def test_mmseg_own_train_tool_runs_shipped_config(demo_data, tmp_path):
+    import mmseg
+    tool = osp.join(osp.dirname(mmseg.__file__), '.mim', 'tools', 'train.py')
+    args = _shipped_args('configs/pspnet_voc_cals.py',
+                         demo_data['voc']['data_root'], str(tmp_path))
+    result = run_tool([tool] + args[1:])
+    assert result.returncode == 0, result.stderr[-3000:]
+    saved = torch.load(osp.join(str(tmp_path), 'iter_4.pth'), weights_only=True)
+    assert torch.all(
+        saved['state_dict']['decode_head.loss_decode.multipliers'] > 1e-6)
+
+
 def test_missing_dataset_is_one_clear_line(tmp_path):
     result = run_tool(['tools/train.py', osp.join(REPO, 'configs',
                                                   'deeplabv3_voc_cals.py')],

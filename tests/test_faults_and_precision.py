@@ -103,35 +103,32 @@ def test_amp_bf16_training_keeps_state_finite(data_root, tmp_path, monkeypatch):
     assert torch.all(loss.multipliers > loss.lambd_min)
 
 
-def test_empty_holdout_loader_fails_at_start(data_root, tmp_path):
-    cfg = demo_config('deeplabv3_r18tiny_1500it_demo-voc_cals.py', data_root,
-                      str(tmp_path), iterations=4)
+def _empty_annotation_list(dataset, tmp_path):
     empty = tmp_path / 'empty.txt'
     empty.write_text('')
-    holdout = cfg.val_dataloader.to_dict()
-    holdout['dataset']['ann_file'] = str(empty)
-    cfg.custom_hooks = [
-        dict(type='CALSMultiplierHook', source='holdout', interval=2,
-             holdout_dataloader=holdout)
-    ]
-    runner = Runner.from_cfg(cfg)
-    with pytest.raises(ValueError, match='holdout_dataloader could not be built'):
-        runner.train()
-    assert runner.iter == 0
+    return dict(dataset, ann_file=str(empty))
 
 
-def test_holdout_split_without_images_fails_at_start(data_root, tmp_path):
+def _split_without_images(dataset, tmp_path):
+    return dict(type='HashSplitDataset', dataset=dataset, split='holdout',
+                holdout_fraction=1e-12)
+
+
+@pytest.mark.parametrize('make_empty, message', [
+    (_empty_annotation_list, 'holdout_dataloader could not be built'),
+    (_split_without_images, 'holdout_dataloader yields no batch'),
+])
+def test_empty_holdout_fails_at_start(data_root, tmp_path, make_empty, message):
     cfg = demo_config('deeplabv3_r18tiny_1500it_demo-voc_cals.py', data_root,
                       str(tmp_path), iterations=4)
     holdout = cfg.val_dataloader.to_dict()
-    holdout['dataset'] = dict(type='HashSplitDataset', dataset=holdout['dataset'],
-                              split='holdout', holdout_fraction=1e-12)
+    holdout['dataset'] = make_empty(holdout['dataset'], tmp_path)
     cfg.custom_hooks = [
         dict(type='CALSMultiplierHook', source='holdout', interval=2,
              holdout_dataloader=holdout)
     ]
     runner = Runner.from_cfg(cfg)
-    with pytest.raises(ValueError, match='holdout_dataloader yields no batch'):
+    with pytest.raises(ValueError, match=message):
         runner.train()
     assert runner.iter == 0
 

@@ -1,15 +1,14 @@
 """Test a segmentor: mmseg's tools/test.py, plus --save-logits for calib_eval."""
 import argparse
-import os
 import os.path as osp
 import sys
 
 import cals_seg  # noqa: F401  (first: registers the plugin, quiets mmengine's import)
-from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
 
-from cals_seg.data_check import DatasetNotFoundError, check_datasets
+from cals_seg.cli import add_common_arguments, exit_if_dataset_missing, load_config
 from cals_seg.hooks.save_logits_hook import LOGITS_DTYPES
+from cals_seg.launch import prepare_cpu_distributed
 
 
 def parse_args():
@@ -17,10 +16,6 @@ def parse_args():
         description='Test (and evaluate) a segmentor')
     parser.add_argument('config', help='test config file path')
     parser.add_argument('checkpoint', help='checkpoint file')
-    parser.add_argument(
-        '--work-dir',
-        help='if specified, the evaluation metric results will be dumped '
-        'into the directory as json')
     parser.add_argument(
         '--out',
         type=str,
@@ -45,23 +40,9 @@ def parse_args():
     parser.add_argument(
         '--wait-time', type=float, default=2, help='the interval of show (s)')
     parser.add_argument(
-        '--cfg-options',
-        nargs='+',
-        action=DictAction,
-        help='override some settings in the used config, the key-value pair '
-        'in xxx=yyy format will be merged into config file.')
-    parser.add_argument(
-        '--launcher',
-        choices=['none', 'pytorch', 'slurm', 'mpi'],
-        default='none',
-        help='job launcher')
-    parser.add_argument(
         '--tta', action='store_true', help='Test time augmentation')
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = parser.parse_args()
-    if 'LOCAL_RANK' not in os.environ:
-        os.environ['LOCAL_RANK'] = str(args.local_rank)
-    return args
+    add_common_arguments(parser)
+    return parser.parse_args()
 
 
 def trigger_visualization_hook(cfg, args):
@@ -82,17 +63,7 @@ def trigger_visualization_hook(cfg, args):
 
 def main():
     args = parse_args()
-    cfg = Config.fromfile(args.config)
-    cfg.launcher = args.launcher
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
-
-    if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
-    elif cfg.get('work_dir', None) is None:
-        cfg.work_dir = osp.join('./work_dirs',
-                                osp.splitext(osp.basename(args.config))[0])
-
+    cfg = load_config(args)
     cfg.load_from = args.checkpoint
     if not osp.isfile(args.checkpoint):
         sys.exit(f'error: checkpoint not found: {args.checkpoint}')
@@ -119,11 +90,8 @@ def main():
                  dtype=args.logits_dtype, ignore_index=ignore_index)
         ]
 
-    try:
-        check_datasets(cfg, ('test_dataloader', ))
-    except DatasetNotFoundError as error:
-        print(f'error: {error}', file=sys.stderr)
-        sys.exit(2)
+    exit_if_dataset_missing(cfg, ('test_dataloader', ))
+    prepare_cpu_distributed(cfg, args.launcher)
 
     runner = Runner.from_cfg(cfg)
     runner.test()
