@@ -76,3 +76,39 @@ def test_two_ranks_match_one(data_root, tmp_path, source):
         torch.testing.assert_close(two[key], one[key], rtol=1e-3, atol=1e-6)
     for key in ('ECE', 'AECE', 'CECE', 'NLL', 'Brier', 'fg/ECE', 'mIoU'):
         assert two_val[key] == pytest.approx(one_val[key], rel=1e-3), key
+
+
+def _disagreeing_rank(rank, port, queue):
+    import torch.distributed as dist
+    from cals_seg.hooks.cals_multiplier_hook import _check_same_on_every_rank
+    from cals_seg.losses import CALSLoss
+    os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
+    dist.init_process_group('gloo', rank=rank, world_size=2)
+    loss = CALSLoss(num_classes=3)
+    _check_same_on_every_rank('agreeing', loss)
+    loss.multipliers[1] += rank * 1e-7
+    try:
+        _check_same_on_every_rank('decode_head.loss_decode', loss)
+        queue.put((rank, 'no error'))
+    except RuntimeError as error:
+        queue.put((rank, str(error)))
+    dist.destroy_process_group()
+
+
+def test_ranks_that_disagree_stop_with_an_error():
+    import socket
+    import torch.multiprocessing as mp
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        port = s.getsockname()[1]
+    context = mp.get_context('spawn')
+    queue = context.Queue()
+    processes = [context.Process(target=_disagreeing_rank, args=(rank, port, queue))
+                 for rank in range(2)]
+    for p in processes:
+        p.start()
+    messages = dict(queue.get(timeout=120) for _ in processes)
+    for p in processes:
+        p.join(timeout=60)
+    assert all('ranks disagree on lambda/rho of decode_head.loss_decode' in m
+               for m in messages.values()), messages
