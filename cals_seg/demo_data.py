@@ -42,8 +42,8 @@ FOREGROUND = {
     1: dict(objects=1.6, radius=(0.10, 0.20), odds=0.7, colour=(200, 60, 50)),
     2: dict(objects=0.7, radius=(0.08, 0.16), odds=0.3, colour=(200, 60, 50)),
     3: dict(objects=1.0, radius=(0.07, 0.14), odds=0.65, colour=(40, 150, 210)),
-    4: dict(objects=0.5, radius=(0.06, 0.12), odds=0.35, colour=(40, 150, 210)),
-    5: dict(objects=0.35, radius=(0.05, 0.09), odds=1.0, colour=(70, 190, 80)),
+    4: dict(objects=0.8, radius=(0.06, 0.12), odds=0.35, colour=(40, 150, 210)),
+    5: dict(objects=0.8, radius=(0.07, 0.12), odds=1.0, colour=(70, 190, 80)),
 }
 
 

@@ -1,0 +1,5 @@
+# Label smoothing (eps 0.1): the cross-entropy baseline with LabelSmoothingLoss.
+_base_ = './pspnet_r18tiny_1500it_demo-voc_ce.py'
+model = dict(
+    decode_head=dict(
+        loss_decode=dict(_delete_=True, type='LabelSmoothingLoss', smoothing=0.1)))
