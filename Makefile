@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test demo clean-venv
+.PHONY: setup test demo benchmark clean-venv
 
 setup: $(STAMP)
 
@@ -25,6 +25,10 @@ test: setup
 
 demo: setup
 	$(PY) tools/demo.py
+
+# Every method x both tiny models x 3 seeds (hours on 2 cores); writes docs/results.md.
+benchmark: setup
+	$(PY) tools/benchmark_methods.py
 
 clean-venv:
 	rm -rf $(VENV)

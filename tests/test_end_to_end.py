@@ -51,6 +51,21 @@ def test_runner_trains_with_cals_and_validates(model, layout, demo_data,
     assert torch.equal(saved, loss.multipliers)
 
 
+def test_val_source_warns_and_updates_after_each_validation(demo_data, tmp_path):
+    cfg = demo_config('deeplabv3_r18tiny_1500it_demo-voc_cals.py',
+                      demo_data['voc']['data_root'], str(tmp_path))
+    cfg.train_cfg.val_interval = 2
+    cfg.custom_hooks = [dict(type='CALSMultiplierHook', source='val')]
+    runner = Runner.from_cfg(cfg)
+    with pytest.warns(UserWarning, match="source='val' tunes the multipliers"):
+        runner.train()
+    (_, loss), = find_cals_losses(runner.model)
+    assert int(loss.num_rounds) == 2
+    assert torch.any(loss.multipliers > loss.lambd_min)
+    runner.val()  # a validation outside training leaves the multipliers alone
+    assert int(loss.num_rounds) == 2
+
+
 def _shipped_args(config, data_root, work_dir, iterations=4):
     args = ['tools/train.py', config, '--work-dir', work_dir, '--cfg-options']
     args += TINY_R50_D8 + short_schedule(iterations)
