@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test demo benchmark clean-venv
+.PHONY: setup test demo benchmark bench clean-venv
 
 setup: $(STAMP)
 
@@ -29,6 +29,10 @@ demo: setup
 # Every method x both tiny models x 3 seeds (hours on 2 cores); writes docs/results.md.
 benchmark: setup
 	$(PY) tools/benchmark_methods.py
+
+# Cost of CALS and of the metric, as ratios measured side by side (issue 6).
+bench: setup
+	cd bench && ../$(PY) run_all.py
 
 clean-venv:
 	rm -rf $(VENV)

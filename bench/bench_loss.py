@@ -1,0 +1,41 @@
+"""CALSLoss forward+backward against mmseg's CrossEntropyLoss (issue 6, 1-2)."""
+import torch
+
+from mmseg.models.losses import CrossEntropyLoss
+
+from cals_seg.losses import CALSLoss
+from common import report, time_side_by_side
+
+
+def main() -> bool:
+    torch.manual_seed(0)
+    ok = True
+    for size in (128, 512):
+        logits = torch.randn(8, 21, size, size) * 3
+        label = torch.randint(0, 21, (8, size, size))
+        label[:, :8] = 255
+        ce = CrossEntropyLoss()
+        cals = CALSLoss(num_classes=21).train()
+        collecting = CALSLoss(num_classes=21).train()
+        collecting.collect_round_statistics = True
+
+        def step(loss):
+            def run():
+                x = logits.clone().requires_grad_(True)
+                loss(x, label).backward()
+                if loss is collecting:
+                    loss.pop_round_statistics()
+            return run
+
+        t = time_side_by_side({'ce': step(ce), 'cals': step(cals),
+                               'stats': step(collecting)},
+                              repeats=5 if size == 128 else 3)
+        ok &= report(f'CALSLoss / CE, forward+backward, 8x21x{size}x{size}',
+                     t['cals'] / t['ce'], 1.5)
+        ok &= report(f'round statistics added to the CALS step, {size}x{size}',
+                     100 * (t['stats'] / t['cals'] - 1), 10, '%')
+    return ok
+
+
+if __name__ == '__main__':
+    main()
