@@ -22,7 +22,7 @@ def main() -> bool:
         def step(loss):
             def run():
                 x = logits.clone().requires_grad_(True)
-                loss(x, label).backward()
+                loss(x, label, ignore_index=255).backward()
                 if loss is collecting:
                     loss.pop_round_statistics()
             return run

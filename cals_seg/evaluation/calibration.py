@@ -164,7 +164,7 @@ def calibration_statistics(logits: Tensor,
     true_bin = class_bin.gather(0, y.unsqueeze(0)).squeeze(0)
     class_hits = torch.bincount(true_bin, minlength=num_classes * num_bins).double()
     class_shape = (num_classes, num_bins)
-    brier = prob.square().sum(dim=0, dtype=torch.float64) - 2 * prob_true.double() + 1
+    brier = prob.square().sum(dim=0).double() - 2 * prob_true.double() + 1
     return CalibrationStatistics(
         *bins, *cells, class_count.reshape(class_shape),
         class_probability.reshape(class_shape), class_hits.reshape(class_shape),
