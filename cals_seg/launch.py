@@ -26,3 +26,12 @@ def prepare_cpu_distributed(cfg, launcher: str) -> None:
             device_ids=None,
             broadcast_buffers=False,
             find_unused_parameters=cfg.get('find_unused_parameters', False))
+
+
+def finish_distributed() -> None:
+    """Tear the process group down before the interpreter exits; a gloo group
+    left to exit-time destructors can abort the process ("terminate called
+    without an active exception") after a successful run."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()

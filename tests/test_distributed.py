@@ -1,4 +1,4 @@
-"""Two gloo ranks through torchrun and tools/train.py --launcher pytorch.
+"""Two gloo ranks through tools/dist_train.sh (torchrun, --launcher pytorch).
 
 The runs are made deterministic and rank-independent (GroupNorm, no dropout, no
 flips, unshuffled data, learning rate 0), so a 2-rank run with batch 1 per rank
@@ -7,6 +7,7 @@ the same up to float summation order.
 """
 import os
 import os.path as osp
+import socket
 import subprocess
 import sys
 
@@ -41,16 +42,25 @@ def _write_config(data_root, path, source, batch_size):
     cfg.dump(str(path))
 
 
+def _free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
 def _train(config, work_dir, ranks):
-    env = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS='1')
-    launcher = [sys.executable, '-m', 'torch.distributed.run',
-                '--standalone', f'--nproc_per_node={ranks}'] if ranks > 1 else [
-                    sys.executable]
-    args = [osp.join(REPO, 'tools', 'train.py'), config, '--work-dir', work_dir]
+    """2 ranks through tools/dist_train.sh as the README shows; 1 without."""
+    env = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS='1',
+               PORT=str(_free_port()),
+               PATH=osp.dirname(sys.executable) + os.pathsep + os.environ['PATH'])
     if ranks > 1:
-        args += ['--launcher', 'pytorch']
-    result = subprocess.run(launcher + args, env=env, capture_output=True,
-                            text=True, timeout=600)
+        command = ['bash', osp.join(REPO, 'tools', 'dist_train.sh'), config,
+                   str(ranks), '--work-dir', work_dir]
+    else:
+        command = [sys.executable, osp.join(REPO, 'tools', 'train.py'), config,
+                   '--work-dir', work_dir]
+    result = subprocess.run(command, env=env, capture_output=True, text=True,
+                            timeout=600)
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     state = torch.load(osp.join(work_dir, 'iter_6.pth'), weights_only=True)
     prefix = 'decode_head.loss_decode.'
@@ -96,11 +106,8 @@ def _disagreeing_rank(rank, port, queue):
 
 
 def test_ranks_that_disagree_stop_with_an_error():
-    import socket
     import torch.multiprocessing as mp
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        port = s.getsockname()[1]
+    port = _free_port()
     context = mp.get_context('spawn')
     queue = context.Queue()
     processes = [context.Process(target=_disagreeing_rank, args=(rank, port, queue))

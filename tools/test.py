@@ -8,7 +8,7 @@ from mmengine.runner import Runner
 
 from cals_seg.cli import add_common_arguments, exit_if_dataset_missing, load_config
 from cals_seg.hooks.save_logits_hook import LOGITS_DTYPES
-from cals_seg.launch import prepare_cpu_distributed
+from cals_seg.launch import finish_distributed, prepare_cpu_distributed
 
 
 def parse_args():
@@ -95,6 +95,7 @@ def main():
 
     runner = Runner.from_cfg(cfg)
     runner.test()
+    finish_distributed()
 
 
 if __name__ == '__main__':

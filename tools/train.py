@@ -11,7 +11,7 @@ from mmengine.runner import Runner
 from mmseg.registry import RUNNERS
 
 from cals_seg.cli import add_common_arguments, exit_if_dataset_missing, load_config
-from cals_seg.launch import prepare_cpu_distributed
+from cals_seg.launch import finish_distributed, prepare_cpu_distributed
 
 
 def parse_args():
@@ -51,6 +51,7 @@ def main():
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(
         cfg)
     runner.train()
+    finish_distributed()
 
 
 if __name__ == '__main__':
