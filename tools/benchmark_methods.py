@@ -24,7 +24,7 @@ REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from cals_seg.demo_data import VOC_CLASSES, make_demo_dataset  # noqa: E402
-from cals_seg.evaluation.offline import write_atomic  # noqa: E402
+from cals_seg.fileio import write_atomic  # noqa: E402
 
 METHODS = ('ce', 'ls', 'fl', 'mbls', 'ecp', 'cals')
 MODELS = ('deeplabv3', 'pspnet')

@@ -20,9 +20,10 @@ from cals_seg.evaluation.calibration import DEFAULT_NUM_BINS, DEFAULT_NUM_CELLS
 from cals_seg.evaluation.calibration_metric import resolve_classes
 from cals_seg.evaluation.offline import (CalibEvalError, load_manifest, pair_files,
                                          sample_pixels, split_for_temperature,
-                                         stream_statistics, write_atomic)
+                                         stream_statistics)
 from cals_seg.evaluation.reliability import class_diagrams, top_label_diagram
 from cals_seg.evaluation.temperature import fit_temperature
+from cals_seg.fileio import write_atomic
 
 
 def parse_args(argv=None):

@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..fileio import check_label_range
+
 DEFAULT_NUM_BINS = 15
 DEFAULT_NUM_CELLS = 2**16
 
@@ -98,12 +100,8 @@ def keep_mask(labels: Tensor, num_classes: int, ignore_index: int = 255,
     Raises:
         ValueError: labels outside ``[0, C)`` other than ``ignore_index``.
     """
+    check_label_range(labels, num_classes, ignore_index)
     keep = labels != ignore_index
-    bad = keep & ((labels < 0) | (labels >= num_classes))
-    if bad.any():
-        values = torch.unique(labels[bad])[:10].tolist()
-        raise ValueError(f'labels hold values {values} outside [0, {num_classes}) '
-                         f'that are not ignore_index={ignore_index}')
     for k in exclude_classes:
         keep &= labels != k
     return keep

@@ -1,7 +1,6 @@
 """Calibration of saved logits: pairing files, loading them safely, streaming."""
 import glob
 import json
-import os
 import os.path as osp
 from typing import Dict, List, NamedTuple, Optional, Sequence
 
@@ -161,14 +160,6 @@ def load_pair(pair: Pair, num_classes: int, dataset: dict, ignore_index: int):
     except ValueError as error:
         raise CalibEvalError(f'{pair.label_path}: {error}') from error
     return logits, label
-
-
-def write_atomic(path: str, data: bytes) -> None:
-    """Write ``data`` so that ``path`` is either absent, old, or complete."""
-    temporary = f'{path}.tmp{os.getpid()}'
-    with open(temporary, 'wb') as f:
-        f.write(data)
-    os.replace(temporary, path)
 
 
 def split_for_temperature(pairs: Sequence[Pair], spec: str) -> Dict[str, list]:

@@ -1,4 +1,5 @@
 """Writes each test image's logits to disk for offline calibration analysis."""
+import io
 import json
 import os
 import os.path as osp
@@ -10,17 +11,10 @@ from mmengine.hooks import Hook
 
 from mmseg.registry import HOOKS
 
+from ..fileio import write_atomic
+
 MANIFEST = 'manifest.json'
 LOGITS_DTYPES = ('float16', 'float32')
-
-
-def atomic_write(path: str, write) -> None:
-    """Call ``write(file)`` on a temporary file, then move it to ``path``, so a
-    reader never sees half a file."""
-    temporary = f'{path}.tmp{os.getpid()}'
-    with open(temporary, 'wb') as f:
-        write(f)
-    os.replace(temporary, path)
 
 
 def logits_name(img_path: str) -> str:
@@ -70,8 +64,9 @@ class SaveLogitsHook(Hook):
             name = logits_name(sample.img_path)
             logits = sample.seg_logits.data.detach().cpu().numpy().astype(
                 self.dtype)
-            atomic_write(osp.join(self.out_dir, f'{name}.npy'),
-                         lambda f, array=logits: np.save(f, array))
+            buffer = io.BytesIO()
+            np.save(buffer, logits)
+            write_atomic(osp.join(self.out_dir, f'{name}.npy'), buffer.getvalue())
             self._ground_truth[name] = sample.get('seg_map_path')
 
     def after_test_epoch(self, runner, metrics=None) -> None:
@@ -96,6 +91,6 @@ class SaveLogitsHook(Hook):
                                                False)),
                 label_map=_json_label_map(dataset.metainfo.get('label_map'))),
             ground_truth=dict(sorted(merged.items())))
-        atomic_write(
+        write_atomic(
             osp.join(self.out_dir, MANIFEST),
-            lambda f: f.write(json.dumps(manifest, indent=2).encode('utf-8')))
+            json.dumps(manifest, indent=2).encode('utf-8'))

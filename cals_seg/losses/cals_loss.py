@@ -9,6 +9,7 @@ from mmseg.registry import MODELS
 
 from ..constraints import (ConstraintPenalty, RoundStatistics, constraint_penalty,
                            round_statistics)
+from ..fileio import check_label_range
 from ..multipliers import (NO_PREVIOUS_CONSTRAINT, MultiplierState,
                            update_multipliers)
 from ..penalties import get_penalty
@@ -158,12 +159,10 @@ class CALSLoss(nn.Module):
             raise ValueError(f'{type(self).__name__}: labels of shape '
                              f'{tuple(label.shape)} do not match logits of shape '
                              f'{tuple(cls_score.shape)}; expected {expected}')
-        bad = ((label < 0) | (label >= self.num_classes)) & (label != ignore_index)
-        if bad.any():
-            values = torch.unique(label[bad])[:10].tolist()
-            raise ValueError(
-                f'{type(self).__name__}: labels hold values {values} outside '
-                f'[0, {self.num_classes}) that are not ignore_index={ignore_index}')
+        try:
+            check_label_range(label, self.num_classes, ignore_index)
+        except ValueError as error:
+            raise ValueError(f'{type(self).__name__}: {error}') from None
 
     def _penalty(self, logits: Tensor, valid: Tensor,
                  need_grad: bool) -> ConstraintPenalty:
