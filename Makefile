@@ -10,14 +10,15 @@ STAMP := $(VENV)/.installed
 setup: $(STAMP)
 
 # torch first (the CPU build), then mmcv compiled against it (its setup.py imports
-# torch and pkg_resources, hence --no-build-isolation and setuptools<81), then the rest.
-$(STAMP): requirements.txt setup.py
+# torch and pkg_resources, hence --no-build-isolation and setuptools<81), then the rest;
+# last cals-seg itself, whose CPU kernels (cals_seg/csrc) compile against torch too.
+$(STAMP): requirements.txt setup.py $(wildcard cals_seg/csrc/*.cpp)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade "pip>=24" wheel
 	$(PIP) install torch==2.13.0 "setuptools>=77.0.3,<81"
 	MMCV_WITH_OPS=1 MAX_JOBS=2 $(PIP) install --no-build-isolation mmcv==2.1.0
 	$(PIP) install -r requirements.txt
-	$(PIP) install --no-build-isolation --no-deps -e .
+	MAX_JOBS=2 $(PIP) install --no-build-isolation --no-deps -e .
 	touch $(STAMP)
 
 test: setup
@@ -35,4 +36,4 @@ bench: setup
 	cd bench && ../$(PY) run_all.py
 
 clean-venv:
-	rm -rf $(VENV)
+	rm -rf $(VENV) build cals_seg/_kernels*.so

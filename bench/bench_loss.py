@@ -29,7 +29,7 @@ def main() -> bool:
 
         t = time_side_by_side({'ce': step(ce), 'cals': step(cals),
                                'stats': step(collecting)},
-                              repeats=5 if size == 128 else 3)
+                              repeats=15 if size == 128 else 5)
         ok &= report(f'CALSLoss / CE, forward+backward, 8x21x{size}x{size}',
                      t['cals'] / t['ce'], 1.5)
         ok &= report(f'round statistics added to the CALS step, {size}x{size}',

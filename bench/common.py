@@ -1,13 +1,15 @@
 """Side-by-side timing for the benchmarks: ratios, never absolute targets."""
-import statistics
 import time
 from typing import Callable, Dict
 
 
 def time_side_by_side(functions: Dict[str, Callable[[], object]],
                       repeats: int = 5) -> Dict[str, float]:
-    """Median seconds of each function, measured interleaved in one process so
-    that the machine's noise hits all of them alike."""
+    """Fastest of ``repeats`` runs of each function, in seconds, measured
+    interleaved in one process so that slow phases of the machine hit all of them
+    alike. The minimum, not the median: on a shared, noisy machine load only ever
+    adds time, so the fastest run is the best estimate of what the code costs
+    (the advice of Python's ``timeit``)."""
     for function in functions.values():
         function()  # warm-up: allocations, caches, lazy initialisation
     samples = {name: [] for name in functions}
@@ -16,7 +18,7 @@ def time_side_by_side(functions: Dict[str, Callable[[], object]],
             start = time.perf_counter()
             function()
             samples[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in samples.items()}
+    return {name: min(values) for name, values in samples.items()}
 
 
 def report(figure: str, measured: float, target: float, unit: str = '',

@@ -3,12 +3,14 @@
 Shapes: logits are ``(N, C, *S)`` with the class axis at dim 1 (mmseg's layout,
 ``S`` the spatial axes, possibly none); masks and labels are ``(N, *S)``.
 """
-from typing import NamedTuple, Tuple
+import math
+from typing import NamedTuple, Optional, Tuple
 
 import torch
 from torch import Tensor
 
-from .penalties import PenaltyFunction
+from .native import kernels
+from .penalties import PenaltyFunction, phr
 
 
 class RoundStatistics(NamedTuple):
@@ -52,40 +54,21 @@ class ConstraintPenalty(NamedTuple):
 
     Attributes:
         value (Tensor): scalar, mean of ``P(h_ik)`` over valid pixels and classes.
-        grad_logits (Tensor | None): ``d value / d logits``, shaped like the logits.
-        constraints (Tensor): ``h``, shaped like the logits, float32.
-        grad (Tensor): ``P'(h)``, shaped like the logits, float32.
+        grad_direction (Tensor | None): float32 tensor shaped like the logits;
+            ``d value / d logits = grad_scale * grad_direction``. The scale is kept
+            apart so that the backward pass applies it together with its incoming
+            gradient, in the one pass over the tensor it makes anyway.
+        grad_scale (Tensor | None): scalar, see ``grad_direction``.
+        statistics (RoundStatistics | None): the round sums of the batch, when
+            asked for.
     """
     value: Tensor
-    grad_logits: Tensor
-    constraints: Tensor
-    grad: Tensor
+    grad_direction: Optional[Tensor]
+    grad_scale: Optional[Tensor]
+    statistics: Optional[RoundStatistics]
 
 
-def logit_constraints(logits: Tensor,
-                      margin: float,
-                      normalize: bool = True) -> Tuple[Tensor, Tensor]:
-    """Constraint values ``h_ik = (max_j z_ij - z_ik - m) / m`` (``/ m`` if normalised).
-
-    Args:
-        logits (Tensor): ``(N, C, *S)``; computed in float32 whatever its dtype,
-            because the penalties' powers of ``h`` overflow float16.
-        margin (float): the margin ``m > 0``.
-        normalize (bool): divide by ``m`` so that the winning class has ``h = -1``.
-
-    Returns:
-        tuple[Tensor, Tensor]: ``h`` of shape ``(N, C, *S)`` and the index of the
-        winning class, ``(N, 1, *S)``.
-    """
-    logits = logits.float()
-    top, winner = logits.max(dim=1, keepdim=True)
-    h = (top - margin) - logits
-    if normalize:
-        h = h.div_(margin)
-    return h, winner
-
-
-def _per_class_sum(x: Tensor) -> Tensor:
+def _class_sums(x: Tensor) -> Tensor:
     """Sum a ``(N, C, *S)`` tensor over every axis but the class axis.
 
     Summed in the tensor's own dtype (torch's pairwise summation keeps float32
@@ -96,75 +79,213 @@ def _per_class_sum(x: Tensor) -> Tensor:
     return x.sum(dim=dims).double()
 
 
-def round_statistics(constraints: Tensor, grad: Tensor, valid: Tensor,
-                     lambd_min: float, lambd_max: float) -> RoundStatistics:
-    """Per-class sums of one batch for a multiplier update round (DESIGN.md 1.4).
+def _valid_class_sums(x: Tensor, valid: Tensor) -> Tensor:
+    """Per-class sums of ``x`` over the pixels where ``valid`` is True, float64.
 
-    Pixels whose constraints are not all finite are left out and counted.
+    The sum over all pixels minus the sum over the gathered invalid ones: invalid
+    pixels are usually few, and this reads ``x`` once without writing a masked
+    copy of it (3x faster). A non-finite value at an invalid pixel makes the
+    sums non-finite; callers check.
+    """
+    excluded = x.movedim(1, -1)[~valid]
+    return _class_sums(x) - excluded.sum(dim=0).double()
 
-    Args:
-        constraints (Tensor): ``h``, ``(N, C, *S)``.
-        grad (Tensor): ``P'(h)`` at the current multipliers, ``(N, C, *S)``.
-        valid (Tensor): bool ``(N, *S)``; False for ignored pixels.
-        lambd_min (float), lambd_max (float): clipping range of ``P'``.
+
+def _phr_terms(logits: Tensor, top: Tensor, valid: Tensor, num_valid: Tensor,
+               multipliers: Tensor, rho: Tensor, margin: float,
+               scale: float) -> Tuple[Tensor, Tensor]:
+    """Per-class sums of the PHR penalty over valid pixels, and ``P'`` (zero at
+    invalid pixels).
+
+    ``P' = max(0, lambd + rho h)`` is affine in ``d = max_j z_j - z`` before the
+    clamp, and the sum of ``P = (P'^2 - lambd^2) / (2 rho)`` needs only the sum of
+    squares of ``P'``: neither ``h`` nor ``P`` is materialised, so the penalty is one
+    new tensor and a few in-place passes over it. Invalid pixels get ``d = -inf``,
+    which the clamp turns into ``P' = 0`` without a masking pass.
+    """
+    top = top.masked_fill(~valid.unsqueeze(1), -math.inf)
+    grad = torch.sub(top, logits)
+    # lambd + rho h in one pass: addcmul may write into its own input.
+    torch.addcmul(multipliers - rho * (margin / scale), grad, rho / scale, out=grad)
+    grad.clamp_min_(0)
+    n, c = grad.shape[:2]
+    # Norms along the contiguous pixel axis, then over images: 3-4x faster than
+    # one norm over the strided (N, *S) axes.
+    squares = torch.linalg.vector_norm(grad.reshape(n, c, -1), dim=2).double()
+    squares = squares.square().sum(dim=0)
+    return _phr_class_values(squares, num_valid, multipliers, rho), grad
+
+
+def _phr_class_values(squares: Tensor, num_valid: Tensor, multipliers: Tensor,
+                      rho: Tensor) -> Tensor:
+    """``sum_i P(h_ik)`` per class from ``sum_i P'_ik^2`` over valid pixels."""
+    lambd, rho = multipliers.view(-1).double(), rho.view(-1).double()
+    return (squares - num_valid * lambd * lambd) / (2 * rho)
+
+
+def _phr_kernel(logits: Tensor, valid: Tensor, num_valid: Tensor, multipliers: Tensor,
+                rho: Tensor, margin: float, scale: float, need_grad: bool,
+                statistics_clip: Optional[Tuple[float, float]]):
+    """The PHR penalty through the fused CPU kernel (csrc/phr_penalty.cpp).
 
     Returns:
-        RoundStatistics: sums with ``C = constraints.shape[1]`` entries.
+        tuple: per-class sums of ``P``, the gradient direction (or None) and the
+        round statistics (or None), as :func:`constraint_penalty` defines them.
     """
-    num_classes = constraints.shape[1]
-    mask = valid.unsqueeze(1)
-    clipped = grad.clamp(lambd_min, lambd_max)
-    grad_sum = _per_class_sum(torch.where(mask, clipped, 0))
-    constraint_sum = _per_class_sum(torch.where(mask, constraints, 0))
+    n, c = logits.shape[:2]
+    lambd_min, lambd_max = statistics_clip or (0.0, 0.0)
+    multipliers, rho = multipliers.view(-1), rho.view(-1)
+    direction, sums = kernels.phr_penalty(
+        logits.reshape(n, c, -1).contiguous(), valid.reshape(n, -1).contiguous(),
+        (multipliers - rho * (margin / scale)).contiguous(),
+        (rho / scale).contiguous(), need_grad, statistics_clip is not None,
+        lambd_min, lambd_max)
+    squares, clipped, distance = sums[:c], sums[c:2 * c], sums[2 * c:3 * c]
+    num_finite, num_nonfinite = sums[3 * c], sums[3 * c + 1]
+    statistics = None
+    if statistics_clip is not None:
+        statistics = RoundStatistics(clipped,
+                                     (distance - num_finite * margin) / scale,
+                                     num_finite.expand(c).clone(), num_nonfinite)
+    return (_phr_class_values(squares, num_valid, multipliers, rho),
+            direction.view(logits.shape) if need_grad else None, statistics)
+
+
+def _generic_terms(penalty: PenaltyFunction, logits: Tensor, top: Tensor,
+                   valid: Tensor, multipliers: Tensor, rho: Tensor, margin: float,
+                   scale: float) -> Tuple[Tensor, Tensor]:
+    """As :func:`_phr_terms`, for any penalty function, through ``h`` and ``P``."""
+    h = torch.sub(top, logits).sub_(margin).div_(scale)
+    value, grad = penalty(h, multipliers, rho)
+    # Multiplying by a float mask is 3x faster than masked_fill with a mask
+    # broadcast over classes.
+    weight = valid.unsqueeze(1).to(grad.dtype)
+    return _class_sums(value.mul_(weight)), grad.mul_(weight)
+
+
+def _round_statistics(logits: Tensor, top: Tensor, grad: Tensor, valid: Tensor,
+                      margin: float, scale: float, lambd_min: float,
+                      lambd_max: float) -> RoundStatistics:
+    """Round sums from ``P'`` (already zero at invalid pixels) and the logits.
+
+    ``sum_i h_ik = (sum_i top_i - sum_i z_ik - n m) / s`` over valid pixels.
+    """
+    num_classes = logits.shape[1]
     num_valid = valid.sum(dtype=torch.float64)
-    num_nonfinite = torch.zeros((), dtype=torch.float64, device=valid.device)
-    # A non-finite logit makes both sums non-finite, so the common case costs no
-    # extra pass over the pixels.
-    if not (torch.isfinite(grad_sum).all() and torch.isfinite(constraint_sum).all()):
-        finite_pixel = torch.isfinite(constraints).all(dim=1) & valid
-        num_nonfinite = (valid & ~finite_pixel).sum(dtype=torch.float64)
-        mask = finite_pixel.unsqueeze(1)
-        grad_sum = _per_class_sum(torch.where(mask, clipped, 0))
-        constraint_sum = _per_class_sum(torch.where(mask, constraints, 0))
-        num_valid = finite_pixel.sum(dtype=torch.float64)
-    count = num_valid.expand(num_classes).clone()
-    return RoundStatistics(grad_sum, constraint_sum, count, num_nonfinite)
+    num_excluded = valid.numel() - num_valid
+    # P' = 0 at excluded pixels, which the clip turns into lambd_min each.
+    grad_sum = _class_sums(grad.clamp(lambd_min, lambd_max)) - lambd_min * num_excluded
+    top_sum = top.squeeze(1).masked_fill(~valid, 0).sum(dtype=torch.float64)
+    logit_sum = _valid_class_sums(logits, valid)
+    constraint_sum = (top_sum - logit_sum - num_valid * margin) / scale
+    return RoundStatistics(grad_sum, constraint_sum,
+                           num_valid.expand(num_classes).clone(),
+                           torch.zeros((), dtype=torch.float64, device=valid.device))
 
 
-def constraint_penalty(logits: Tensor, valid: Tensor, multipliers: Tensor,
-                       rho: Tensor, margin: float, normalize: bool,
+def _finite_round_statistics(logits: Tensor, top: Tensor, grad: Tensor,
+                             valid: Tensor, margin: float, scale: float,
+                             lambd_min: float, lambd_max: float) -> RoundStatistics:
+    """:func:`_round_statistics` with pixels that have a non-finite logit left out
+    and counted. A non-finite logit makes the sums non-finite, so the common case
+    costs no extra pass over the pixels."""
+    stats = _round_statistics(logits, top, grad, valid, margin, scale, lambd_min,
+                              lambd_max)
+    if torch.isfinite(stats.grad_sum).all() and torch.isfinite(
+            stats.constraint_sum).all():
+        return stats
+    finite = valid & torch.isfinite(logits).all(dim=1)
+    mask = finite.unsqueeze(1)
+    stats = _round_statistics(logits.masked_fill(~mask, 0),
+                              top.masked_fill(~mask, 0), grad.masked_fill(~mask, 0),
+                              finite, margin, scale, lambd_min, lambd_max)
+    return stats._replace(num_nonfinite=(valid & ~finite).sum(dtype=torch.float64))
+
+
+@torch.no_grad()
+def constraint_penalty(logits: Tensor,
+                       valid: Tensor,
+                       multipliers: Tensor,
+                       rho: Tensor,
+                       margin: float,
+                       normalize: bool,
                        penalty: PenaltyFunction,
-                       need_grad: bool = True) -> ConstraintPenalty:
-    """The CALS penalty, its gradient with respect to the logits, and ``h``, ``P'``.
+                       need_grad: bool = True,
+                       statistics_clip: Optional[Tuple[float, float]] = None,
+                       backend: str = 'auto') -> ConstraintPenalty:
+    """The CALS penalty, its gradient with respect to the logits, and round sums.
 
-    ``value = sum_{i valid, k} P(h_ik; lambd_k, rho_k) / (n_valid * C)``. Its gradient
-    is assembled from ``P'`` directly: with ``s = m`` (normalised) or 1,
-    ``d value / d z_ij = ([j = argmax_i] sum_k P'_ik - P'_ij) / (s n_valid C)``,
-    so the one tensor ``P'`` serves the backward pass and the update statistics.
+    ``h_ik = (max_j z_ij - z_ik - m) / s`` with ``s = m`` (normalised) or 1, in
+    float32 whatever the logits' dtype (the penalties' powers of ``h`` overflow
+    float16). ``value = sum_{i valid, k} P(h_ik; lambd_k, rho_k) / (n_valid * C)``.
+    Its gradient is assembled from ``P'`` directly:
+    ``d value / d z_ij = ([j wins at i] sum_k P'_ik - P'_ij) / (s n_valid C)``, where
+    pixels with tied largest logits split the winner's share evenly (the gradient
+    of ``amax``). The one tensor ``P'`` serves the backward pass and the update
+    statistics. Runs without autograd: the caller attaches the gradient.
 
     Args:
         logits (Tensor): ``(N, C, *S)``, any float dtype.
         valid (Tensor): bool ``(N, *S)``.
         multipliers (Tensor): ``[C]`` lambda, treated as constants.
         rho (Tensor): ``[C]`` penalty parameters, treated as constants.
-        margin (float), normalize (bool): see :func:`logit_constraints`.
+        margin (float): the margin ``m > 0``.
+        normalize (bool): divide distances by ``m`` so that the winning class has
+            ``h = -1``.
         penalty (callable): one of :mod:`cals_seg.penalties`.
-        need_grad (bool): compute ``grad_logits``; otherwise it is None.
+        need_grad (bool): compute the gradient; otherwise its fields are None.
+        statistics_clip (tuple[float, float], optional): ``(lambd_min,
+            lambd_max)``, the clipping range of ``P'`` in the round sums; given,
+            the batch's :class:`RoundStatistics` are computed as well.
+        backend (str): 'kernel' runs the fused CPU kernel (phr on CPU only),
+            'torch' the PyTorch operations that run on any device, 'auto' the
+            kernel where it applies. Both compute the same sums; they differ only
+            in float rounding and at ignored pixels with non-finite logits.
 
     Returns:
         ConstraintPenalty
     """
+    if backend not in ('auto', 'kernel', 'torch'):
+        raise ValueError(f"backend must be 'auto', 'kernel' or 'torch', got {backend!r}")
     num_classes = logits.shape[1]
-    h, winner = logit_constraints(logits, margin, normalize)
+    logits = logits.float()
+    num_valid = valid.sum()
+    denominator = num_valid.clamp_min(1) * num_classes
+    scale = margin if normalize else 1.0
+    grad_scale = -1 / (scale * denominator) if need_grad else None
+    kernel_fits = (penalty is phr and logits.device.type == 'cpu'
+                   and kernels is not None)
+    if backend == 'kernel' and not kernel_fits:
+        raise ValueError('the kernel backend needs the phr penalty, CPU tensors and '
+                         'the compiled cals_seg._kernels (pip install -e .)')
+    if kernel_fits and backend != 'torch':
+        class_values, direction, statistics = _phr_kernel(
+            logits, valid, num_valid, multipliers.float(), rho.float(), margin,
+            scale, need_grad, statistics_clip)
+        return ConstraintPenalty((class_values.sum() / denominator).float(),
+                                 direction, grad_scale, statistics)
+
+    top = logits.amax(dim=1, keepdim=True)
     class_shape = (1, num_classes) + (1, ) * (logits.dim() - 2)
-    value, grad = penalty(h, multipliers.float().view(class_shape),
-                          rho.float().view(class_shape))
-    mask = valid.unsqueeze(1)
-    denominator = valid.sum().clamp_min(1) * num_classes
-    total = torch.where(mask, value, 0).sum() / denominator
-    grad_logits = None
+    multipliers = multipliers.float().view(class_shape)
+    rho = rho.float().view(class_shape)
+    if penalty is phr:
+        class_values, grad = _phr_terms(logits, top, valid, num_valid, multipliers,
+                                        rho, margin, scale)
+    else:
+        class_values, grad = _generic_terms(penalty, logits, top, valid,
+                                            multipliers, rho, margin, scale)
+    statistics = None
+    if statistics_clip is not None:
+        statistics = _finite_round_statistics(logits, top, grad, valid, margin,
+                                              scale, *statistics_clip)
+    direction = None
     if need_grad:
-        scale = (margin if normalize else 1.0) * denominator
-        grad_logits = torch.where(mask, grad, 0).div_(-scale)
-        grad_logits.scatter_add_(1, winner, -grad_logits.sum(dim=1, keepdim=True))
-    return ConstraintPenalty(total, grad_logits, h, grad)
+        # A float indicator: summing or multiplying a bool one converts it first.
+        winner = torch.eq(logits, top, out=torch.empty_like(logits))
+        winner_share = grad.sum(dim=1, keepdim=True).div_(
+            winner.sum(dim=1, keepdim=True))
+        # In place: P' becomes P' - [wins] * share, the gradient up to its scale.
+        direction = grad.addcmul_(winner, winner_share, value=-1)
+    return ConstraintPenalty((class_values.sum() / denominator).float(), direction,
+                             grad_scale, statistics)

@@ -86,6 +86,27 @@ def test_gradient_matches_autograd(penalty, normalize):
     assert all(p.grad is None for p in loss.parameters())
 
 
+def test_gradient_scales_with_loss_weight_and_upstream_gradient():
+    # Base and penalty share one gradient tensor (CALSLoss' _Objective): both
+    # must follow loss_weight and the gradient arriving from upstream.
+    logits, label = _inputs(seed=4)
+    grads = []
+    for loss_weight, upstream in ((1.0, 1.0), (2.0, 3.0)):
+        x = logits.float().requires_grad_(True)
+        loss = _loss(penalty_weight=1.5, loss_weight=loss_weight)
+        (upstream * loss(x, label, ignore_index=IGNORE)).backward()
+        grads.append(x.grad)
+    torch.testing.assert_close(grads[1], 6 * grads[0], rtol=1e-5, atol=1e-8)
+
+
+def test_second_backward_is_a_clear_error():
+    logits, label = _inputs(seed=6)
+    value = _loss()(logits.float().requires_grad_(True), label, ignore_index=IGNORE)
+    value.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match='back-propagated only once'):
+        value.backward()
+
+
 def test_ignored_pixels_contribute_nothing():
     logits, label = _inputs(seed=5)
     loss = _loss(penalty='p2', avg_non_ignore=True)

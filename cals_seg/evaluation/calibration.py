@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from ..fileio import check_label_range
+from ..native import kernels
 
 DEFAULT_NUM_BINS = 15
 DEFAULT_NUM_CELLS = 2**16
@@ -107,13 +108,18 @@ def keep_mask(labels: Tensor, num_classes: int, ignore_index: int = 255,
     return keep
 
 
+def _nonfinite_error(num_pixels: int) -> ValueError:
+    return ValueError(f'logits hold NaN or infinite values ({num_pixels} pixels); '
+                      'a diverged model has no calibration to measure')
+
+
 def calibration_statistics(logits: Tensor,
                            labels: Tensor,
                            num_bins: int = DEFAULT_NUM_BINS,
                            num_cells: int = DEFAULT_NUM_CELLS,
                            ignore_index: int = 255,
-                           exclude_classes: Sequence[int] = ()
-                           ) -> CalibrationStatistics:
+                           exclude_classes: Sequence[int] = (),
+                           backend: str = 'auto') -> CalibrationStatistics:
     """Per-bin sums of one image (or any set of pixels).
 
     Args:
@@ -123,10 +129,15 @@ def calibration_statistics(logits: Tensor,
         num_cells (int): cells ``F`` of the fine AECE histogram.
         ignore_index (int): label of pixels to leave out.
         exclude_classes (sequence[int]): ground-truth classes to leave out.
+        backend (str): 'kernel' runs the one-pass CPU kernel, 'torch' the
+            PyTorch operations that run on any device, 'auto' the kernel on CPU
+            where it is built. Both compute the same sums up to float rounding.
 
     Returns:
         CalibrationStatistics
     """
+    if backend not in ('auto', 'kernel', 'torch'):
+        raise ValueError(f"backend must be 'auto', 'kernel' or 'torch', got {backend!r}")
     num_classes = logits.shape[0]
     if tuple(labels.shape) != tuple(logits.shape[1:]):
         raise ValueError(f'labels of shape {tuple(labels.shape)} do not match '
@@ -134,6 +145,16 @@ def calibration_statistics(logits: Tensor,
     z = logits.reshape(num_classes, -1).float()
     y = labels.reshape(-1).long()
     keep = keep_mask(y, num_classes, ignore_index, exclude_classes)
+    kernel_fits = kernels is not None and z.device.type == 'cpu'
+    if backend == 'kernel' and not kernel_fits:
+        raise ValueError('the kernel backend needs CPU tensors and the compiled '
+                         'cals_seg._kernels (pip install -e .)')
+    if kernel_fits and backend != 'torch':
+        *sums, num_nonfinite = kernels.calibration_statistics(
+            z.contiguous(), y.contiguous(), keep.contiguous(), num_bins, num_cells)
+        if num_nonfinite > 0:
+            raise _nonfinite_error(int(num_nonfinite))
+        return CalibrationStatistics(*sums)
     if not bool(keep.all()):
         z, y = z[:, keep], y[keep]
 
@@ -141,9 +162,7 @@ def calibration_statistics(logits: Tensor,
     prob = torch.exp(z - top)
     partition = prob.sum(dim=0)
     if not bool(torch.isfinite(partition).all()):
-        raise ValueError('logits hold NaN or infinite values '
-                         f'({int((~torch.isfinite(partition)).sum())} pixels); '
-                         'a diverged model has no calibration to measure')
+        raise _nonfinite_error(int((~torch.isfinite(partition)).sum()))
     prob.div_(partition)
     confidence = partition.reciprocal()
     correct = (prediction == y).double()

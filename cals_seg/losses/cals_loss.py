@@ -7,31 +7,45 @@ from torch import Tensor
 
 from mmseg.registry import MODELS
 
-from ..constraints import (ConstraintPenalty, RoundStatistics, constraint_penalty,
-                           round_statistics)
+from ..constraints import ConstraintPenalty, RoundStatistics, constraint_penalty
 from ..fileio import check_label_range
 from ..multipliers import (NO_PREVIOUS_CONSTRAINT, MultiplierState,
                            update_multipliers)
 from ..penalties import get_penalty
 
 
-class _PrecomputedGradient(torch.autograd.Function):
-    """Returns ``value`` and, on backward, ``grad_output * grad_logits``.
+class _Objective(torch.autograd.Function):
+    """``base + penalty_weight * penalty`` with one gradient tensor for both.
 
     The penalty's gradient is assembled in the forward pass from ``P'``, which is
-    computed there anyway, so autograd does not keep the penalty's intermediates.
+    computed there anyway, as ``grad_scale * direction``. The base loss runs on a
+    detached copy of the logits; backward takes its gradient from that graph and
+    adds the penalty's into it in place. Autograd would otherwise scale the
+    direction into a new tensor and sum the two gradients into a third: two more
+    passes over the step's largest tensors. The graph can therefore be
+    back-propagated only once.
     """
 
     @staticmethod
-    def forward(ctx, logits: Tensor, value: Tensor, grad_logits: Tensor) -> Tensor:
-        ctx.save_for_backward(grad_logits)
-        ctx.logits_dtype = logits.dtype
-        return value.detach().clone()
+    def forward(ctx, logits: Tensor, base_graph: tuple, penalty: Tensor,
+                direction: Tensor, grad_scale: Tensor,
+                penalty_weight: float) -> Tensor:
+        # base_graph = (detached logits, base loss on them), in a tuple so that
+        # autograd does not take the base loss for an input of this function.
+        ctx.base_graph, ctx.direction = base_graph, direction
+        ctx.grad_scale = grad_scale * penalty_weight
+        return base_graph[1].detach() + penalty_weight * penalty
 
     @staticmethod
     def backward(ctx, grad_output: Tensor):
-        grad_logits, = ctx.saved_tensors
-        return (grad_logits * grad_output).to(ctx.logits_dtype), None, None
+        if ctx.direction is None:
+            raise RuntimeError('CALSLoss: the loss can be back-propagated only once '
+                               'per forward pass (retain_graph is not supported)')
+        (base_input, base), direction = ctx.base_graph, ctx.direction
+        ctx.base_graph = ctx.direction = None
+        grad, = torch.autograd.grad(base, base_input, grad_output)
+        grad.addcmul_(direction, grad_output * ctx.grad_scale)
+        return grad, None, None, None, None, None
 
 
 @MODELS.register_module()
@@ -164,11 +178,12 @@ class CALSLoss(nn.Module):
         except ValueError as error:
             raise ValueError(f'{type(self).__name__}: {error}') from None
 
-    def _penalty(self, logits: Tensor, valid: Tensor,
-                 need_grad: bool) -> ConstraintPenalty:
+    def _penalty(self, logits: Tensor, valid: Tensor, need_grad: bool,
+                 need_statistics: bool) -> ConstraintPenalty:
+        clip = (self.lambd_min, self.lambd_max) if need_statistics else None
         return constraint_penalty(logits, valid, self.multipliers, self.rho,
                                   self.margin, self.normalize, self.penalty_fn,
-                                  need_grad=need_grad)
+                                  need_grad=need_grad, statistics_clip=clip)
 
     def forward(self,
                 cls_score: Tensor,
@@ -189,19 +204,23 @@ class CALSLoss(nn.Module):
             Tensor: scalar loss.
         """
         self._check_inputs(cls_score, label, ignore_index)
-        base = self.base_loss(cls_score, label, weight, ignore_index=ignore_index,
+        need_grad = cls_score.requires_grad and torch.is_grad_enabled()
+        base_input = cls_score.detach().requires_grad_() if need_grad else cls_score
+        base = self.base_loss(base_input, label, weight, ignore_index=ignore_index,
                               **kwargs)
         valid = label != ignore_index
-        result = self._penalty(cls_score, valid, need_grad=cls_score.requires_grad)
-        if self.training and self.collect_round_statistics:
-            self.accumulate_round_statistics(
-                round_statistics(result.constraints, result.grad, valid,
-                                 self.lambd_min, self.lambd_max))
-        penalty = result.value
-        if result.grad_logits is not None:
-            penalty = _PrecomputedGradient.apply(cls_score, result.value,
-                                                 result.grad_logits)
-        return self.loss_weight * (base + self.penalty_weight * penalty)
+        result = self._penalty(
+            cls_score, valid, need_grad=need_grad,
+            need_statistics=self.training and self.collect_round_statistics)
+        if result.statistics is not None:
+            self.accumulate_round_statistics(result.statistics)
+        if need_grad:
+            objective = _Objective.apply(cls_score, (base_input, base), result.value,
+                                         result.grad_direction, result.grad_scale,
+                                         self.penalty_weight)
+        else:
+            objective = base + self.penalty_weight * result.value
+        return self.loss_weight * objective
 
     @torch.no_grad()
     def statistics_from_logits(self, logits: Tensor, label: Tensor,
@@ -218,9 +237,8 @@ class CALSLoss(nn.Module):
         """
         self._check_inputs(logits, label, ignore_index)
         valid = label != ignore_index
-        result = self._penalty(logits, valid, need_grad=False)
-        return round_statistics(result.constraints, result.grad, valid,
-                                self.lambd_min, self.lambd_max)
+        return self._penalty(logits, valid, need_grad=False,
+                             need_statistics=True).statistics
 
     def accumulate_round_statistics(self, stats: RoundStatistics):
         """Add ``stats`` to the sums of the current round (this rank only)."""
