@@ -74,8 +74,10 @@ void accumulate(const float* z, const int64_t* labels, const bool* keep,
     s.cell_confidence[f] += confidence;
     s.cell_accuracy[f] += correct;
     float squares = 0.f;
+    // A multiply by the confidence (= 1 / partition), not a divide per class:
+    // 4x cheaper, and within an ulp of the reference's division.
     for (int64_t k = 0; k < c; ++k) {
-      const float p = prob[k] / partition;
+      const float p = prob[k] * confidence;
       const int64_t cell = k * s.num_bins + bin_index(p, s.num_bins);
       s.class_count[cell] += 1.0;
       s.class_probability[cell] += p;
