@@ -9,7 +9,7 @@ from typing import NamedTuple, Optional, Tuple
 import torch
 from torch import Tensor
 
-from .native import kernels
+from .native import kernels, use_kernel
 from .penalties import PenaltyFunction, phr
 
 
@@ -245,20 +245,14 @@ def constraint_penalty(logits: Tensor,
     Returns:
         ConstraintPenalty
     """
-    if backend not in ('auto', 'kernel', 'torch'):
-        raise ValueError(f"backend must be 'auto', 'kernel' or 'torch', got {backend!r}")
     num_classes = logits.shape[1]
     logits = logits.float()
     num_valid = valid.sum()
     denominator = num_valid.clamp_min(1) * num_classes
     scale = margin if normalize else 1.0
     grad_scale = -1 / (scale * denominator) if need_grad else None
-    kernel_fits = (penalty is phr and logits.device.type == 'cpu'
-                   and kernels is not None)
-    if backend == 'kernel' and not kernel_fits:
-        raise ValueError('the kernel backend needs the phr penalty, CPU tensors and '
-                         'the compiled cals_seg._kernels (pip install -e .)')
-    if kernel_fits and backend != 'torch':
+    if use_kernel(backend, penalty is phr and logits.device.type == 'cpu',
+                  'the phr penalty, CPU tensors'):
         class_values, direction, statistics = _phr_kernel(
             logits, valid, num_valid, multipliers.float(), rho.float(), margin,
             scale, need_grad, statistics_clip)

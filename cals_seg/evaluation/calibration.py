@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from ..fileio import check_label_range
-from ..native import kernels
+from ..native import kernels, use_kernel
 
 DEFAULT_NUM_BINS = 15
 DEFAULT_NUM_CELLS = 2**16
@@ -136,8 +136,6 @@ def calibration_statistics(logits: Tensor,
     Returns:
         CalibrationStatistics
     """
-    if backend not in ('auto', 'kernel', 'torch'):
-        raise ValueError(f"backend must be 'auto', 'kernel' or 'torch', got {backend!r}")
     num_classes = logits.shape[0]
     if tuple(labels.shape) != tuple(logits.shape[1:]):
         raise ValueError(f'labels of shape {tuple(labels.shape)} do not match '
@@ -145,11 +143,7 @@ def calibration_statistics(logits: Tensor,
     z = logits.reshape(num_classes, -1).float()
     y = labels.reshape(-1).long()
     keep = keep_mask(y, num_classes, ignore_index, exclude_classes)
-    kernel_fits = kernels is not None and z.device.type == 'cpu'
-    if backend == 'kernel' and not kernel_fits:
-        raise ValueError('the kernel backend needs CPU tensors and the compiled '
-                         'cals_seg._kernels (pip install -e .)')
-    if kernel_fits and backend != 'torch':
+    if use_kernel(backend, z.device.type == 'cpu', 'CPU tensors'):
         *sums, num_nonfinite = kernels.calibration_statistics(
             z.contiguous(), y.contiguous(), keep.contiguous(), num_bins, num_cells)
         if num_nonfinite > 0:
