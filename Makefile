@@ -27,10 +27,10 @@ test: setup
 demo: setup
 	$(PY) tools/demo.py
 
-# Every method x both tiny models x 3 seeds, 1,000 iterations each, two runs at a time
-# (about 2 hours on 2 cores); writes docs/results.md.
+# Every method x both tiny models x 3 seeds on the over-confidence regime of the demo
+# data, two runs at a time; writes docs/results.md and docs/figures/.
 benchmark: setup
-	$(PY) tools/benchmark_methods.py --iters 1000
+	$(PY) tools/benchmark_methods.py
 
 # Cost of CALS and of the metric, as ratios measured side by side (issue 6).
 bench: setup

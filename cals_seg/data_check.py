@@ -1,4 +1,5 @@
 """A missing dataset as one clear sentence instead of a loader's traceback."""
+import copy
 import os.path as osp
 from typing import Iterator, Optional, Sequence, Tuple
 
@@ -19,15 +20,43 @@ class DatasetNotFoundError(FileNotFoundError):
     """A dataset path from a config that does not exist."""
 
 
-def _leaf_datasets(dataset: dict) -> Iterator[dict]:
+def leaf_datasets(dataset: dict) -> Iterator[dict]:
     """The datasets that read files, through wrappers (Concat, Repeat, ...)."""
     if 'datasets' in dataset:
         for child in dataset['datasets']:
-            yield from _leaf_datasets(child)
+            yield from leaf_datasets(child)
     elif isinstance(dataset.get('dataset'), dict):
-        yield from _leaf_datasets(dataset['dataset'])
+        yield from leaf_datasets(dataset['dataset'])
     else:
         yield dataset
+
+
+def with_pipeline(dataset: dict, pipeline: list) -> dict:
+    """A copy of a dataset config whose file-reading datasets all use
+    ``pipeline`` (through wrappers such as ConcatDataset or HashSplitDataset)."""
+    dataset = copy.deepcopy(dataset)
+    for leaf in leaf_datasets(dataset):
+        leaf['pipeline'] = copy.deepcopy(pipeline)
+    return dataset
+
+
+def dataloader_configs(cfg) -> Iterator[dict]:
+    """Every dataloader config of a training config: the runner's loaders,
+    ``holdout_dataloader`` and the hooks' own (CALSMultiplierHook's copy)."""
+    for key in ('train_dataloader', 'val_dataloader', 'test_dataloader',
+                'holdout_dataloader'):
+        if isinstance(cfg.get(key), dict):
+            yield cfg[key]
+    for hook in cfg.get('custom_hooks') or ():
+        if isinstance(hook.get('holdout_dataloader'), dict):
+            yield hook['holdout_dataloader']
+
+
+def set_data_root(cfg, data_root: str) -> None:
+    """Point every dataset of every dataloader of ``cfg`` at ``data_root``."""
+    for loader in dataloader_configs(cfg):
+        for dataset in leaf_datasets(loader['dataset']):
+            dataset['data_root'] = data_root
 
 
 def _paths(dataset: dict) -> Iterator[str]:
@@ -47,7 +76,7 @@ def find_missing_path(cfg, dataloaders: Sequence[str]) -> Optional[Tuple[str, st
         loader = cfg.get(key)
         if not loader or 'dataset' not in loader:
             continue
-        for dataset in _leaf_datasets(loader['dataset']):
+        for dataset in leaf_datasets(loader['dataset']):
             for path in _paths(dataset):
                 if not osp.exists(path):
                     return path, str(dataset.get('type', 'dataset'))

@@ -28,7 +28,8 @@ def update_multipliers(stats: RoundStatistics, state: MultiplierState,
     - ``lambd_k <- clip(mean_i clip(P'(h_ik)), lambd_min, lambd_max)``;
     - when ``rho_step > 0`` and ``round_index % rho_step == 0``: ``rho_k <-
       min(gamma rho_k, rho_max)`` for classes whose mean constraint ``c_k`` is above
-      ``tau * max(c_prev_k, 0)``; then ``c_prev_k <- c_k``.
+      ``tau * max(c_prev_k, 0)``;
+    - at every round: ``c_prev_k <- c_k`` (the authors' ``update_rho``).
 
     A class with no pixel in the round keeps all of its state.
 
@@ -46,10 +47,12 @@ def update_multipliers(stats: RoundStatistics, state: MultiplierState,
     count = stats.count.clamp_min(1)
     new_multipliers = (stats.grad_sum / count).clamp(lambd_min, lambd_max)
     new_multipliers = torch.where(seen, new_multipliers.to(multipliers), multipliers)
-    new_rho, new_prev = rho, prev_constraint
+    constraint = (stats.constraint_sum / count).to(prev_constraint)
+    new_rho = rho
     if rho_step > 0 and round_index % rho_step == 0:
-        constraint = (stats.constraint_sum / count).to(prev_constraint)
         not_improved = seen & (constraint > tau * prev_constraint.clamp_min(0))
         new_rho = torch.where(not_improved, (rho * gamma).clamp_max(rho_max), rho)
-        new_prev = torch.where(seen, constraint, prev_constraint)
+    # Recorded at every round, as the authors' update_rho does: each check
+    # compares with the round just before it, not with the previous check.
+    new_prev = torch.where(seen, constraint, prev_constraint)
     return MultiplierState(new_multipliers, new_rho, new_prev)

@@ -1,6 +1,9 @@
-# CALS: pspnet_cityscapes_ce.py with CALSLoss on the decode head (reference defaults:
-# PHR penalty, margin 10) and multipliers updated from the training batches, so
-# the validation set the results are reported on never tunes them.
+# CALS by the authors' segmentation protocol: pspnet_cityscapes_ce.py with CALSLoss on the
+# decode head (by-liu/CALS configs/lag/aug_lagrangian_class.yaml: PHR penalty,
+# margin 20, lambda in [1e-6, 1e6], rho 1 to 10, gamma 1.2, tau 0.9, rho checked
+# every 10 rounds) and the multipliers updated once per epoch of the training part,
+# in eval mode, from the held-out part of the training split
+# (lagrangian_segment_trainer.py), never from the reported val set.
 _base_ = './pspnet_cityscapes_ce.py'
 model = dict(
     decode_head=dict(
@@ -8,7 +11,13 @@ model = dict(
             _delete_=True,
             type='CALSLoss',
             num_classes=19,
-            margin=10.0,
+            margin=20.0,
             penalty='phr',
-            penalty_weight=1.0)))
-custom_hooks = [dict(type='CALSMultiplierHook', source='train', interval=100)]
+            avg_non_ignore=True)))
+custom_hooks = [
+    dict(
+        type='CALSMultiplierHook',
+        source='holdout',
+        interval='epoch',
+        holdout_dataloader={{_base_.holdout_dataloader}})
+]

@@ -7,6 +7,8 @@ import sys
 
 from mmengine.config import Config
 
+from cals_seg.data_check import set_data_root
+
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DEMO_CONFIGS = osp.join(REPO, 'configs', 'demo')
 
@@ -31,6 +33,22 @@ def short_schedule(iterations, hook_interval=2):
     ]
 
 
+LOADERS = ('train_dataloader', 'holdout_dataloader', 'val_dataloader',
+           'test_dataloader')
+# The tests' datasets have a handful of images: half of the training split held
+# out leaves images on both sides of the hash split.
+TEST_HOLDOUT_FRACTION = 0.5
+
+
+def point_at(loader, data_root):
+    """Read a loader config's data from ``data_root``, in the main process."""
+    set_data_root(dict(train_dataloader=loader), data_root)
+    if loader['dataset'].get('type') == 'HashSplitDataset':
+        loader['dataset']['holdout_fraction'] = TEST_HOLDOUT_FRACTION
+    loader['num_workers'] = 0
+    loader['persistent_workers'] = False
+
+
 def demo_config(name, data_root, work_dir, iterations=4, batch_size=2,
                 size=64, margin=0.05, layout='voc'):
     """A demo config shrunk to a few iterations on ``data_root``, with the
@@ -38,13 +56,13 @@ def demo_config(name, data_root, work_dir, iterations=4, batch_size=2,
     cfg = Config.fromfile(osp.join(DEMO_CONFIGS, name))
     data = Config.fromfile(
         osp.join(REPO, 'configs', '_base_', 'datasets', f'demo_{layout}.py'))
-    for key in ('train_dataloader', 'val_dataloader', 'test_dataloader',
-                'val_evaluator', 'test_evaluator'):
+    for key in LOADERS + ('val_evaluator', 'test_evaluator'):
         cfg[key] = data[key]
-    for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
-        cfg[loader].dataset.data_root = data_root
-        cfg[loader].num_workers = 0
-        cfg[loader].persistent_workers = False
+    for loader in LOADERS:
+        point_at(cfg[loader], data_root)
+    for hook in cfg.get('custom_hooks', []):
+        if 'holdout_dataloader' in hook:
+            hook['holdout_dataloader'] = cfg.holdout_dataloader
     cfg.train_dataloader.batch_size = batch_size
     cfg.model.data_preprocessor.size = (size, size)
     cfg.train_cfg.max_iters = iterations
@@ -73,7 +91,7 @@ def deterministic_config(data_root, work_dir, iterations, batch_size,
                       work_dir, iterations=iterations, batch_size=batch_size)
     cfg.model.decode_head.dropout_ratio = 0.0
     cfg.train_dataloader.sampler.shuffle = False
-    cfg.train_dataloader.dataset.pipeline = [
+    cfg.train_dataloader.dataset.dataset.pipeline = [
         dict(type='LoadImageFromFile'),
         dict(type='LoadAnnotations'),
         dict(type='PackSegInputs')
@@ -82,6 +100,28 @@ def deterministic_config(data_root, work_dir, iterations, batch_size,
         dict(type='CALSMultiplierHook', source='train', interval=hook_interval)
     ]
     return cfg
+
+
+def shipped_args(config, data_root, work_dir, iterations=4):
+    """tools/train.py arguments that shrink a shipped R-50 config to a few
+    iterations of a tiny ResNet on the demo data under ``data_root``."""
+    args = ['tools/train.py', config, '--work-dir', work_dir, '--cfg-options']
+    args += TINY_R50_D8 + short_schedule(iterations)
+    args += ['train_dataloader.batch_size=2', 'model.decode_head.loss_decode.margin=0.05']
+    # The shipped configs split the training set by name hash; the hold-out loader
+    # is the CALS hook's own copy.
+    splits = ['train_dataloader.dataset']
+    if config.endswith('_cals.py'):
+        splits.append('custom_hooks.0.holdout_dataloader.dataset')
+    for split in splits:
+        args.append(f'{split}.holdout_fraction={TEST_HOLDOUT_FRACTION}')
+        if 'voc' in config:
+            for i in range(2):  # voc12aug: VOC train + SBD aug
+                args.append(f'{split}.dataset.datasets.{i}.data_root={data_root}')
+        else:
+            args.append(f'{split}.dataset.data_root={data_root}')
+    args.append(f'val_dataloader.dataset.data_root={data_root}')
+    return args
 
 
 def run_tool(args, cwd=None, timeout=600):

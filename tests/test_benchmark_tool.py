@@ -1,13 +1,22 @@
-"""tools/benchmark_methods.py on a 10-iteration schedule: runs, table, reuse of runs."""
+"""tools/benchmark_methods.py on a 10-iteration schedule: runs, the regime report
+of each, the table and figures, and reuse of finished runs."""
 import json
+import struct
 
 from helpers import run_tool
 
 
-def test_benchmark_writes_table_and_reuses_finished_runs(tmp_path):
+def _png_size(path):
+    with open(path, 'rb') as f:
+        header = f.read(24)
+    assert header[:8] == b'\x89PNG\r\n\x1a\n'
+    return struct.unpack('>II', header[16:24])
+
+
+def test_benchmark_writes_table_figures_and_reuses_finished_runs(tmp_path):
     args = [
-        'tools/benchmark_methods.py', '--methods', 'ce', 'cals', '--models',
-        'pspnet', '--seeds', '0', '--iters', '10', '--data-root',
+        'tools/benchmark_methods.py', '--methods', 'ce', 'ce+ts', 'cals',
+        '--models', 'pspnet', '--seeds', '0', '--iters', '10', '--data-root',
         str(tmp_path / 'data'), '--work-dir',
         str(tmp_path / 'runs'), '--out',
         str(tmp_path / 'results.md')
@@ -15,17 +24,49 @@ def test_benchmark_writes_table_and_reuses_finished_runs(tmp_path):
     first = run_tool(args)
     assert first.returncode == 0, first.stderr[-3000:]
     table = (tmp_path / 'results.md').read_text()
-    assert '| CE | 1 |' in table and '| CALS | 1 |' in table
-    assert 'CALS multipliers per class' in table and 'bottle' in table
-    assert 'CALS multipliers during training' in table
+    assert '| CE | 1 |' in table and "| CALS (authors' protocol, m 20) | 1 |" in table
+    assert '| CE + TS (held-out T) | 1 |' in table
+    assert 'Temperatures fitted on the held-out part' in table
+    assert 'Cross-entropy against the regime targets' in table
+    assert 'multipliers per class at the end' in table and 'bottle' in table
     assert '--iters 10' in table
     assert 'Best mean per metric: mIoU ' in table
+    for figure in ('reliability.png', 'cals_multipliers.png'):
+        assert f'(figures/{figure})' in table
+        width, height = _png_size(tmp_path / 'figures' / figure)
+        assert width > 300 and height > 200
+
+    # Every number comes from the run's report, the regime report tool's JSON.
+    run = tmp_path / 'runs' / 'pspnet_ce_10it_seed0'
+    report = json.loads((run / 'report.json').read_text())
+    assert set(report['figures']) == {'ECE', 'ECE_image', 'fg/ECE', 'overconfident',
+                                      'train_aAcc', 'test_mIoU', 'distance_share'}
+    assert report['temperature'] > 0 and 'metrics_ts' in report
 
     # A second call reads finished runs back instead of training again.
-    result_file = tmp_path / 'runs' / 'pspnet_ce_10it_seed0' / 'result.json'
+    result_file = run / 'result.json'
     result = json.loads(result_file.read_text())
     result['metrics']['ECE'] = 12.345
     result_file.write_text(json.dumps(result))
     second = run_tool(args)
     assert second.returncode == 0, second.stderr[-3000:]
     assert '12.345 ± 0.000' in (tmp_path / 'results.md').read_text()
+
+    # The regime report as a user calls it on that run: the five figures.
+    data_root = tmp_path / 'data' / 'VOCdevkit' / 'VOC2012'
+    roots = [f'{loader}.dataset.data_root={data_root}'
+             for loader in ('val_dataloader', 'test_dataloader')] + [
+        f'{loader}.dataset.dataset.data_root={data_root}'
+        for loader in ('train_dataloader', 'holdout_dataloader')]
+    printed = run_tool([
+        'tools/regime_report.py',
+        'configs/demo/pspnet_r18tiny_1500it_demo-voc_ce.py', report['checkpoint'],
+        '--cfg-options'
+    ] + roots)
+    assert printed.returncode == 0, printed.stderr[-3000:]
+    for line in ('1. pooled ECE (%)', 'per-image ECE (%)', '2. foreground ECE',
+                 '3. acc < conf in every bin > 0.5', '4. training-part pixel',
+                 'test mIoU', '5. logit distances > 10',
+                 'temperature scaling fitted on the hold-out part'):
+        assert line in printed.stdout, printed.stdout
+    assert f"{report['figures']['ECE']:>9.2f}" in printed.stdout

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from cals_seg.demo_data import make_demo_dataset
-from helpers import REPO, deterministic_config, read_scalars
+from helpers import REPO, deterministic_config, read_scalars, shipped_args
 
 KEYS = ('multipliers', 'rho', 'prev_constraint', 'num_rounds')
 # Per-sample normalisation: batch composition does not change the logits.
@@ -119,3 +119,30 @@ def test_ranks_that_disagree_stop_with_an_error():
         p.join(timeout=60)
     assert all('ranks disagree on lambda/rho of decode_head.loss_decode' in m
                for m in messages.values()), messages
+
+
+def test_shipped_r50_config_runs_on_cpu_ranks_through_dist_train(tmp_path):
+    """A CPU dry run of a shipped config (SyncBN) through tools/dist_train.sh, as
+    the README shows it, with no environment activated: the script finds the
+    project's .venv by itself."""
+    info = make_demo_dataset(str(tmp_path / 'data'), 'voc', num_train=6, num_val=2,
+                             size=64, seed=1)
+    work_dir = str(tmp_path / 'work')
+    args = shipped_args('configs/deeplabv3_voc_cals.py', info['data_root'],
+                        work_dir, iterations=2)
+    venv_python = osp.join(REPO, '.venv', 'bin', 'python')
+    # Without the project's venv on PATH, `python` there cannot import torch;
+    # where the suite runs from another environment, that one stays on PATH.
+    path = '/usr/bin:/bin' if osp.exists(venv_python) else (
+        osp.dirname(sys.executable) + os.pathsep + os.environ['PATH'])
+    env = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS='1', PATH=path,
+               PORT=str(_free_port()))
+    env.pop('VIRTUAL_ENV', None)
+    result = subprocess.run(
+        ['bash', osp.join(REPO, 'tools', 'dist_train.sh'), args[1], '2'] + args[2:],
+        env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:]
+    assert 'SyncBN does not run on CPU ranks' in output
+    state = torch.load(osp.join(work_dir, 'iter_2.pth'), weights_only=True)
+    assert int(state['state_dict']['decode_head.loss_decode.num_rounds']) == 1

@@ -1,5 +1,6 @@
 """Real runs: MMEngine's Runner, mmseg models, datasets in their on-disk layouts."""
 import glob
+import math
 import os.path as osp
 
 import pytest
@@ -9,8 +10,7 @@ from mmengine.runner import Runner
 import cals_seg  # noqa: F401
 from cals_seg.demo_data import make_demo_dataset
 from cals_seg.hooks import find_cals_losses
-from helpers import (REPO, TINY_R50_D8, demo_config, read_scalars, run_tool,
-                     short_schedule)
+from helpers import REPO, demo_config, read_scalars, run_tool, shipped_args
 
 
 @pytest.fixture(scope='module')
@@ -66,17 +66,18 @@ def test_val_source_warns_and_updates_after_each_validation(demo_data, tmp_path)
     assert int(loss.num_rounds) == 2
 
 
-def _shipped_args(config, data_root, work_dir, iterations=4):
-    args = ['tools/train.py', config, '--work-dir', work_dir, '--cfg-options']
-    args += TINY_R50_D8 + short_schedule(iterations)
-    args += ['train_dataloader.batch_size=2', 'model.decode_head.loss_decode.margin=0.05']
-    if 'voc' in config:
-        for i in range(2):  # voc12aug: VOC train + SBD aug
-            args.append(f'train_dataloader.dataset.datasets.{i}.data_root={data_root}')
-    else:
-        args.append(f'train_dataloader.dataset.data_root={data_root}')
-    args.append(f'val_dataloader.dataset.data_root={data_root}')
-    return args
+def test_epoch_interval_is_one_round_per_pass_over_the_training_part(demo_data,
+                                                                      tmp_path):
+    cfg = demo_config('deeplabv3_r18tiny_1500it_demo-voc_cals.py',
+                      demo_data['voc']['data_root'], str(tmp_path), iterations=8,
+                      batch_size=1)
+    cfg.custom_hooks[0].interval = 'epoch'
+    runner = Runner.from_cfg(cfg)
+    runner.train()
+    (_, loss), = find_cals_losses(runner.model)
+    training_part = len(runner.train_dataloader.dataset)
+    assert 2 < training_part < 6  # the hold-out part is not trained on
+    assert int(loss.num_rounds) == 8 // math.ceil(training_part / 1)
 
 
 @pytest.mark.parametrize('config, layout', [('configs/deeplabv3_voc_cals.py', 'voc'),
@@ -86,7 +87,7 @@ def test_train_tool_runs_shipped_config_and_resumes(config, layout, demo_data,
                                                     tmp_path):
     work_dir = str(tmp_path / 'work')
     data_root = demo_data[layout]['data_root']
-    first = run_tool(_shipped_args(config, data_root, work_dir))
+    first = run_tool(shipped_args(config, data_root, work_dir))
     assert first.returncode == 0, first.stderr[-3000:]
     records = read_scalars(work_dir)
     assert any('cals/lambda_mean' in r for r in records)
@@ -96,7 +97,7 @@ def test_train_tool_runs_shipped_config_and_resumes(config, layout, demo_data,
     assert torch.all(multipliers > 1e-6)
 
     resumed = run_tool(
-        _shipped_args(config, data_root, work_dir, iterations=6) + ['--resume'])
+        shipped_args(config, data_root, work_dir, iterations=6) + ['--resume'])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     log = '\n'.join(open(p).read() for p in glob.glob(
         osp.join(work_dir, '*', '*.log')))
@@ -108,7 +109,7 @@ def test_train_tool_runs_shipped_config_and_resumes(config, layout, demo_data,
 def test_mmseg_own_train_tool_runs_shipped_config(demo_data, tmp_path):
     import mmseg
     tool = osp.join(osp.dirname(mmseg.__file__), '.mim', 'tools', 'train.py')
-    args = _shipped_args('configs/pspnet_voc_cals.py',
+    args = shipped_args('configs/pspnet_voc_cals.py',
                          demo_data['voc']['data_root'], str(tmp_path))
     result = run_tool([tool] + args[1:])
     assert result.returncode == 0, result.stderr[-3000:]

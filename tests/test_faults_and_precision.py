@@ -136,6 +136,8 @@ def test_empty_holdout_fails_at_start(data_root, tmp_path, make_empty, message):
 @pytest.mark.parametrize('kwargs, message', [
     (dict(source='epoch'), 'source must be one of'),
     (dict(interval=0), 'interval'),
+    (dict(interval='week'), "interval must be an int >= 1 or 'epoch'"),
+    (dict(interval=True), 'interval'),
     (dict(source='holdout'), 'holdout_dataloader is required'),
     (dict(source='train', holdout_dataloader={}), 'holdout_dataloader'),
 ])

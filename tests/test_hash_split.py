@@ -2,6 +2,7 @@
 import pytest
 
 from mmseg.registry import DATASETS
+from mmseg.utils import register_all_modules
 
 import cals_seg  # noqa: F401
 from cals_seg.datasets import hash_fraction
@@ -39,6 +40,26 @@ def test_split_is_disjoint_complete_and_by_name_hash(voc_dataset):
                                 split='holdout', holdout_fraction=0.25))
     assert _names(again) == holdout
     assert parts['holdout'][0]['img_path'].endswith(holdout[0])
+
+
+def test_pipeline_replaces_the_wrapped_datasets_pipelines(voc_dataset):
+    """A hold-out loader reuses the training dataset's config, ConcatDataset
+    included, with the test pipeline."""
+    register_all_modules()  # ConcatDataset builds its children in mmseg's scope
+    load = [dict(type='LoadImageFromFile'), dict(type='LoadAnnotations')]
+    concat = dict(type='ConcatDataset', datasets=[voc_dataset, voc_dataset])
+    holdout = DATASETS.build(dict(type='HashSplitDataset', dataset=concat,
+                                  split='holdout', holdout_fraction=0.25,
+                                  pipeline=load))
+    plain = DATASETS.build(dict(type='HashSplitDataset', dataset=voc_dataset,
+                                split='holdout', holdout_fraction=0.25))
+    assert len(holdout) == 2 * len(plain)
+    sample = holdout[0]
+    assert sample['gt_seg_map'].shape == sample['img'].shape[:2]
+    assert voc_dataset['pipeline'] == []  # the caller's config is left alone
+    with pytest.raises(ValueError, match='pipeline needs dataset as a config'):
+        DATASETS.build(dict(type='HashSplitDataset', dataset=plain.dataset,
+                            split='holdout', pipeline=load))
 
 
 def test_hash_fraction_is_fixed():

@@ -70,29 +70,65 @@ def test_round_equals_hand_computation(penalty):
     assert int(loss.num_rounds) == 1
 
 
+def _round_with(loss, constraint_means):
+    """Apply a round whose mean constraints are ``constraint_means`` (P' 0.5)."""
+    count = torch.full((len(constraint_means), ), 10.0, dtype=torch.float64)
+    sums = torch.tensor(constraint_means, dtype=torch.float64) * count
+    loss.apply_round(RoundStatistics(count * 0.5, sums, count,
+                                     torch.zeros((), dtype=torch.float64)))
+
+
 def test_rho_rule_grows_only_unimproved_classes_every_rho_step_rounds():
     loss = CALSLoss(num_classes=3, rho_step=2, **PARAMS)
-    count = torch.full((3, ), 10.0, dtype=torch.float64)
-    zero = torch.zeros((), dtype=torch.float64)
-
-    def round_with(constraint_means):
-        sums = torch.tensor(constraint_means, dtype=torch.float64) * count
-        loss.apply_round(RoundStatistics(count * 0.5, sums, count, zero))
-
-    round_with([0.5, 0.5, -0.2])  # round 1: no rho check
-    assert torch.all(loss.rho == 1.0)
-    assert torch.all(torch.isinf(loss.prev_constraint))
-    round_with([0.5, 0.5, -0.2])  # round 2: first check only records
+    _round_with(loss, [0.5, 0.5, -0.2])  # round 1: no check, but recorded
     assert torch.all(loss.rho == 1.0)
     torch.testing.assert_close(loss.prev_constraint, torch.tensor([0.5, 0.5, -0.2]))
-    round_with([0.5, 0.5, 0.5])
-    round_with([0.46, 0.44, 0.1])  # round 4: 0.46 > 0.45 grows; 0.44 does not;
-    # class 2 was satisfied before (prev < 0) and is violated now: grows.
+    _round_with(loss, [0.46, 0.44, 0.1])  # round 2: compared with round 1:
+    # 0.46 > 0.45 grows; 0.44 does not; class 2 was satisfied (prev < 0) and is
+    # violated now: grows.
+    torch.testing.assert_close(loss.rho, torch.tensor([1.2, 1.0, 1.2]))
+    _round_with(loss, [5.0, 5.0, 5.0])  # round 3: no check
     torch.testing.assert_close(loss.rho, torch.tensor([1.2, 1.0, 1.2]))
     for _ in range(40):
-        round_with([5.0, 5.0, 5.0])
+        _round_with(loss, [5.0, 5.0, 5.0])
     assert torch.all(loss.rho == PARAMS['rho_max'])
     torch.testing.assert_close(loss.multipliers, torch.full((3, ), 0.5))
+
+
+def _authors_update_rho(constraints, rho_min, rho_max, gamma, tao, rho_step):
+    """A plain transcription of ``AugLagrangianClass.update_rho`` (by-liu/CALS,
+    calibrate/lagrangian/aug_lagrangian_class.py), one class at a time: rho after
+    every epoch, given each epoch's mean constraints."""
+    rho = [rho_min] * len(constraints[0])
+    prev = None
+    history = []
+    for epoch, curr in enumerate(constraints):
+        if (epoch + 1) % rho_step == 0 and prev is not None:
+            rho = [gamma * r if c > max(p, 0) * tao else r
+                   for r, c, p in zip(rho, curr, prev)]
+            rho = [min(max(r, rho_min), rho_max) for r in rho]
+        prev = curr
+        history.append(list(rho))
+    return history
+
+
+@pytest.mark.parametrize('rho_step', [1, 3, 10])
+def test_rho_sequence_matches_the_authors_update_rho_over_30_rounds(rho_step):
+    generator = torch.Generator().manual_seed(rho_step)
+    # Mean constraints that wander around zero, so classes alternate between
+    # satisfied, improving and not improving.
+    constraints = (torch.randn(30, 4, generator=generator, dtype=torch.float64) *
+                   0.4 + torch.linspace(0.3, -0.1, 30, dtype=torch.float64)[:, None])
+    expected = _authors_update_rho(constraints.tolist(), 1.0, PARAMS['rho_max'],
+                                   PARAMS['gamma'], PARAMS['tau'], rho_step)
+    loss = CALSLoss(num_classes=4, rho_step=rho_step, **PARAMS)
+    grew = False
+    for round_constraints, rho in zip(constraints.tolist(), expected):
+        _round_with(loss, round_constraints)
+        torch.testing.assert_close(loss.rho.double(), torch.tensor(rho,
+                                   dtype=torch.float64), rtol=1e-6, atol=0)
+        grew |= max(rho) > 1.0
+    assert grew, 'the sequence never exercised a growth of rho'
 
 
 def test_class_without_pixels_keeps_its_state():

@@ -8,8 +8,14 @@ NODE_RANK=${NODE_RANK:-0}
 PORT=${PORT:-29500}
 MASTER_ADDR=${MASTER_ADDR:-"127.0.0.1"}
 
+# The project's environment (.venv, made by `make`) when it exists, else `python`
+# from PATH; set PYTHON to choose another interpreter.
+VENV_PYTHON="$(dirname "$0")/../.venv/bin/python"
+if [ -z "${PYTHON:-}" ]; then
+    if [ -x "$VENV_PYTHON" ]; then PYTHON=$VENV_PYTHON; else PYTHON=python; fi
+fi
 PYTHONPATH="$(dirname "$0")/..":$PYTHONPATH \
-python -m torch.distributed.run \
+"$PYTHON" -m torch.distributed.run \
     --nnodes=$NNODES \
     --node_rank=$NODE_RANK \
     --master_addr=$MASTER_ADDR \

@@ -14,8 +14,8 @@ def parse_args():
     parser.add_argument('--layout', choices=LAYOUTS, default='voc')
     parser.add_argument('--out', help='output folder (default: data/cals_demo/'
                         'LAYOUT, where the demo configs look)')
-    parser.add_argument('--num-train', type=int, default=60)
-    parser.add_argument('--num-val', type=int, default=30)
+    parser.add_argument('--num-train', type=int, default=24)
+    parser.add_argument('--num-val', type=int, default=40)
     parser.add_argument('--size', type=int, default=128)
     parser.add_argument('--seed', type=int, default=0)
     return parser.parse_args()

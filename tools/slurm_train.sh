@@ -9,6 +9,12 @@ GPUS_PER_NODE=${GPUS_PER_NODE:-4}
 CPUS_PER_TASK=${CPUS_PER_TASK:-5}
 SRUN_ARGS=${SRUN_ARGS:-""}
 
+# The project's environment (.venv, made by `make`) when it exists, else `python`
+# from PATH; set PYTHON to choose another interpreter.
+VENV_PYTHON="$(dirname "$0")/../.venv/bin/python"
+if [ -z "${PYTHON:-}" ]; then
+    if [ -x "$VENV_PYTHON" ]; then PYTHON=$VENV_PYTHON; else PYTHON=python; fi
+fi
 PYTHONPATH="$(dirname "$0")/..":$PYTHONPATH \
 srun -p "${PARTITION}" \
     --job-name="${JOB_NAME}" \
@@ -18,4 +24,4 @@ srun -p "${PARTITION}" \
     --cpus-per-task="${CPUS_PER_TASK}" \
     --kill-on-bad-exit=1 \
     ${SRUN_ARGS} \
-    python -u "$(dirname "$0")/train.py" "${CONFIG}" --launcher=slurm "${@:4}"
+    "$PYTHON" -u "$(dirname "$0")/train.py" "${CONFIG}" --launcher=slurm "${@:4}"

@@ -1,11 +1,13 @@
 """A deterministic train/hold-out split of any mmseg dataset."""
 import hashlib
 import os.path as osp
-from typing import Union
+from typing import Optional, Union
 
 from mmengine.dataset import BaseDataset
 
 from mmseg.registry import DATASETS
+
+from ..data_check import with_pipeline
 
 SPLITS = ('train', 'holdout')
 
@@ -32,15 +34,25 @@ class HashSplitDataset:
         dataset (dict | BaseDataset): the dataset to split (any pipeline).
         split (str): 'train' or 'holdout'.
         holdout_fraction (float): share of images held out, in (0, 1).
+        pipeline (list, optional): replaces the pipeline of every file-reading
+            dataset in the ``dataset`` config (through ConcatDataset and other
+            wrappers), so a hold-out loader can reuse the training dataset's
+            config with the test pipeline. Needs ``dataset`` as a config.
     """
 
     def __init__(self, dataset: Union[dict, BaseDataset], split: str,
-                 holdout_fraction: float = 0.1):
+                 holdout_fraction: float = 0.1,
+                 pipeline: Optional[list] = None):
         if split not in SPLITS:
             raise ValueError(f'split must be one of {SPLITS}, got {split!r}')
         if not 0 < holdout_fraction < 1:
             raise ValueError(f'holdout_fraction must be in (0, 1), got '
                              f'{holdout_fraction}')
+        if pipeline is not None:
+            if not isinstance(dataset, dict):
+                raise ValueError('pipeline needs dataset as a config dict, got a '
+                                 f'built {type(dataset).__name__}')
+            dataset = with_pipeline(dataset, pipeline)
         self.dataset = DATASETS.build(dataset) if isinstance(dataset,
                                                               dict) else dataset
         self.split = split

@@ -1,6 +1,7 @@
 """Runs the multiplier update rounds of every CALSLoss in a model."""
+import math
 import warnings
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from mmengine.dist import all_reduce, get_rank, get_world_size
@@ -69,7 +70,10 @@ class CALSMultiplierHook(Hook):
 
     Args:
         source (str): 'train', 'holdout' or 'val'. Default: 'train'.
-        interval (int): iterations between rounds for 'train' and 'holdout'.
+        interval (int | str): iterations between rounds for 'train' and
+            'holdout', or 'epoch': one round per pass over the training set
+            (``ceil(len(dataset) / (batch_size * world_size))`` iterations), the
+            authors' once-per-epoch update in an iteration-based schedule.
             Default: 100.
         holdout_dataloader (dict, optional): dataloader config for 'holdout', with
             a test pipeline (annotations at the original image size).
@@ -80,15 +84,17 @@ class CALSMultiplierHook(Hook):
 
     def __init__(self,
                  source: str = 'train',
-                 interval: int = 100,
+                 interval: Union[int, str] = 100,
                  holdout_dataloader: Optional[dict] = None,
                  log_per_class: bool = True):
         if source not in self.SOURCES:
             raise ValueError(f'CALSMultiplierHook: source must be one of '
                              f'{self.SOURCES}, got {source!r}')
-        if not (isinstance(interval, int) and interval >= 1):
-            raise ValueError(f'CALSMultiplierHook: interval must be an int >= 1, '
-                             f'got {interval!r}')
+        if not (interval == 'epoch' or
+                (isinstance(interval, int) and not isinstance(interval, bool)
+                 and interval >= 1)):
+            raise ValueError(f"CALSMultiplierHook: interval must be an int >= 1 or "
+                             f"'epoch', got {interval!r}")
         if (source == 'holdout') != (holdout_dataloader is not None):
             raise ValueError('CALSMultiplierHook: holdout_dataloader is required '
                              "with source='holdout' and used by no other source")
@@ -128,8 +134,21 @@ class CALSMultiplierHook(Hook):
                 'validation set; if that is the set you report results on, they '
                 "leak. Prefer 'train' or 'holdout'.")
         self._class_names = self._class_names_of(runner)
+        self._round_iters = self._iterations_per_round(runner)
         self._in_training = True
         self._refresh_scalars()
+
+    def _iterations_per_round(self, runner) -> int:
+        """``interval`` in iterations; 'epoch' resolves to one pass over the
+        training set by every rank together."""
+        if self.interval != 'epoch':
+            return self.interval
+        loader = runner.train_dataloader
+        iterations = math.ceil(
+            len(loader.dataset) / (loader.batch_size * get_world_size()))
+        runner.logger.info(f"CALSMultiplierHook: interval='epoch' is {iterations} "
+                           f'iterations ({len(loader.dataset)} training samples)')
+        return max(1, iterations)
 
     def _build_holdout_loader(self, runner):
         """Build the hold-out loader now, so a bad one fails before training."""
@@ -157,7 +176,8 @@ class CALSMultiplierHook(Hook):
                          outputs=None) -> None:
         if self.source == 'train':
             self._reduce_pending()
-        if self.source != 'val' and self.every_n_train_iters(runner, self.interval):
+        if self.source != 'val' and self.every_n_train_iters(runner,
+                                                             self._round_iters):
             if self.source == 'holdout':
                 self._collect_holdout(runner)
             self._finish_round(runner)

@@ -60,14 +60,23 @@ class CALSLoss(nn.Module):
     (:meth:`statistics_from_logits`). Ignored pixels get no penalty and give no
     statistics. The penalty is computed in float32 whatever the logits' dtype.
 
-    Differences from the authors' code: the penalty is averaged over classes as
-    well as pixels (scale ``penalty_weight`` by ``C`` for theirs), and ignored or
-    padded pixels are excluded.
+    Like the authors' code (by-liu/CALS, ``AugLagrangianClass.get``: ``p.mean()``),
+    the penalty is averaged over pixels AND classes, so ``penalty_weight=1``
+    reproduces their objective; do not scale it by ``C``. Differences from it:
+    ignored and padded pixels get no penalty and give no statistics (theirs keeps
+    them), and the statistics of a round are summed over ranks before dividing
+    (theirs averages per-rank means).
+
+    Defaults are those of the authors' segmentation configuration
+    (configs/lag/aug_lagrangian_class.yaml): PHR, margin 20, lambda in
+    [1e-6, 1e6], rho from 1 to 10, gamma 1.2, tau 0.9, rho checked every 10
+    rounds. Their base cross-entropy averages over valid pixels: set
+    ``avg_non_ignore=True`` to match it (the shipped configs do).
 
     Args:
         num_classes (int): number of classes ``C``; the logits must have ``C``
             channels.
-        margin (float): logit-distance margin ``m``. Default: 10.
+        margin (float): logit-distance margin ``m``. Default: 20.
         penalty (str): 'phr', 'p2' or 'p3'. Default: 'phr'.
         penalty_weight (float): weight of the penalty term. Default: 1.0.
         lambd_min (float): initial and smallest multiplier. Default: 1e-6.
@@ -91,7 +100,7 @@ class CALSLoss(nn.Module):
 
     def __init__(self,
                  num_classes: int,
-                 margin: float = 10.0,
+                 margin: float = 20.0,
                  penalty: str = 'phr',
                  penalty_weight: float = 1.0,
                  lambd_min: float = 1e-6,

@@ -7,15 +7,15 @@ metainfo = dict(
     classes=('road', 'sidewalk', 'building', 'wall', 'fence', 'pole'),
     palette=[[128, 64, 128], [244, 35, 232], [70, 70, 70], [102, 102, 156],
              [190, 153, 153], [153, 153, 153]])
+train_set = dict(
+    type=dataset_type,
+    data_root=data_root,
+    metainfo=metainfo,
+    data_prefix=dict(img_path='leftImg8bit/train', seg_map_path='gtFine/train'))
 train_dataloader = dict(
-    dataset=dict(
-        _delete_=True,
-        type=dataset_type,
-        data_root=data_root,
-        metainfo=metainfo,
-        data_prefix=dict(
-            img_path='leftImg8bit/train', seg_map_path='gtFine/train'),
-        pipeline={{_base_.train_pipeline}}))
+    dataset=dict(dataset=dict(_delete_=True, pipeline={{_base_.train_pipeline}}, **train_set)))
+holdout_dataloader = dict(
+    dataset=dict(dataset=dict(_delete_=True, pipeline={{_base_.test_pipeline}}, **train_set)))
 val_dataloader = dict(
     dataset=dict(
         _delete_=True,
@@ -28,6 +28,7 @@ test_dataloader = val_dataloader
 val_evaluator = [
     dict(type='IoUMetric', iou_metrics=['mIoU']),
     dict(type='CalibrationMetric', num_bins=15),
+    dict(type='CalibrationMetric', num_bins=15, reduction='image', prefix='img'),
     dict(
         type='CalibrationMetric',
         num_bins=15,

@@ -1,6 +1,10 @@
 # 1,500 iterations of SGD with a poly schedule: minutes on 2 CPU cores.
 optimizer = dict(type='SGD', lr=0.01, momentum=0.9, weight_decay=0.0005)
-optim_wrapper = dict(type='OptimWrapper', optimizer=optimizer, clip_grad=None)
+# Gradient-norm clipping at 2.0, as the CALS authors' segmentation trainer.
+optim_wrapper = dict(
+    type='OptimWrapper',
+    optimizer=optimizer,
+    clip_grad=dict(max_norm=2.0, norm_type=2))
 param_scheduler = [
     dict(
         type='PolyLR',

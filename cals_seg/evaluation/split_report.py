@@ -1,0 +1,239 @@
+"""Everything the benchmark reports about a trained model, from one pass per split.
+
+:func:`evaluate_split` runs a segmentor in eval mode over a dataloader and keeps
+small sums only (streaming, like :class:`CalibrationMetric`): pooled and
+foreground calibration statistics, per-image ECE, the confusion matrix, and how
+many logit distances exceed a threshold, for each of several temperatures at once
+(temperature scaling is evaluated on the same pass as the raw model).
+:func:`summarize` turns those sums into the numbers of docs/results.md, and
+:func:`regime_figures` into the five figures that say whether a run is
+over-confident the way real networks are (issue 10).
+"""
+import copy
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..data_check import leaf_datasets, with_pipeline
+from .calibration import (DEFAULT_NUM_BINS, CalibrationStatistics,
+                          calibration_errors, calibration_statistics, keep_mask)
+from .temperature import fit_temperature
+
+
+def _logits_and_labels(model, loader):
+    """Yield ``(name, logits (C, H, W), labels (H, W))`` per image, in eval mode."""
+    model.eval()
+    with torch.no_grad():
+        for batch in loader:
+            for sample in model.test_step(batch):
+                logits = sample.seg_logits.data.float()
+                labels = sample.gt_sem_seg.data.squeeze(0).to(logits.device).long()
+                yield sample.metainfo.get('img_path', ''), logits, labels
+
+
+def holdout_pixels(model, loader, ignore_index: int = 255):
+    """Logits ``(N, C)`` and labels ``(N, )`` of every valid pixel of a loader,
+    for fitting a temperature."""
+    logits, labels = [], []
+    for _, z, y in _logits_and_labels(model, loader):
+        keep = keep_mask(y.reshape(-1), z.shape[0], ignore_index)
+        logits.append(z.reshape(z.shape[0], -1)[:, keep].T)
+        labels.append(y.reshape(-1)[keep])
+    if not logits:
+        raise ValueError('the hold-out loader yielded no image')
+    return torch.cat(logits), torch.cat(labels)
+
+
+def fit_holdout_temperature(model, loader, ignore_index: int = 255) -> float:
+    """Temperature scaling's ``T`` fitted on a hold-out loader's pixels (NLL)."""
+    return fit_temperature(*holdout_pixels(model, loader, ignore_index))
+
+
+def _distance_counts(logits: Tensor, keep: Tensor, threshold: float):
+    """(pairs with distance > threshold, all pairs) over kept pixels and their
+    non-winning classes; a winner's own distance is 0 and never counts."""
+    z = logits.reshape(logits.shape[0], -1)[:, keep]
+    over = int(((z.amax(dim=0, keepdim=True) - z) > threshold).sum())
+    return over, z.shape[1] * (z.shape[0] - 1)
+
+
+def evaluate_split(model,
+                   loader,
+                   num_classes: int,
+                   temperatures: Sequence[float] = (1.0, ),
+                   exclude_classes: Sequence[int] = (0, ),
+                   ignore_index: int = 255,
+                   num_bins: int = DEFAULT_NUM_BINS,
+                   distance_threshold: float = 10.0) -> dict:
+    """Streaming sums of a model on one split.
+
+    Args:
+        model: an mmseg segmentor (``test_step`` returns ``seg_logits``).
+        loader: dataloader of the split, test pipeline (labels at original size).
+        num_classes (int): ``C``.
+        temperatures (sequence[float]): logits are divided by each; the sums are
+            kept per temperature.
+        exclude_classes (sequence[int]): classes left out of the foreground
+            statistics (background).
+        ignore_index (int): label of pixels to leave out.
+        num_bins (int): calibration bins.
+        distance_threshold (float): logit distance counted by
+            ``distance_share`` (of the raw logits).
+
+    Returns:
+        dict: ``confusion`` ``[C, C]`` (rows ground truth), ``distance_share``,
+        ``images`` (names), and ``temperatures``: per temperature ``T`` (float
+        key), ``pooled`` and ``foreground`` (:class:`CalibrationStatistics`) and
+        ``image_ece`` (list of floats, percent, background kept).
+    """
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.float64)
+    per_temperature = {
+        float(t): dict(pooled=None, foreground=None, image_ece=[])
+        for t in temperatures
+    }
+    over = pairs = 0
+    names: List[str] = []
+    for name, logits, labels in _logits_and_labels(model, loader):
+        names.append(name)
+        flat_labels = labels.reshape(-1)
+        keep = keep_mask(flat_labels, num_classes, ignore_index)
+        prediction = logits.reshape(num_classes, -1).argmax(dim=0)[keep]
+        confusion += torch.bincount(flat_labels[keep] * num_classes + prediction,
+                                    minlength=num_classes**2).reshape(
+                                        num_classes, num_classes).double()
+        image_over, image_pairs = _distance_counts(logits, keep, distance_threshold)
+        over, pairs = over + image_over, pairs + image_pairs
+        for temperature, sums in per_temperature.items():
+            scaled = logits / temperature
+            image = calibration_statistics(scaled, labels, num_bins,
+                                           ignore_index=ignore_index)
+            foreground = calibration_statistics(scaled, labels, num_bins,
+                                                ignore_index=ignore_index,
+                                                exclude_classes=exclude_classes)
+            if float(image.num_pixels) > 0:
+                sums['image_ece'].append(calibration_errors(image)['ECE'])
+            for key, stats in (('pooled', image), ('foreground', foreground)):
+                sums[key] = stats if sums[key] is None else CalibrationStatistics(
+                    *(a + b for a, b in zip(sums[key], stats)))
+    if not names:
+        raise ValueError('the loader yielded no image')
+    return dict(confusion=confusion.numpy(), images=names,
+                distance_share=over / max(pairs, 1), temperatures=per_temperature)
+
+
+def mean_iou(confusion: np.ndarray) -> float:
+    """mmseg's mIoU (percent): classes with an empty union are left out."""
+    hits = np.diag(confusion)
+    union = confusion.sum(0) + confusion.sum(1) - hits
+    present = union > 0
+    return float(100 * np.mean(hits[present] / union[present]))
+
+
+def pixel_accuracy(confusion: np.ndarray) -> float:
+    return float(100 * np.trace(confusion) / max(confusion.sum(), 1))
+
+
+def summarize(split: dict, temperature: float = 1.0) -> Dict[str, float]:
+    """The benchmark's numbers of one split at one temperature.
+
+    Returns:
+        dict: ``mIoU``, ``aAcc``; pooled ``ECE``, ``MCE``, ``AECE``, ``CECE``,
+        ``NLL``, ``Brier``; ``ECE_image`` (mean per-image ECE, background kept,
+        the CALS authors' protocol); ``fg/ECE`` and ``fg/CECE`` (background
+        excluded); ``distance_share``.
+    """
+    sums = split['temperatures'][float(temperature)]
+    pooled = calibration_errors(sums['pooled'])
+    foreground = calibration_errors(sums['foreground'])
+    result = {key: float(pooled[key])
+              for key in ('ECE', 'MCE', 'AECE', 'CECE', 'NLL', 'Brier')}
+    result.update({
+        'mIoU': mean_iou(split['confusion']),
+        'aAcc': pixel_accuracy(split['confusion']),
+        'ECE_image': float(np.mean(sums['image_ece'])),
+        'fg/ECE': float(foreground['ECE']),
+        'fg/CECE': float(foreground['CECE']),
+        'distance_share': float(split['distance_share']),
+    })
+    return result
+
+
+def reliability_bins(stats: CalibrationStatistics) -> Dict[str, list]:
+    """Per-bin pixel count, mean confidence and accuracy (NaN for empty bins)."""
+    count = stats.bin_count.double().numpy()
+    with np.errstate(invalid='ignore', divide='ignore'):
+        confidence = stats.bin_confidence.double().numpy() / count
+        accuracy = stats.bin_accuracy.double().numpy() / count
+    return dict(count=count.tolist(), confidence=confidence.tolist(),
+                accuracy=accuracy.tolist())
+
+
+def overconfident_bins(stats: CalibrationStatistics, min_share: float = 0.005,
+                       above: float = 0.5) -> Dict[str, object]:
+    """Whether accuracy is below mean confidence in every bin whose lower edge is
+    at least ``above`` and that holds at least ``min_share`` of the pixels.
+
+    Returns:
+        dict: ``all`` (bool; False when no bin qualifies) and ``bins``: per
+        qualifying bin its range, share, confidence and accuracy.
+    """
+    bins = reliability_bins(stats)
+    num_bins = len(bins['count'])
+    total = sum(bins['count'])
+    checked = []
+    for index in range(num_bins):
+        lower = index / num_bins
+        share = bins['count'][index] / total if total else 0.0
+        if lower >= above and share >= min_share:
+            checked.append(dict(range=(lower, (index + 1) / num_bins), share=share,
+                                confidence=bins['confidence'][index],
+                                accuracy=bins['accuracy'][index]))
+    return dict(all=bool(checked) and all(b['accuracy'] < b['confidence']
+                                          for b in checked), bins=checked)
+
+
+def regime_figures(test: dict, train: dict) -> Dict[str, object]:
+    """The five figures of issue 10 for a model (raw logits).
+
+    Args:
+        test (dict): :func:`evaluate_split` of the test split.
+        train (dict): :func:`evaluate_split` of the training part.
+
+    Returns:
+        dict: ``ECE``, ``ECE_image``, ``fg/ECE`` (percent), ``overconfident``
+        (see :func:`overconfident_bins`), ``train_aAcc``, ``test_mIoU``,
+        ``distance_share`` (test pixels).
+    """
+    summary = summarize(test)
+    return {
+        'ECE': summary['ECE'],
+        'ECE_image': summary['ECE_image'],
+        'fg/ECE': summary['fg/ECE'],
+        'overconfident': overconfident_bins(test['temperatures'][1.0]['pooled']),
+        'train_aAcc': pixel_accuracy(train['confusion']),
+        'test_mIoU': summary['mIoU'],
+        'distance_share': summary['distance_share'],
+    }
+
+
+def split_loaders(cfg, batch_size: int = 1) -> Dict[str, Optional[dict]]:
+    """Loader configs of a training config's test split, its training part and,
+    when the training set is a HashSplitDataset, its hold-out part, all with the
+    test pipeline."""
+    pipeline = cfg.test_dataloader.dataset.get('pipeline')
+    if pipeline is None:
+        pipeline = next(leaf_datasets(cfg.test_dataloader.dataset))['pipeline']
+    train = with_pipeline(cfg.train_dataloader.dataset, pipeline)
+    holdout = None
+    if train.get('type') == 'HashSplitDataset':
+        holdout = dict(copy.deepcopy(train), split='holdout')
+
+    def loader(dataset):
+        return dict(batch_size=batch_size, num_workers=0, persistent_workers=False,
+                    sampler=dict(type='DefaultSampler', shuffle=False),
+                    dataset=dataset)
+
+    return dict(test=loader(with_pipeline(cfg.test_dataloader.dataset, pipeline)),
+                train=loader(train), holdout=loader(holdout) if holdout else None)

@@ -1,0 +1,123 @@
+"""The benchmark's per-split numbers against plain numpy loops, and temperature
+scaling recovering the temperature the data was made with."""
+import numpy as np
+import pytest
+import torch
+from mmengine.structures import PixelData
+
+from mmseg.structures import SegDataSample
+
+from cals_seg.evaluation.split_report import (evaluate_split,
+                                              fit_holdout_temperature,
+                                              overconfident_bins, summarize)
+from calibration_reference import reference_metrics, softmax
+
+IGNORE = 255
+
+
+class FixedModel:
+    """What evaluate_split needs of a segmentor: eval() and test_step, here
+    returning stored logits for each 'image' of a batch."""
+
+    def __init__(self, logits):
+        self.logits = logits
+        self.mode = 'train'
+
+    def eval(self):
+        self.mode = 'eval'
+
+    def test_step(self, batch):
+        assert self.mode == 'eval'
+        samples = []
+        for index, label in batch:
+            sample = SegDataSample(metainfo=dict(img_path=f'img{index}.png'))
+            sample.seg_logits = PixelData(data=self.logits[index])
+            sample.gt_sem_seg = PixelData(data=label.unsqueeze(0))
+            samples.append(sample)
+        return samples
+
+
+def _data(seed, images=3, classes=4, size=9, scale=6.0):
+    generator = torch.Generator().manual_seed(seed)
+    logits = torch.randn(images, classes, size, size, generator=generator) * scale
+    labels = torch.randint(0, classes, (images, size, size), generator=generator)
+    labels[:, 0, :3] = IGNORE
+    # A share of pixels labelled with their argmax, so accuracy is not chance.
+    agree = torch.rand(images, size, size, generator=generator) < 0.5
+    labels = torch.where(agree & (labels != IGNORE), logits.argmax(1), labels)
+    loader = [[(i, labels[i]) for i in range(images)]]  # one batch of all images
+    return logits, labels, loader
+
+
+def test_split_numbers_match_plain_loops():
+    logits, labels, loader = _data(0)
+    images, classes = logits.shape[:2]
+    temperature = 1.7
+    split = evaluate_split(FixedModel(logits), loader, classes,
+                           temperatures=(1.0, temperature), exclude_classes=(0, ),
+                           distance_threshold=5.0)
+    z = logits.permute(1, 0, 2, 3).reshape(classes, -1).numpy()
+    y = labels.reshape(-1).numpy()
+
+    confusion = np.zeros((classes, classes))
+    over = pairs = 0
+    for i in range(y.size):
+        if y[i] == IGNORE:
+            continue
+        confusion[y[i], z[:, i].argmax()] += 1
+        for k in range(classes):
+            if k != z[:, i].argmax():
+                pairs += 1
+                over += (z[:, i].max() - z[k, i]) > 5.0
+    np.testing.assert_array_equal(split['confusion'], confusion)
+    assert split['distance_share'] == pytest.approx(over / pairs)
+    assert split['images'] == ['img0.png', 'img1.png', 'img2.png']
+
+    ious = [confusion[k, k] / (confusion[k].sum() + confusion[:, k].sum() -
+                               confusion[k, k]) for k in range(classes)]
+    for t in (1.0, temperature):
+        summary = summarize(split, t)
+        pooled = reference_metrics(z / t, y)
+        foreground = reference_metrics(z / t, y, exclude=(0, ))
+        per_image = [reference_metrics(
+            logits[i].reshape(classes, -1).numpy() / t,
+            labels[i].reshape(-1).numpy())['ECE'] for i in range(images)]
+        assert summary['ECE'] == pytest.approx(pooled['ECE'], abs=1e-6)
+        assert summary['NLL'] == pytest.approx(pooled['NLL'], rel=1e-5)
+        assert summary['fg/ECE'] == pytest.approx(foreground['ECE'], abs=1e-6)
+        assert summary['ECE_image'] == pytest.approx(np.mean(per_image), abs=1e-6)
+        assert summary['mIoU'] == pytest.approx(100 * np.mean(ious))
+        assert summary['aAcc'] == pytest.approx(
+            100 * np.trace(confusion) / confusion.sum())
+
+
+def test_overconfidence_check_reads_every_populous_bin_above_one_half():
+    logits, labels, loader = _data(1, images=4, size=16)
+    split = evaluate_split(FixedModel(logits), loader, logits.shape[1])
+    check = overconfident_bins(split['temperatures'][1.0]['pooled'])
+    z = logits.permute(1, 0, 2, 3).reshape(logits.shape[1], -1).numpy()
+    y = labels.reshape(-1).numpy()
+    keep = y != IGNORE
+    prob = softmax(z[:, keep])
+    confidence, correct = prob.max(0), prob.argmax(0) == y[keep]
+    expected = []
+    for b in range(8, 15):  # bins (b/15, (b+1)/15] with lower edge >= 0.5
+        members = (confidence > b / 15) & (confidence <= (b + 1) / 15)
+        if members.mean() >= 0.005:
+            expected.append(correct[members].mean() < confidence[members].mean())
+    assert len(check['bins']) == len(expected) > 0
+    assert check['all'] == all(expected)
+    for entry, b in zip(check['bins'], range(8, 15)):
+        assert entry['range'][0] >= 0.5
+
+
+def test_temperature_fitted_on_holdout_recovers_the_one_the_labels_came_from():
+    generator = torch.Generator().manual_seed(2)
+    true_temperature = 2.5
+    logits = torch.randn(2, 5, 64, 64, generator=generator) * 4
+    prob = torch.softmax(logits / true_temperature, dim=1)
+    labels = torch.multinomial(prob.permute(0, 2, 3, 1).reshape(-1, 5), 1,
+                               generator=generator).reshape(2, 64, 64)
+    loader = [[(i, labels[i]) for i in range(2)]]
+    fitted = fit_holdout_temperature(FixedModel(logits), loader)
+    assert fitted == pytest.approx(true_temperature, rel=0.05)

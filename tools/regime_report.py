@@ -1,0 +1,137 @@
+"""Is a trained model over-confident the way real networks are? Print the five
+figures of the benchmark regime (issue 10) and, with --json, everything the
+benchmark reports about the run.
+
+    python tools/regime_report.py CONFIG CHECKPOINT [--json OUT] [--cfg-options ...]
+
+Runs the model in eval mode over the test split (the config's test_dataloader),
+the training part and, when training reads a HashSplitDataset, the hold-out part
+(on which temperature scaling is fitted). The five figures, all of raw logits:
+
+1. pooled ECE and per-image ECE on the test split, background included;
+2. foreground ECE (background excluded);
+3. over-confidence: accuracy below mean confidence in every bin above 0.5 that
+   holds at least 0.5 % of the pixels;
+4. training-part pixel accuracy and test mIoU (the generalisation gap);
+5. the share of (valid pixel, non-winning class) logit distances above 10.
+"""
+import argparse
+import json
+import os
+import os.path as osp
+import sys
+
+import torch
+from mmengine.config import Config, DictAction
+from mmengine.registry import init_default_scope
+from mmengine.runner import Runner
+
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+import cals_seg  # noqa: E402,F401
+from cals_seg.evaluation.split_report import (  # noqa: E402
+    evaluate_split, fit_holdout_temperature, regime_figures, reliability_bins,
+    split_loaders, summarize)
+from cals_seg.fileio import write_atomic  # noqa: E402
+
+TARGETS = dict(ECE=5.0, ECE_image=5.0, fg_ECE=10.0, train_aAcc=97.0,
+               test_mIoU=(40.0, 85.0), distance_share=0.20)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('config')
+    parser.add_argument('checkpoint')
+    parser.add_argument('--json', help='write every reported number here')
+    parser.add_argument('--no-temperature', action='store_true',
+                        help='skip fitting temperature scaling on the hold-out part')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config settings, as in tools/train.py')
+    return parser.parse_args(argv)
+
+
+def load_model(cfg: Config, checkpoint: str):
+    from mmseg.apis import init_model
+    return init_model(cfg, checkpoint, device='cpu')
+
+
+def report(cfg: Config, checkpoint: str, fit_temperature: bool = True) -> dict:
+    """Every number of one trained run (see the module docstring)."""
+    init_default_scope('mmseg')
+    model = load_model(cfg, checkpoint)
+    num_classes = model.decode_head.num_classes
+    ignore_index = getattr(model.decode_head, 'ignore_index', 255)
+    loaders = {name: Runner.build_dataloader(loader) if loader else None
+               for name, loader in split_loaders(cfg).items()}
+    temperature = None
+    if fit_temperature and loaders['holdout'] is not None:
+        temperature = fit_holdout_temperature(model, loaders['holdout'],
+                                              ignore_index)
+    temperatures = (1.0, ) if temperature is None else (1.0, temperature)
+    test = evaluate_split(model, loaders['test'], num_classes, temperatures,
+                          ignore_index=ignore_index)
+    train = evaluate_split(model, loaders['train'], num_classes,
+                           ignore_index=ignore_index)
+    result = dict(checkpoint=checkpoint, figures=regime_figures(test, train),
+                  metrics=summarize(test),
+                  reliability=reliability_bins(test['temperatures'][1.0]['pooled']),
+                  fg_reliability=reliability_bins(
+                      test['temperatures'][1.0]['foreground']))
+    if temperature is not None:
+        result['temperature'] = temperature
+        result['metrics_ts'] = summarize(test, temperature)
+        result['reliability_ts'] = reliability_bins(
+            test['temperatures'][temperature]['pooled'])
+    return result
+
+
+def format_figures(figures: dict) -> str:
+    def verdict(ok):
+        return 'yes' if ok else 'NO'
+
+    low, high = TARGETS['test_mIoU']
+    over = figures['overconfident']
+    bins = '; '.join(f"({b['range'][0]:.2f}, {b['range'][1]:.2f}] acc "
+                     f"{100 * b['accuracy']:.1f} conf {100 * b['confidence']:.1f}"
+                     for b in over['bins'])
+    lines = [
+        'figure                                   measured    target      met',
+        f"1. pooled ECE (%)                      {figures['ECE']:>9.2f}    >= 5        "
+        f"{verdict(figures['ECE'] >= TARGETS['ECE'])}",
+        f"   per-image ECE (%)                   {figures['ECE_image']:>9.2f}    >= 5"
+        f"        {verdict(figures['ECE_image'] >= TARGETS['ECE_image'])}",
+        f"2. foreground ECE (%)                  {figures['fg/ECE']:>9.2f}    >= 10"
+        f"       {verdict(figures['fg/ECE'] >= TARGETS['fg_ECE'])}",
+        f"3. acc < conf in every bin > 0.5       {len(over['bins']):>6} bins  all"
+        f"         {verdict(over['all'])}",
+        f"4. training-part pixel accuracy (%)    {figures['train_aAcc']:>9.2f}    >= 97"
+        f"       {verdict(figures['train_aAcc'] >= TARGETS['train_aAcc'])}",
+        f"   test mIoU                           {figures['test_mIoU']:>9.2f}    40-85"
+        f"       {verdict(low <= figures['test_mIoU'] <= high)}",
+        f"5. logit distances > 10 (% of pairs)   {100 * figures['distance_share']:>9.2f}"
+        f"    >= 20       {verdict(figures['distance_share'] >= 0.2)}",
+        f'   bins checked in 3: {bins}',
+    ]
+    return '\n'.join(lines)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    cfg = Config.fromfile(args.config)
+    if args.cfg_options:
+        cfg.merge_from_dict(args.cfg_options)
+    torch.set_grad_enabled(False)
+    result = report(cfg, args.checkpoint, not args.no_temperature)
+    print(format_figures(result['figures']))
+    if 'temperature' in result:
+        print(f"temperature scaling fitted on the hold-out part: T = "
+              f"{result['temperature']:.3f}; test ECE {result['metrics']['ECE']:.2f}"
+              f" -> {result['metrics_ts']['ECE']:.2f} %")
+    if args.json:
+        os.makedirs(osp.dirname(osp.abspath(args.json)), exist_ok=True)
+        write_atomic(args.json, json.dumps(result, indent=2).encode('utf-8'))
+
+
+if __name__ == '__main__':
+    main()
