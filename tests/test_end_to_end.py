@@ -69,15 +69,18 @@ def test_val_source_warns_and_updates_after_each_validation(demo_data, tmp_path)
 def test_epoch_interval_is_one_round_per_pass_over_the_training_part(demo_data,
                                                                       tmp_path):
     cfg = demo_config('deeplabv3_r18tiny_1500it_demo-voc_cals.py',
-                      demo_data['voc']['data_root'], str(tmp_path), iterations=8,
-                      batch_size=1)
+                      demo_data['voc']['data_root'], str(tmp_path), iterations=6,
+                      batch_size=2)
+    # One of the six training images held out: 5 to train on, an epoch of
+    # ceil(5 / 2) = 3 iterations (the test configs' fixed interval is 2).
+    for loader in (cfg.train_dataloader, cfg.custom_hooks[0].holdout_dataloader):
+        loader.dataset.holdout_fraction = 0.18
     cfg.custom_hooks[0].interval = 'epoch'
     runner = Runner.from_cfg(cfg)
     runner.train()
     (_, loss), = find_cals_losses(runner.model)
-    training_part = len(runner.train_dataloader.dataset)
-    assert 2 < training_part < 6  # the hold-out part is not trained on
-    assert int(loss.num_rounds) == 8 // math.ceil(training_part / 1)
+    assert len(runner.train_dataloader.dataset) == 5
+    assert int(loss.num_rounds) == 6 // math.ceil(5 / 2)
 
 
 @pytest.mark.parametrize('config, layout', [('configs/deeplabv3_voc_cals.py', 'voc'),

@@ -9,7 +9,8 @@ from mmseg.structures import SegDataSample
 
 from cals_seg.evaluation.split_report import (evaluate_split,
                                               fit_holdout_temperature,
-                                              overconfident_bins, summarize)
+                                              holdout_pixels, overconfident_bins,
+                                              summarize)
 from calibration_reference import reference_metrics, softmax
 
 IGNORE = 255
@@ -121,3 +122,18 @@ def test_temperature_fitted_on_holdout_recovers_the_one_the_labels_came_from():
     loader = [[(i, labels[i]) for i in range(2)]]
     fitted = fit_holdout_temperature(FixedModel(logits), loader)
     assert fitted == pytest.approx(true_temperature, rel=0.05)
+
+
+def test_holdout_pixels_keep_valid_pixels_and_cap_each_image():
+    logits, labels, loader = _data(3, images=2, size=9)
+    z, y = holdout_pixels(FixedModel(logits), loader)
+    valid = labels != IGNORE
+    expected = logits.permute(0, 2, 3, 1)[valid]
+    torch.testing.assert_close(z, expected)
+    torch.testing.assert_close(y, labels[valid])
+    capped, capped_labels = holdout_pixels(FixedModel(logits), loader,
+                                           pixels_per_image=10)
+    assert capped.shape == (20, 4)
+    rows = {tuple(row.tolist()): label for row, label in zip(expected, labels[valid])}
+    for row, label in zip(capped, capped_labels):
+        assert rows[tuple(row.tolist())] == label

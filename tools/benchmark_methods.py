@@ -46,7 +46,12 @@ LABELS = {
 }
 MODELS = ('deeplabv3', 'pspnet')
 METRICS = ('mIoU', 'ECE', 'ECE_image', 'fg/ECE', 'AECE', 'CECE', 'NLL', 'Brier')
-HEADERS = dict(ECE='ECE', ECE_image='ECE per image', **{'fg/ECE': 'fg ECE'})
+# Not a quality metric, so never ranked: the share of (pixel, non-winning class)
+# logit distances above 10 on the test split, how far a method moves the logit scale.
+DESCRIPTIVE = ('distance_share', )
+HEADERS = dict(ECE='ECE', ECE_image='ECE per image', distance_share='d > 10 (%)',
+               **{'fg/ECE': 'fg ECE'})
+SCALE = dict(distance_share=100.0)
 CONFIG = 'configs/demo/{model}_r18tiny_1500it_demo-voc_{method}.py'
 DEFAULT_ITERS = 1500
 HIGHER_IS_BETTER = ('mIoU', )
@@ -341,17 +346,18 @@ def format_results(results, methods, command: str, classes, figures: dict,
         'nothing was tuned on the test split.', ''
     ]
     for model in sorted({r['model'] for r in results}):
-        headers = [HEADERS.get(k, k) for k in METRICS]
+        columns = METRICS + DESCRIPTIVE
+        headers = [HEADERS.get(k, k) for k in columns]
         lines += [f'## {model} (tiny: ResNet-18 with 16 base channels)', '',
                   '| method | seeds | ' + ' | '.join(headers) + ' | minutes |',
-                  '| --- ' * (len(METRICS) + 3) + '|']
+                  '| --- ' * (len(columns) + 3) + '|']
         for method in methods:
             rows = _rows(results, model, method)
             if not rows:
                 continue
             cells = []
-            for key in METRICS:
-                values = np.array([r[key] for r in rows])
+            for key in columns:
+                values = SCALE.get(key, 1.0) * np.array([r[key] for r in rows])
                 cells.append(f'{values.mean():.3f} ± {values.std():.3f}')
             source = 'ce' if method == 'ce+ts' else method
             minutes = np.mean([r['minutes'] for r in results

@@ -33,12 +33,18 @@ def _logits_and_labels(model, loader):
                 yield sample.metainfo.get('img_path', ''), logits, labels
 
 
-def holdout_pixels(model, loader, ignore_index: int = 255):
-    """Logits ``(N, C)`` and labels ``(N, )`` of every valid pixel of a loader,
-    for fitting a temperature."""
+def holdout_pixels(model, loader, ignore_index: int = 255,
+                   pixels_per_image: int = 100_000, seed: int = 0):
+    """Logits ``(N, C)`` and labels ``(N, )`` of a loader's valid pixels, for
+    fitting a temperature; at most ``pixels_per_image`` from each image (a seeded
+    random subset), so a large hold-out set fits in memory."""
+    generator = torch.Generator().manual_seed(seed)
     logits, labels = [], []
     for _, z, y in _logits_and_labels(model, loader):
-        keep = keep_mask(y.reshape(-1), z.shape[0], ignore_index)
+        keep = keep_mask(y.reshape(-1), z.shape[0], ignore_index).nonzero()[:, 0]
+        if keep.numel() > pixels_per_image:
+            keep = keep[torch.randperm(keep.numel(),
+                                       generator=generator)[:pixels_per_image]]
         logits.append(z.reshape(z.shape[0], -1)[:, keep].T)
         labels.append(y.reshape(-1)[keep])
     if not logits:
