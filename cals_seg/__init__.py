@@ -10,6 +10,7 @@ import warnings
 warnings.filterwarnings('ignore', message='pkg_resources is deprecated',
                         category=UserWarning)
 
+from . import calibrators  # noqa: E402,F401  (registers them in MODELS)
 from .checkpoint import allow_mmengine_checkpoints  # noqa: E402
 from .datasets import HashSplitDataset  # noqa: E402
 from .evaluation import CalibrationMetric  # noqa: E402
