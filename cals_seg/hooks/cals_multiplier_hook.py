@@ -1,4 +1,5 @@
 """Runs the multiplier update rounds of every CALSLoss in a model."""
+import logging
 import math
 import warnings
 from typing import Dict, List, Optional, Sequence, Tuple, Union
@@ -270,8 +271,15 @@ class CALSMultiplierHook(Hook):
                               f'{int(loss.num_rounds) + 1} of {name}')
             loss.apply_round(stats)
             _check_same_on_every_rank(name, loss)
-            runner.logger.info(
-                f'CALS round {int(loss.num_rounds)} ({name}): lambda mean '
+            # The logged scalars carry lambda and rho; the text log gets the
+            # first round and the rho-check rounds, or interval='epoch' on a
+            # small training set would flood it.
+            rounds = int(loss.num_rounds)
+            level = logging.INFO if rounds == 1 or (
+                loss.rho_step > 0 and rounds % loss.rho_step == 0) else logging.DEBUG
+            runner.logger.log(
+                level,
+                f'CALS round {rounds} ({name}): lambda mean '
                 f'{loss.multipliers.mean():.4g} max {loss.multipliers.max():.4g}, '
                 f'rho mean {loss.rho.mean():.4g} max {loss.rho.max():.4g}, '
                 f'{int(stats.count.max())} pixels')
