@@ -16,12 +16,14 @@ from .datasets import HashSplitDataset  # noqa: E402
 from .evaluation import CalibrationMetric  # noqa: E402
 from .hooks import CALSMultiplierHook  # noqa: E402
 from .losses import CALSLoss  # noqa: E402
+from .segmentors import CalibratedSegmentor  # noqa: E402
 
 __version__ = '0.1.0'
 
 allow_mmengine_checkpoints()
 
 __all__ = [
-    'CALSLoss', 'CALSMultiplierHook', 'CalibrationMetric', 'HashSplitDataset',
+    'CALSLoss', 'CALSMultiplierHook', 'CalibratedSegmentor', 'CalibrationMetric',
+    'HashSplitDataset',
     'allow_mmengine_checkpoints'
 ]

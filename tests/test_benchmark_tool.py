@@ -25,7 +25,7 @@ def test_benchmark_writes_table_figures_and_reuses_finished_runs(tmp_path):
     assert first.returncode == 0, first.stderr[-3000:]
     table = (tmp_path / 'results.md').read_text()
     assert '| CE | 1 |' in table and "| CALS (authors' protocol, m 20) | 1 |" in table
-    assert '| CE + TS (held-out T) | 1 |' in table
+    assert '| CE + TS | 1 |' in table and 'boundary ECE' in table
     assert 'Temperatures fitted on the held-out part' in table
     assert 'Cross-entropy against the regime targets' in table
     assert 'multipliers per class at the end' in table and 'bottle' in table
@@ -41,7 +41,8 @@ def test_benchmark_writes_table_figures_and_reuses_finished_runs(tmp_path):
     report = json.loads((run / 'report.json').read_text())
     assert set(report['figures']) == {'ECE', 'ECE_image', 'fg/ECE', 'overconfident',
                                       'train_aAcc', 'test_mIoU', 'distance_share'}
-    assert report['temperature'] > 0 and 'metrics_ts' in report
+    assert report['temperature'] > 0 and set(report['metrics_posthoc']) == {'ts'}
+    assert report['fits']['ts']['nll_after'] <= report['fits']['ts']['nll_before']
 
     # A second call reads finished runs back instead of training again.
     result_file = run / 'result.json'
@@ -67,6 +68,6 @@ def test_benchmark_writes_table_figures_and_reuses_finished_runs(tmp_path):
     for line in ('1. pooled ECE (%)', 'per-image ECE (%)', '2. foreground ECE',
                  '3. acc < conf in every bin > 0.5', '4. training-part pixel',
                  'test mIoU', '5. logit distances > 10',
-                 'temperature scaling fitted on the hold-out part'):
+                 'ts fitted on the hold-out part'):
         assert line in printed.stdout, printed.stdout
     assert f"{report['figures']['ECE']:>9.2f}" in printed.stdout

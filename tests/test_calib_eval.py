@@ -1,16 +1,19 @@
 """tools/test.py --save-logits and tools/calib_eval.py, end to end."""
 import importlib.util
 import json
+import math
 import os
 import os.path as osp
 import shutil
 
 import numpy as np
 import pytest
+import torch
 from mmengine.runner import Runner
 from PIL import Image
 
 import cals_seg  # noqa: F401
+from cals_seg.calibrators import TemperatureScaling, load_calibrator
 from cals_seg.demo_data import make_demo_dataset
 from calibration_reference import reference_metrics
 from helpers import REPO, demo_config, run_tool
@@ -82,9 +85,12 @@ def test_calib_eval_reports_what_a_plain_loop_computes(saved_logits, tmp_path):
     expected = reference_metrics(np.concatenate(logits, axis=1),
                                  np.concatenate(labels))
     for key in ('ECE', 'MCE', 'CECE', 'NLL', 'Brier'):
-        assert report['metrics'][key] == pytest.approx(expected[key],
-                                                       rel=1e-5), key
-    for png in ('reliability.png', 'reliability_classes.png'):
+        assert report['metrics']['uncalibrated'][key] == pytest.approx(
+            expected[key], rel=1e-5), key
+    worst = report['metrics']['uncalibrated']['worst_images']
+    assert len(worst) == 4 and worst[0]['ECE'] >= worst[-1]['ECE']
+    for png in ('reliability.png', 'reliability_classes.png', 'risk_coverage.png',
+                'worst_images.png'):
         with open(osp.join(out, png), 'rb') as f:
             data = f.read()
         assert data.startswith(b'\x89PNG') and len(data) > 5000
@@ -104,10 +110,60 @@ def test_temperature_scaling_lowers_nll_of_overconfident_logits(
                        '0.5', '--out', out])
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.load(open(osp.join(out, 'metrics.json')))
-    assert report['temperature']['value'] > 2
-    assert report['temperature_scaled']['NLL'] < report['uncalibrated']['NLL']
-    assert report['num_images'] + len(report['temperature']['fit_images']) == 4
-    assert osp.getsize(osp.join(out, 'reliability_temperature_scaled.png')) > 5000
+    metrics = report['metrics']
+    assert metrics['ts']['NLL'] < metrics['uncalibrated']['NLL']
+    assert report['num_images'] + len(report['fit_images']) == 4
+    assert load_calibrator(osp.join(out, 'calibrator_ts.pth')).temperature > 2
+
+
+def test_every_calibrator_fits_reports_and_applies(saved_logits, tmp_path):
+    """Fit all calibrators on half the images, then apply a saved one to the
+    logits as a new user would: the applied numbers equal the fitted run's."""
+    out = str(tmp_path / 'fit')
+    names = ['ts', 'cts', 'vs', 'dirichlet', 'lts', 'lts-image', 'selective']
+    result = run_tool(['tools/calib_eval.py', saved_logits['logits_dir'],
+                       '--fit-split', '0.5', '--calibrators', *names, '--out', out])
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.load(open(osp.join(out, 'metrics.json')))
+    assert list(report['metrics']) == ['uncalibrated'] + names
+    for name in names:
+        assert report['fits'][name]['nll_after'] <= report['fits'][name]['nll_before']
+        assert name in result.stdout
+        assert osp.isfile(osp.join(out, f'calibrator_{name}.pth'))
+    assert osp.getsize(osp.join(out, 'reliability.png')) > 5000
+
+    # The evaluated images alone, as new logits to apply the saved files to.
+    new_dir = _copy(saved_logits, tmp_path, 'new_logits')
+    manifest_path = osp.join(new_dir, 'manifest.json')
+    manifest = json.load(open(manifest_path))
+    for name in report['fit_images']:
+        os.remove(osp.join(new_dir, f'{name}.npy'))
+        del manifest['ground_truth'][name]
+    json.dump(manifest, open(manifest_path, 'w'))
+    applied = str(tmp_path / 'apply')
+    files = [osp.join(out, f'calibrator_{name}.pth') for name in ('dirichlet', 'lts')]
+    result = run_tool(['tools/calib_eval.py', new_dir, '--apply', *files, '--out',
+                       applied])
+    assert result.returncode == 0, result.stderr[-3000:]
+    applied_report = json.load(open(osp.join(applied, 'metrics.json')))
+    assert applied_report['num_images'] == report['num_images']
+    for name in ('dirichlet', 'lts'):
+        got = applied_report['metrics'][f'calibrator_{name}.pth']
+        for key in ('ECE', 'NLL', 'AURC', 'ECE_boundary'):
+            assert got[key] == pytest.approx(report['metrics'][name][key],
+                                             rel=1e-9), (name, key)
+
+
+def test_apply_refuses_a_calibrator_of_another_class_count(saved_logits,
+                                                           tmp_path, capsys):
+    path = str(tmp_path / 'ts3.pth')
+    TemperatureScaling(3).save(path)
+    calib_eval = _calib_eval_module()
+    with pytest.raises(SystemExit):
+        calib_eval.main([saved_logits['logits_dir'], '--apply', path, '--out',
+                         str(tmp_path / 'out')])
+    assert 'fitted for 3 classes, the logits have 6' in capsys.readouterr().err
+    assert not (tmp_path / 'out').exists()
 
 
 def test_gt_dir_and_protocol_options(saved_logits, tmp_path):
@@ -125,8 +181,9 @@ def test_gt_dir_and_protocol_options(saved_logits, tmp_path):
     ]))
     assert report['protocol'] == dict(bins=10, reduction='image',
                                       exclude_classes=['background'],
-                                      ignore_index=255)
-    assert report['metrics']['per_class']['background']['pixels'] == 0
+                                      ignore_index=255, boundary_width=2)
+    per_class = report['metrics']['uncalibrated']['per_class']
+    assert per_class['background']['pixels'] == 0
 
 
 def _break_first(logits_dir, how):
@@ -173,3 +230,57 @@ def test_bad_input_is_named_and_writes_nothing(saved_logits, tmp_path, capsys,
     named = osp.splitext(osp.basename(path))[0]
     assert named in error
     assert not out.exists()
+
+
+def _temperature_file(path, temperature, num_classes=6):
+    calibrator = TemperatureScaling(num_classes)
+    with torch.no_grad():
+        calibrator.log_temperature.fill_(math.log(temperature))
+    calibrator.save(path)
+    return path
+
+
+def _logits(directory):
+    return {f: np.load(osp.join(directory, f)).astype(np.float32)
+            for f in sorted(os.listdir(directory)) if f.endswith('.npy')}
+
+
+def test_test_py_and_the_config_key_apply_a_saved_calibrator(saved_logits, tmp_path):
+    """tools/test.py --calibrator, and mmseg's own test loop with the model
+    wrapped in CalibratedSegmentor by config: the plain checkpoint loads, and
+    the saved logits are the raw ones divided by the file's temperature."""
+    root, info = saved_logits['root'], saved_logits['info']
+    checkpoint = str(root / 'train' / 'iter_6.pth')
+    calibrator = _temperature_file(str(tmp_path / 'ts2.pth'), 2.0)
+    cli_dir = str(tmp_path / 'cli')
+    result = run_tool([
+        'tools/test.py', CONFIG, checkpoint, '--calibrator', calibrator,
+        '--work-dir', str(tmp_path / 'test'), '--save-logits', cli_dir,
+        '--cfg-options', f'test_dataloader.dataset.data_root={info["data_root"]}',
+        'test_dataloader.num_workers=0', 'test_dataloader.persistent_workers=False'
+    ])
+    assert result.returncode == 0, result.stderr[-3000:]
+    raw = _logits(saved_logits['logits_dir'])
+    calibrated = _logits(cli_dir)
+    assert list(calibrated) == list(raw)
+    for name in raw:
+        np.testing.assert_allclose(calibrated[name], raw[name] / 2, rtol=2e-3,
+                                   atol=2e-3)
+
+    cfg = demo_config(osp.basename(CONFIG), info['data_root'],
+                      str(tmp_path / 'config_key'))
+    cfg.model = dict(type='CalibratedSegmentor', segmentor=cfg.model,
+                     calibrator=calibrator)
+    cfg.load_from = checkpoint
+    key_dir = str(tmp_path / 'key')
+    cfg.custom_hooks = [dict(type='SaveLogitsHook', out_dir=key_dir)]
+    metrics = Runner.from_cfg(cfg).test()
+    assert metrics['NLL'] > 0
+    for name, array in _logits(key_dir).items():
+        np.testing.assert_array_equal(array, calibrated[name])
+
+    wrong = _temperature_file(str(tmp_path / 'ts3.pth'), 2.0, num_classes=3)
+    result = run_tool(['tools/test.py', CONFIG, checkpoint, '--calibrator', wrong,
+                       '--work-dir', str(tmp_path / 'wrong')])
+    assert result.returncode != 0
+    assert 'fitted for 3 classes, the logits have 6' in result.stderr

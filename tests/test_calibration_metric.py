@@ -11,6 +11,7 @@ import torch.multiprocessing as mp
 from mmseg.registry import METRICS
 
 import cals_seg  # noqa: F401
+from cals_seg.evaluation.accumulator import SCALAR_METRICS
 from cals_seg.evaluation.calibration_metric import CalibrationMetric
 from calibration_reference import reference_metrics
 
@@ -21,13 +22,16 @@ def _samples(count=5, seed=0):
     rng = np.random.default_rng(seed)
     samples = []
     for i in range(count):
-        shape = (9 + i, 11)
+        shape = (3 * (3 + i), 12)
         logits = torch.from_numpy(
             (rng.normal(0, 2.5, (4, ) + shape)).astype(np.float32))
-        labels = torch.from_numpy(rng.integers(0, 4, shape))
+        # 3 x 3 blocks of one class: boundary and interior pixels both occur.
+        blocks = rng.integers(0, 4, (shape[0] // 3, shape[1] // 3))
+        labels = torch.from_numpy(np.kron(blocks, np.ones((3, 3), dtype=np.int64)))
         labels[0, :3] = 255
         samples.append(dict(seg_logits=dict(data=logits),
-                            gt_sem_seg=dict(data=labels[None])))
+                            gt_sem_seg=dict(data=labels[None]),
+                            img_path=f'image{i}.jpg'))
     return samples
 
 
@@ -56,7 +60,7 @@ def test_metric_matches_reference(exclude, indices):
     expected = _pooled_reference(samples, exclude=indices)
     for key in ('ECE', 'MCE', 'CECE', 'NLL', 'Brier'):
         assert result[key] == pytest.approx(expected[key], rel=1e-6), key
-    assert set(result) == {'ECE', 'MCE', 'AECE', 'CECE', 'NLL', 'Brier'}
+    assert set(result) == set(SCALAR_METRICS)
 
 
 def test_image_reduction_and_prefix():
@@ -111,7 +115,8 @@ def _rank_worker(rank, world_size, port, reduction, queue):
     metric = _metric(reduction=reduction)
     for sample in padded[rank::world_size]:
         metric.process(None, [sample])
-    queue.put((rank, metric.evaluate(len(samples))))
+    metrics = metric.evaluate(len(samples))
+    queue.put((rank, (metrics, metric.last_worst_images)))
     dist.destroy_process_group()
 
 
@@ -121,6 +126,7 @@ def test_two_ranks_give_the_numbers_of_one(reduction):
     single = _metric(reduction=reduction)
     single.process(None, samples)
     expected = single.evaluate(len(samples))
+    assert all(v == v for v in expected.values())  # every metric defined
 
     context = mp.get_context('spawn')
     queue = context.Queue()
@@ -137,5 +143,7 @@ def test_two_ranks_give_the_numbers_of_one(reduction):
         p.join(timeout=60)
         assert p.exitcode == 0
     for rank in range(2):
+        metrics, worst = results[rank]
         for key, value in expected.items():
-            assert results[rank][key] == pytest.approx(value, rel=1e-9), key
+            assert metrics[key] == pytest.approx(value, rel=1e-9), key
+        assert worst == single.last_worst_images

@@ -66,6 +66,13 @@ def test_dirichlet_scaling_recovers_the_calibrated_probabilities():
     assert record.nll_after == pytest.approx(true_nll, abs=0.01)
 
 
+def test_fit_works_under_no_grad():
+    logits, labels, _ = _draw(lambda z: z / 2.0, pixels=5000)
+    with torch.no_grad():
+        record = VectorScaling(C).fit(logits, labels)
+    assert record.kept and record.nll_after < record.nll_before
+
+
 def test_bounded_temperature_on_separable_pixels():
     logits = torch.eye(C, dtype=torch.float64).repeat(50, 1) * 5
     labels = logits.argmax(1)
@@ -77,7 +84,7 @@ def test_bounded_temperature_on_separable_pixels():
 class _Broken(TemperatureScaling):
     """A fit that lands far from the minimum, as a diverged optimiser would."""
 
-    def _minimise(self, logits, labels, max_iterations):
+    def _minimise(self, logits, labels, images, max_iterations):
         with torch.no_grad():
             self.log_temperature.fill_(6.0)
 
@@ -95,7 +102,7 @@ def test_fit_that_raises_the_heldout_nll_is_undone_with_a_warning():
     (torch.zeros(0, C), torch.zeros(0, dtype=torch.long), 'no pixels'),
     (torch.full((3, C), float('nan')), torch.zeros(3, dtype=torch.long), 'NaN'),
     (torch.zeros(3, C), torch.tensor([0, 1, C]), 'labels must be in'),
-    (torch.zeros(3, C + 1), torch.zeros(3, dtype=torch.long), f'\\(P, {C}\\)'),
+    (torch.zeros(3, C + 1), torch.zeros(3, dtype=torch.long), f'fitted for {C} classes'),
 ])
 def test_bad_fit_input_is_named(logits, labels, message):
     with pytest.raises(ValueError, match=message):

@@ -7,8 +7,9 @@ from mmengine.structures import PixelData
 
 from mmseg.structures import SegDataSample
 
-from cals_seg.evaluation.split_report import (evaluate_split,
-                                              fit_holdout_temperature,
+from cals_seg.calibrators import TemperatureScaling
+from cals_seg.evaluation.split_report import (RAW, evaluate_split,
+                                              fit_calibrators, holdout_maps,
                                               holdout_pixels, overconfident_bins,
                                               summarize)
 from calibration_reference import reference_metrics, softmax
@@ -54,8 +55,11 @@ def test_split_numbers_match_plain_loops():
     logits, labels, loader = _data(0)
     images, classes = logits.shape[:2]
     temperature = 1.7
+    scaling = TemperatureScaling(classes)
+    with torch.no_grad():
+        scaling.log_temperature.fill_(np.log(temperature))
     split = evaluate_split(FixedModel(logits), loader, classes,
-                           temperatures=(1.0, temperature), exclude_classes=(0, ),
+                           calibrators=dict(ts=scaling), exclude_classes=(0, ),
                            distance_threshold=5.0)
     z = logits.permute(1, 0, 2, 3).reshape(classes, -1).numpy()
     y = labels.reshape(-1).numpy()
@@ -76,8 +80,8 @@ def test_split_numbers_match_plain_loops():
 
     ious = [confusion[k, k] / (confusion[k].sum() + confusion[:, k].sum() -
                                confusion[k, k]) for k in range(classes)]
-    for t in (1.0, temperature):
-        summary = summarize(split, t)
+    for name, t in ((RAW, 1.0), ('ts', temperature)):
+        summary = summarize(split, name)
         pooled = reference_metrics(z / t, y)
         foreground = reference_metrics(z / t, y, exclude=(0, ))
         per_image = [reference_metrics(
@@ -95,7 +99,7 @@ def test_split_numbers_match_plain_loops():
 def test_overconfidence_check_reads_every_populous_bin_above_one_half():
     logits, labels, loader = _data(1, images=4, size=16)
     split = evaluate_split(FixedModel(logits), loader, logits.shape[1])
-    check = overconfident_bins(split['temperatures'][1.0]['pooled'])
+    check = overconfident_bins(split['outputs'][RAW]['pooled'])
     z = logits.permute(1, 0, 2, 3).reshape(logits.shape[1], -1).numpy()
     y = labels.reshape(-1).numpy()
     keep = y != IGNORE
@@ -120,8 +124,22 @@ def test_temperature_fitted_on_holdout_recovers_the_one_the_labels_came_from():
     labels = torch.multinomial(prob.permute(0, 2, 3, 1).reshape(-1, 5), 1,
                                generator=generator).reshape(2, 64, 64)
     loader = [[(i, labels[i]) for i in range(2)]]
-    fitted = fit_holdout_temperature(FixedModel(logits), loader)
-    assert fitted == pytest.approx(true_temperature, rel=0.05)
+    fitted = fit_calibrators(FixedModel(logits), loader, ['ts', 'lts'], 5)
+    assert fitted['ts'].temperature == pytest.approx(true_temperature, rel=0.05)
+    with torch.no_grad():
+        local = fitted['lts'].temperature(logits.double())
+    assert float(local.median()) == pytest.approx(true_temperature, rel=0.1)
+
+
+def test_holdout_maps_crop_every_image_alike():
+    logits, labels, loader = _data(4, images=3, size=12)
+    maps, crops = holdout_maps(FixedModel(logits), loader, crop=8)
+    assert maps.shape == (3, 4, 8, 8) and crops.shape == (3, 8, 8)
+    for z, y in zip(maps, crops):  # each crop is a window of some image
+        found = any(torch.equal(z, logits[i, :, r:r + 8, c:c + 8]) and
+                    torch.equal(y, labels[i, r:r + 8, c:c + 8])
+                    for i in range(3) for r in range(5) for c in range(5))
+        assert found
 
 
 def test_holdout_pixels_keep_valid_pixels_and_cap_each_image():

@@ -5,13 +5,17 @@
 Each run is ``tools/train.py`` on a demo config in its own process and work dir,
 then ``tools/regime_report.py`` on its last checkpoint: one pass in eval mode over
 the test split, the training part and the held-out part, which gives every
-reported number (mIoU; pooled, per-image and foreground ECE; AECE, CECE, NLL,
-Brier; the reliability bins; the regime figures) and temperature scaling fitted
-on the held-out part. For CALS runs the learned multipliers are read from the
-last checkpoint and their trajectory from scalars.json.
+reported number (mIoU; pooled, per-image, foreground, boundary and interior ECE;
+AECE, CECE, NLL, Brier, AURC; the reliability bins; the regime figures). For CE
+and CALS it also fits the post-hoc calibrators on the held-out part and
+evaluates them on the test split: the rows 'CE + ...' and 'CALS + ...'. For CALS
+runs the learned multipliers are read from the last checkpoint and their
+trajectory from scalars.json.
 
 Finished runs are kept and skipped when the command is run again, so an
-interrupted benchmark continues where it stopped. The table reports mean ±
+interrupted benchmark continues where it stopped; a run whose report is older
+than this tool's (``REPORT_VERSION``) gets a new report from its checkpoint,
+without training again. The table reports mean ±
 standard deviation over seeds, whatever it shows; the hand-written reading in
 ``docs/results_reading.md`` is appended after the generated tables.
 """
@@ -33,23 +37,36 @@ sys.path.insert(0, REPO)
 from cals_seg.demo_data import VOC_CLASSES, make_demo_dataset  # noqa: E402
 from cals_seg.fileio import write_atomic  # noqa: E402
 
-# Trained methods, one demo config each; 'ce+ts' is CE's runs with temperature
-# scaling fitted on the held-out part (no training of its own).
+# Trained methods, one demo config each; 'ce+ts' and the other 'method+calibrator'
+# rows are that method's runs with a post-hoc calibrator fitted on the held-out
+# part (no training of their own).
 TRAINED = ('ce', 'ls', 'ls-0.1', 'fl', 'mbls', 'ecp', 'cals', 'cals-trainsrc',
            'cals-m10')
-METHODS = ('ce', 'ce+ts') + TRAINED[1:]
+POSTHOC = ('ts', 'vs', 'dirichlet', 'lts', 'selective')
+CALIBRATED = ('ce', 'cals')
+METHODS = ('ce', *(f'ce+{c}' for c in POSTHOC), 'ls', 'ls-0.1', 'fl', 'mbls',
+           'ecp', 'cals', *(f'cals+{c}' for c in POSTHOC), 'cals-trainsrc',
+           'cals-m10')
 LABELS = {
-    'ce': 'CE', 'ce+ts': 'CE + TS (held-out T)', 'ls': 'LS (ε 0.05)',
+    'ce': 'CE', 'ls': 'LS (ε 0.05)',
     'ls-0.1': 'LS (ε 0.1)', 'fl': 'FL (γ 3)', 'mbls': 'MbLS (m 10, α 0.1)',
     'ecp': 'ECP (β 0.1)', 'cals': 'CALS (authors\' protocol, m 20)',
     'cals-trainsrc': 'CALS, training-batch source', 'cals-m10': 'CALS, margin 10'
 }
+CALIBRATOR_LABELS = dict(ts='TS', vs='vector scaling', dirichlet='Dirichlet (ODIR)',
+                         lts='LTS', selective='selective scaling')
+LABELS.update({f'{method}+{c}': f'{method.upper()} + {CALIBRATOR_LABELS[c]}'
+               for method in CALIBRATED for c in POSTHOC})
 MODELS = ('deeplabv3', 'pspnet')
-METRICS = ('mIoU', 'ECE', 'ECE_image', 'fg/ECE', 'AECE', 'CECE', 'NLL', 'Brier')
+METRICS = ('mIoU', 'ECE', 'ECE_image', 'fg/ECE', 'ECE_boundary', 'ECE_interior',
+           'AECE', 'CECE', 'NLL', 'Brier', 'AURC')
+# What a result.json holds; older ones get a new report from their checkpoint.
+REPORT_VERSION = 3
 # Not a quality metric, so never ranked: the share of (pixel, non-winning class)
 # logit distances above 10 on the test split, how far a method moves the logit scale.
 DESCRIPTIVE = ('distance_share', )
 HEADERS = dict(ECE='ECE', ECE_image='ECE per image', distance_share='d > 10 (%)',
+               ECE_boundary='boundary ECE', ECE_interior='interior ECE',
                **{'fg/ECE': 'fg ECE'})
 SCALE = dict(distance_share=100.0)
 CONFIG = 'configs/demo/{model}_r18tiny_1500it_demo-voc_{method}.py'
@@ -84,14 +101,26 @@ def _work_dir(args, model, method, seed) -> str:
     return osp.join(args.work_dir, f'{model}_{method}_{iters}it_seed{seed}')
 
 
+def source(method: str) -> str:
+    """The trained method behind a row: 'ce' for 'ce+ts'."""
+    return method.split('+')[0]
+
+
 def run_one(model, method, seed, args) -> dict:
     """Train one configuration (or reuse a finished run) and return its result."""
     iters = args.iters or DEFAULT_ITERS
     work_dir = _work_dir(args, model, method, seed)
     result_path = osp.join(work_dir, 'result.json')
+    calibrators = [c for c in POSTHOC if f'{method}+{c}' in args.methods]
+    previous = None
     if osp.isfile(result_path):
         with open(result_path) as f:
-            return json.load(f)
+            previous = json.load(f)
+        reported = previous.get('metrics_posthoc', {})
+        if (previous.get('report_version') == REPORT_VERSION
+                and all(c in reported for c in calibrators)):
+            return previous
+        calibrators = [c for c in POSTHOC if c in calibrators or c in reported]
     data_root = osp.join(args.data_root, 'VOCdevkit', 'VOC2012')
     roots = [f'{loader}.dataset.data_root={data_root}'
              for loader in ('val_dataloader', 'test_dataloader')] + [
@@ -107,21 +136,26 @@ def run_one(model, method, seed, args) -> dict:
     threads = str(max(1, (os.cpu_count() or 1) // args.jobs))
     env = dict(os.environ, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
     config = osp.join(REPO, CONFIG.format(model=model, method=method))
-    start = time.time()
-    subprocess.run([
-        sys.executable, osp.join(REPO, 'tools', 'train.py'), config, '--work-dir',
-        work_dir, '--cfg-options'
-    ] + options, check=True, stdout=subprocess.DEVNULL, env=env)
-    minutes = (time.time() - start) / 60
+    if previous is None:
+        start = time.time()
+        subprocess.run([
+            sys.executable, osp.join(REPO, 'tools', 'train.py'), config,
+            '--work-dir', work_dir, '--cfg-options'
+        ] + options, check=True, stdout=subprocess.DEVNULL, env=env)
+        minutes = (time.time() - start) / 60
+    else:  # an older report of a finished run: report again, do not retrain
+        minutes = previous['minutes']
     checkpoint = _last_checkpoint(work_dir)
     report_path = osp.join(work_dir, 'report.json')
     subprocess.run([
         sys.executable, osp.join(REPO, 'tools', 'regime_report.py'), config,
-        checkpoint, '--json', report_path, '--cfg-options'
+        checkpoint, '--json', report_path, '--calibrators', *calibrators,
+        '--cfg-options'
     ] + roots, check=True, stdout=subprocess.DEVNULL, env=env)
     with open(report_path) as f:
         report = json.load(f)
-    result = dict(model=model, method=method, seed=seed, minutes=minutes, **report)
+    result = dict(model=model, method=method, seed=seed, minutes=minutes,
+                  report_version=REPORT_VERSION, **report)
     if method.startswith('cals'):
         result['multipliers'] = _multipliers(checkpoint)
         result['trajectory'] = _trajectory(work_dir)
@@ -156,13 +190,15 @@ def _multipliers(checkpoint) -> list:
     return state['state_dict']['decode_head.loss_decode.multipliers'].tolist()
 
 
-def _rows(results, model, method) -> list:
-    """Per seed, the metrics of a method's row (CE + TS reads CE's runs)."""
-    if method == 'ce+ts':
-        return [r['metrics_ts'] for r in results
-                if r['model'] == model and r['method'] == 'ce' and 'metrics_ts' in r]
-    return [r['metrics'] for r in results
-            if r['model'] == model and r['method'] == method]
+def _rows(results, model, method, key='metrics') -> list:
+    """Per seed, the metrics (or another per-output entry, such as the
+    reliability bins) of a method's row; 'ce+ts' reads CE's runs."""
+    calibrator = method.partition('+')[2]
+    runs = [r for r in results if r['model'] == model and r['method'] == source(method)]
+    if not calibrator:
+        return [r[key] for r in runs]
+    return [r[f'{key}_posthoc'][calibrator] for r in runs
+            if calibrator in r.get(f'{key}_posthoc', {})]
 
 
 def _ranking(results, model, methods) -> str:
@@ -223,42 +259,33 @@ def _multiplier_tables(name, runs, classes) -> list:
     return lines
 
 
-def _pooled_bins(runs, key='reliability'):
+def _pooled_bins(bins):
     """Reliability bins pooled over runs: counts add, means weigh by count."""
-    count = np.sum([r[key]['count'] for r in runs], axis=0)
+    count = np.sum([b['count'] for b in bins], axis=0)
     weighted = {}
     for field in ('confidence', 'accuracy'):
-        values = np.array([np.nan_to_num(r[key][field]) * np.array(r[key]['count'])
-                           for r in runs]).sum(0)
+        values = np.array([np.nan_to_num(b[field]) * np.array(b['count'])
+                           for b in bins]).sum(0)
         with np.errstate(invalid='ignore', divide='ignore'):
             weighted[field] = values / count
     return count, weighted['confidence'], weighted['accuracy']
 
 
-def draw_figures(results, methods, folder) -> dict:
-    """Reliability diagrams of every method side by side, and the CALS
-    multipliers over training; returns {name: path}."""
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-
-    os.makedirs(folder, exist_ok=True)
-    models = [m for m in MODELS if any(r['model'] == m for r in results)]
-    methods = [m for m in methods if _rows(results, models[0], m)]
-    paths = {}
-    fig, axes = plt.subplots(len(models), len(methods),
-                             figsize=(2.2 * len(methods), 2.6 * len(models)),
+def _reliability_grid(plt, results, grid, title, path):
+    """Reliability diagrams, pixels pooled over seeds: one row per
+    ``(model, methods)`` of ``grid``, one column per method."""
+    columns = max(len(methods) for _, methods in grid)
+    fig, axes = plt.subplots(len(grid), columns,
+                             figsize=(2.2 * columns, 2.6 * len(grid)),
                              squeeze=False, sharey=True)
-    for row, model in enumerate(models):
+    for row, (model, methods) in enumerate(grid):
         for col, method in enumerate(methods):
             axis = axes[row][col]
-            source = 'ce' if method == 'ce+ts' else method
-            key = 'reliability_ts' if method == 'ce+ts' else 'reliability'
-            runs = [r for r in results if r['model'] == model and r['method'] == source]
-            if not runs:
+            bins = _rows(results, model, method, 'reliability')
+            if not bins:
                 axis.set_axis_off()
                 continue
-            count, confidence, accuracy = _pooled_bins(runs, key)
+            count, confidence, accuracy = _pooled_bins(bins)
             num_bins = len(count)
             centres = (np.arange(num_bins) + 0.5) / num_bins
             axis.bar(centres, np.nan_to_num(accuracy), width=1 / num_bins,
@@ -275,15 +302,39 @@ def draw_figures(results, methods, folder) -> dict:
             axis.tick_params(labelsize=6)
             if col == 0:
                 axis.set_ylabel(f'{model}\naccuracy', fontsize=7)
-            if row == len(models) - 1:
+            if row == len(grid) - 1:
                 axis.set_xlabel('confidence', fontsize=7)
-    fig.suptitle('Reliability on the test split, pixels pooled over seeds (blue: '
-                 'accuracy per bin; red: mean confidence; orange: share of pixels '
-                 'x 0.25)', fontsize=8)
+    fig.suptitle(f'{title}: reliability on the test split, pixels pooled over seeds '
+                 '(blue: accuracy per bin; red: mean confidence; orange: share of '
+                 'pixels x 0.25)', fontsize=8)
     fig.tight_layout()
-    paths['reliability'] = osp.join(folder, 'reliability.png')
-    _save(fig, paths['reliability'])
+    _save(fig, path)
     plt.close(fig)
+
+
+def draw_figures(results, methods, folder) -> dict:
+    """Reliability diagrams of the trained methods side by side, of the
+    post-hoc calibrators on CE and CALS, and the CALS multipliers over training;
+    returns {name: path}."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    os.makedirs(folder, exist_ok=True)
+    models = [m for m in MODELS if any(r['model'] == m for r in results)]
+    present = [m for m in methods if _rows(results, models[0], m)]
+    paths = {}
+    trained = [m for m in present if '+' not in m or m == 'ce+ts']
+    paths['reliability'] = osp.join(folder, 'reliability.png')
+    _reliability_grid(plt, results, [(model, trained) for model in models],
+                      'Training methods', paths['reliability'])
+    posthoc = [(model, [m for m in present if source(m) == base])
+               for model in models for base in CALIBRATED]
+    posthoc = [(model, row) for model, row in posthoc if len(row) > 1]
+    if posthoc:
+        paths['posthoc'] = osp.join(folder, 'posthoc_reliability.png')
+        _reliability_grid(plt, results, posthoc, 'Post-hoc calibrators',
+                          paths['posthoc'])
 
     cals_methods = [m for m in methods if m.startswith('cals')]
     cals_runs = [r for r in results if r['method'] in cals_methods and
@@ -340,10 +391,16 @@ def format_results(results, methods, command: str, classes, figures: dict,
         'cores.', '',
         'Every method trains on the same ~80 % of the training split (20 images); the '
         'held-out ~20 % (4 images, by name hash) updates CALS\'s multipliers '
-        '(authors\' protocol) and fits the temperature of CE + TS. Chosen on the '
-        'held-out part: the temperature only. Not chosen at all: every loss '
+        '(authors\' protocol) and is what the post-hoc calibrators are fitted on '
+        '(rows "CE + ..." and "CALS + ...": TS, vector scaling, Dirichlet with '
+        'ODIR weights 1e-3, LTS without the image, selective scaling; their fitting '
+        'defaults are in cals_seg/calibrators). Chosen on the held-out part: the '
+        'calibrators\' parameters only. Not chosen at all: every loss '
         'hyper-parameter is its published default (named in the method column); '
-        'nothing was tuned on the test split.', ''
+        'nothing was tuned on the test split. `boundary ECE`: pixels within 2 px '
+        'of a label boundary (the ignore label included), `interior ECE` the '
+        'others; AURC: area under the risk-coverage curve of the top-label '
+        'confidence, in %.', ''
     ]
     for model in sorted({r['model'] for r in results}):
         columns = METRICS + DESCRIPTIVE
@@ -359,9 +416,8 @@ def format_results(results, methods, command: str, classes, figures: dict,
             for key in columns:
                 values = SCALE.get(key, 1.0) * np.array([r[key] for r in rows])
                 cells.append(f'{values.mean():.3f} ± {values.std():.3f}')
-            source = 'ce' if method == 'ce+ts' else method
             minutes = np.mean([r['minutes'] for r in results
-                               if r['model'] == model and r['method'] == source])
+                               if r['model'] == model and r['method'] == source(method)])
             lines.append(f'| {LABELS[method]} | {len(rows)} | ' + ' | '.join(cells) +
                          f' | {minutes:.1f} |')
         lines += ['', _ranking(results, model, methods)]
@@ -390,8 +446,7 @@ def main(argv=None):
     args = parse_args(argv)
     if not osp.isdir(osp.join(args.data_root, 'VOCdevkit')):
         make_demo_dataset(args.data_root, 'voc')
-    trained = sorted({'ce' if m == 'ce+ts' else m for m in args.methods},
-                     key=TRAINED.index)
+    trained = sorted({source(m) for m in args.methods}, key=TRAINED.index)
     runs = [(m, k, s) for m in args.models for k in trained for s in args.seeds]
     finished = 0
 

@@ -1,34 +1,52 @@
-"""Calibration errors, reliability diagrams and temperature scaling from saved logits.
+"""Calibration, selective risk and post-hoc calibrators on saved logits.
 
     python tools/test.py CONFIG CKPT --save-logits work_dirs/logits
-    python tools/calib_eval.py work_dirs/logits [--fit-temperature 0.2]
+    python tools/calib_eval.py work_dirs/logits                      # report
+    python tools/calib_eval.py work_dirs/logits --fit-split 0.2 \\
+        --calibrators ts dirichlet lts selective                     # fit, compare
+    python tools/calib_eval.py new_logits --apply OUT/calibrator_ts.pth  # apply
 
 Reads the logits and the manifest that --save-logits wrote, one image at a time,
-and writes OUT/metrics.json and reliability diagrams (PNG). Nothing is written
-unless every input is valid.
+and writes OUT/metrics.json, the fitted calibrators and the pictures (PNG): the
+reliability diagrams with the share of pixels per bin, before/after each
+calibrator side by side, the risk-coverage curves and the worst-calibrated
+images. Nothing is written unless every input is valid.
 """
 import argparse
 import json
 import os
 import os.path as osp
 import sys
+from typing import Dict, List, Optional
 
+import numpy as np
 from tqdm import tqdm
 
-from cals_seg.evaluation.accumulator import SCALAR_METRICS, CalibrationTotals
-from cals_seg.evaluation.calibration import DEFAULT_NUM_BINS, DEFAULT_NUM_CELLS
+from cals_seg.calibrators import (SHORT_NAMES, Calibrator, CalibratorFileError,
+                                  load_calibrator)
+from cals_seg.evaluation.accumulator import (ERROR_BOUNDS, SCALAR_METRICS,
+                                             CalibrationTotals)
+from cals_seg.evaluation.calibration import (DEFAULT_BOUNDARY_WIDTH,
+                                             DEFAULT_NUM_BINS, DEFAULT_NUM_CELLS)
 from cals_seg.evaluation.calibration_metric import resolve_classes
-from cals_seg.evaluation.offline import (CalibEvalError, load_manifest, pair_files,
-                                         sample_pixels, split_for_temperature,
-                                         stream_statistics)
-from cals_seg.evaluation.reliability import class_diagrams, top_label_diagram
-from cals_seg.evaluation.temperature import fit_temperature
+from cals_seg.evaluation.offline import (CalibEvalError, load_image,
+                                         load_manifest, load_pair, pair_files,
+                                         sample_crops, sample_pixels,
+                                         split_for_fitting, stream_statistics)
+from cals_seg.evaluation.reliability import (class_diagrams, compare_diagrams,
+                                             image_panels, risk_coverage_figure)
 from cals_seg.fileio import write_atomic
+
+UNCALIBRATED = 'uncalibrated'
+# Columns of the printed comparison table.
+TABLE = ('ECE', 'AECE', 'CECE', 'NLL', 'Brier', 'ECE_boundary', 'ECE_interior',
+         'AURC', 'AUROC', 'ECE_image_median')
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
-        description='Pixel-level calibration of saved logits')
+        description='Pixel-level calibration of saved logits, and post-hoc '
+        'calibrators fitted on part of them')
     parser.add_argument('logits_dir', help='a directory from tools/test.py '
                         '--save-logits')
     parser.add_argument('--gt-dir', help='ground-truth maps (searched '
@@ -41,15 +59,42 @@ def parse_args(argv=None):
                         'ground-truth pixels are left out, e.g. background')
     parser.add_argument('--ignore-index', type=int,
                         help='default: the manifest\'s')
+    parser.add_argument('--boundary-width', type=int,
+                        default=DEFAULT_BOUNDARY_WIDTH,
+                        help='pixels within this many pixels of a label '
+                        'boundary count as boundary pixels (default: 2)')
+    parser.add_argument('--calibrators', nargs='+', default=[],
+                        choices=sorted(SHORT_NAMES), metavar='NAME',
+                        help='calibrators to fit on the --fit-split images and '
+                        f'compare on the others: {", ".join(SHORT_NAMES)}')
+    parser.add_argument('--fit-split', metavar='FRACTION_OR_LIST',
+                        help='the images to fit calibrators on: a fraction (by '
+                        'name hash) or a file listing names; the other images '
+                        'are evaluated')
     parser.add_argument('--fit-temperature', metavar='FRACTION_OR_LIST',
-                        help='fit a temperature on a fraction of the images '
-                        '(by name hash) or on those a list file names, and '
-                        'report the other images before and after scaling')
-    parser.add_argument('--max-fit-pixels', type=int, default=2_000_000,
-                        help='pixels sampled to fit the temperature on')
+                        help='short for --calibrators ts --fit-split '
+                        'FRACTION_OR_LIST')
+    parser.add_argument('--apply', nargs='+', default=[], metavar='FILE',
+                        help='evaluate the logits after each saved calibrator '
+                        '(files written by --calibrators)')
+    parser.add_argument('--max-fit-pixels', type=int, default=1_000_000,
+                        help='pixels sampled to fit each calibrator on')
+    parser.add_argument('--worst', type=int, default=4,
+                        help='panels of this many worst-calibrated images')
     parser.add_argument('--out', help='output directory (default: '
                         'LOGITS_DIR/calibration)')
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.fit_temperature:
+        if args.fit_split and args.fit_split != args.fit_temperature:
+            parser.error('--fit-temperature and --fit-split name different splits')
+        args.fit_split = args.fit_temperature
+        args.calibrators = sorted(set(args.calibrators) | {'ts'},
+                                  key=list(SHORT_NAMES).index)
+    if args.calibrators and not args.fit_split:
+        parser.error('--calibrators needs --fit-split: the images to fit on')
+    if args.fit_split and not args.calibrators:
+        parser.error('--fit-split needs --calibrators: what to fit')
+    return args
 
 
 def _classes(specs, class_names):
@@ -57,25 +102,88 @@ def _classes(specs, class_names):
                            class_names)
 
 
-def _report(label, result, class_names):
-    line = ', '.join(f'{k} {result[k]:.4f}' for k in SCALAR_METRICS)
+def _table(rows: Dict[str, dict]) -> str:
+    width = max(len(name) for name in rows) + 2
+    header = f'{"":<{width}}' + ''.join(f'{k:>17}' for k in TABLE)
+    lines = [header]
+    for name, result in rows.items():
+        lines.append(f'{name:<{width}}' +
+                     ''.join(f'{result[k]:>17.4f}' for k in TABLE))
+    return '\n'.join(lines)
+
+
+def _class_rows(result, class_names) -> str:
     rows = '\n'.join(
         f'  {name:<20} {cece:8.3f} {int(pixels):>12d}'
         for name, cece, pixels in zip(class_names, result['CECE_per_class'],
                                       result['class_pixels']))
-    return (f'{label}: {line}\n  {"class":<20} {"CECE (%)":>8} {"pixels":>12}\n'
-            f'{rows}')
+    return f'  {"class":<20} {"CECE (%)":>8} {"pixels":>12}\n{rows}'
 
 
-def _json_metrics(result, class_names):
-    metrics = {k: float(result[k]) for k in SCALAR_METRICS}
-    metrics['aece_error_bound'] = float(result['aece_error_bound'])
+def _json_metrics(result, class_names, image_eces, worst: int) -> dict:
+    metrics = {k: float(result[k]) for k in SCALAR_METRICS + ERROR_BOUNDS}
+    metrics['boundary_pixels'] = float(result.get('boundary_pixels', float('nan')))
     metrics['per_class'] = {
         name: dict(CECE=float(cece), pixels=int(pixels))
         for name, cece, pixels in zip(class_names, result['CECE_per_class'],
                                       result['class_pixels'])
     }
+    ranked = sorted((e for e in image_eces if e[0] == e[0]), reverse=True)
+    metrics['worst_images'] = [dict(name=n, ECE=float(e)) for e, n in ranked[:worst]]
     return metrics
+
+
+def _fit(names: List[str], split, context) -> Dict[str, Calibrator]:
+    """Each named calibrator, fitted on the fitting images' pixels or crops."""
+    num_classes = len(context['class_names'])
+    fitted = {}
+    pixels = None
+    for name in names:
+        calibrator = SHORT_NAMES[name](num_classes)
+        if calibrator.spatial:
+            logits, labels, images = sample_crops(
+                split['fit'], num_classes, context['dataset'],
+                context['ignore_index'], context['max_fit_pixels'],
+                images=context['images'] if calibrator.needs_images else None)
+        else:
+            if pixels is None:
+                pixels = sample_pixels(split['fit'], num_classes, context['dataset'],
+                                       context['ignore_index'], context['excluded'],
+                                       context['max_fit_pixels'])
+            (logits, labels), images = pixels, None
+        record = calibrator.fit(logits, labels, images=images,
+                                ignore_index=context['ignore_index'])
+        state = 'kept' if record.kept else 'UNDONE (identity kept)'
+        print(f'{name}: held-out NLL {record.nll_before:.4f} -> '
+              f'{record.nll_after:.4f} on {record.num_pixels} pixels, {state}')
+        fitted[name] = calibrator
+    return fitted
+
+
+def _transform(calibrator: Calibrator):
+    def apply(logits, image):
+        images = None if image is None else image.unsqueeze(0)
+        return calibrator(logits.unsqueeze(0), images).squeeze(0)
+    return apply
+
+
+def _worst_panels(result, pairs, context, count: int) -> Optional[bytes]:
+    ranked = sorted((e for e in result.image_eces if e[0] == e[0]), reverse=True)
+    by_name = {p.name: p for p in pairs}
+    rows = []
+    for ece, name in ranked[:count]:
+        logits, labels = load_pair(by_name[name], len(context['class_names']),
+                                   context['dataset'], context['ignore_index'])
+        path = (context['manifest'].get('images') or {}).get(name)
+        image = None
+        if path and osp.isfile(path):
+            image = load_image(path, labels.shape).permute(1, 2, 0).numpy().astype(
+                np.uint8)
+        rows.append(dict(name=name, ece=ece, image=image, labels=labels.numpy(),
+                         logits=logits))
+    if not rows:
+        return None
+    return image_panels(rows, len(context['class_names']), context['ignore_index'])
 
 
 def run(args) -> dict:
@@ -87,64 +195,87 @@ def run(args) -> dict:
     excluded = _classes(args.exclude_classes, class_names)
     if args.bins < 1:
         raise CalibEvalError(f'--bins must be >= 1, got {args.bins}')
+    if args.boundary_width < 1:
+        raise CalibEvalError(f'--boundary-width must be >= 1, got '
+                             f'{args.boundary_width}')
     pairs = pair_files(args.logits_dir, manifest, args.gt_dir)
-    dataset = manifest['dataset']
-    totals = CalibrationTotals(num_classes, args.bins, DEFAULT_NUM_CELLS,
-                               args.reduction)
-
-    temperatures = [1.0]
+    applied = {osp.basename(path): load_calibrator(path, num_classes)
+               for path in args.apply}
+    context = dict(class_names=class_names, dataset=manifest['dataset'],
+                   ignore_index=ignore_index, excluded=excluded,
+                   max_fit_pixels=args.max_fit_pixels, manifest=manifest,
+                   images=manifest.get('images') or {})
     report = dict(
         logits_dir=osp.abspath(args.logits_dir),
         protocol=dict(bins=args.bins, reduction=args.reduction,
                       exclude_classes=[class_names[k] for k in excluded],
-                      ignore_index=ignore_index))
+                      ignore_index=ignore_index,
+                      boundary_width=args.boundary_width))
     evaluated = pairs
-    if args.fit_temperature:
-        split = split_for_temperature(pairs, args.fit_temperature)
-        logits, labels = sample_pixels(
-            split['fit'], num_classes, dataset, ignore_index, excluded,
-            args.max_fit_pixels,
-            progress=lambda it: tqdm(it, desc='fitting temperature', unit='img'))
-        temperature = fit_temperature(logits, labels)
-        temperatures.append(temperature)
+    calibrators = dict(applied)
+    if args.calibrators:
+        split = split_for_fitting(pairs, args.fit_split)
+        report['fit_images'] = [p.name for p in split['fit']]
+        print(f'fitting on {len(split["fit"])} images, evaluating the other '
+              f'{len(split["eval"])}')
+        fitted = _fit(args.calibrators, split, context)
+        report['fits'] = {name: calibrator.fit_record._asdict()
+                          for name, calibrator in fitted.items()}
+        calibrators.update(fitted)
         evaluated = split['eval']
-        report['temperature'] = dict(
-            value=temperature, fit_images=[p.name for p in split['fit']],
-            fit_pixels=int(labels.numel()))
-        print(f'temperature {temperature:.4f} fitted on {labels.numel()} pixels '
-              f'of {len(split["fit"])} images; evaluating the other '
-              f'{len(evaluated)}')
+    needs_images = any(c.needs_images for c in calibrators.values())
+    if needs_images and not context['images']:
+        raise CalibEvalError('a calibrator reads the images, and the manifest names '
+                             'none; save the logits again with tools/test.py')
 
+    totals = CalibrationTotals(num_classes, args.bins, DEFAULT_NUM_CELLS,
+                               args.reduction)
+    names = [UNCALIBRATED] + list(calibrators)
     results = stream_statistics(
-        evaluated, num_classes, dataset, totals, temperatures, ignore_index,
-        excluded, progress=lambda it: tqdm(it, desc='evaluating', unit='img'))
+        evaluated, num_classes, context['dataset'], totals,
+        [None] + [_transform(c) for c in calibrators.values()], ignore_index,
+        excluded, boundary_width=args.boundary_width,
+        images=context['images'] if needs_images else None,
+        progress=lambda it: tqdm(it, desc='evaluating', unit='img'))
     report['num_images'] = len(evaluated)
+    decoded = {name: totals.decode(r.totals) for name, r in zip(names, results)}
+    print(_table(decoded))
+    print(f'{UNCALIBRATED}, per class:\n' + _class_rows(decoded[UNCALIBRATED],
+                                                         class_names))
+    report['metrics'] = {
+        name: _json_metrics(decoded[name], class_names, r.image_eces, args.worst)
+        for name, r in zip(names, results)
+    }
+
     outputs = {}
-    tags = ('uncalibrated', 'temperature_scaled') if len(temperatures) > 1 else (
-        'metrics', )
-    for tag, temperature, result in zip(tags, temperatures, results):
-        decoded = totals.decode(result.totals)
-        print(_report(f'{tag} (T = {temperature:.4f})', decoded, class_names))
-        report[tag] = _json_metrics(decoded, class_names)
-        stem = 'reliability' if tag == 'metrics' else f'reliability_{tag}'
-        title = f'{tag.replace("_", " ")}, T = {temperature:.3f}'
-        outputs[f'{stem}.png'] = top_label_diagram(result.pooled, title)
-        outputs[f'{stem}_classes.png'] = class_diagrams(result.pooled, class_names,
-                                                        title)
+    pooled = [(name, r.pooled) for name, r in zip(names, results)]
+    outputs['reliability.png'] = compare_diagrams(pooled)
+    outputs['reliability_classes.png'] = class_diagrams(
+        results[0].pooled, class_names, UNCALIBRATED)
+    outputs['risk_coverage.png'] = risk_coverage_figure(pooled)
+    panels = _worst_panels(results[0], evaluated, context, args.worst)
+    if panels is not None:
+        outputs['worst_images.png'] = panels
+    calibrator_files = {f'calibrator_{name}.pth': calibrators[name]
+                        for name in args.calibrators}
+    report['outputs'] = sorted([*outputs, *calibrator_files, 'metrics.json'])
     outputs['metrics.json'] = json.dumps(report, indent=2).encode('utf-8')
 
     out_dir = args.out or osp.join(args.logits_dir, 'calibration')
     os.makedirs(out_dir, exist_ok=True)
     for name, data in outputs.items():
         write_atomic(osp.join(out_dir, name), data)
-    print(f'wrote {", ".join(sorted(outputs))} to {out_dir}')
+    for name, calibrator in calibrator_files.items():
+        calibrator.save(osp.join(out_dir, name))
+    print(f'wrote {", ".join(report["outputs"])} to {out_dir}')
     return report
 
 
 def main(argv=None):
     try:
         run(parse_args(argv))
-    except (CalibEvalError, ValueError) as error:  # ValueError: a bad class name
+    except (CalibEvalError, CalibratorFileError, ValueError) as error:
+        # ValueError: a bad class name or calibrator input
         print(f'error: {error}', file=sys.stderr)
         sys.exit(2)
 

@@ -5,8 +5,10 @@ benchmark reports about the run.
     python tools/regime_report.py CONFIG CHECKPOINT [--json OUT] [--cfg-options ...]
 
 Runs the model in eval mode over the test split (the config's test_dataloader),
-the training part and, when training reads a HashSplitDataset, the hold-out part
-(on which temperature scaling is fitted). The five figures, all of raw logits:
+the training part and, when training reads a HashSplitDataset, the hold-out part,
+on which the post-hoc calibrators of --calibrators are fitted (default:
+temperature scaling) and then evaluated on the test split. The five figures,
+all of raw logits:
 
 1. pooled ECE and per-image ECE on the test split, background included;
 2. foreground ECE (background excluded);
@@ -30,8 +32,9 @@ REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 import cals_seg  # noqa: E402,F401
+from cals_seg.calibrators import SHORT_NAMES  # noqa: E402
 from cals_seg.evaluation.split_report import (  # noqa: E402
-    evaluate_split, fit_holdout_temperature, regime_figures, reliability_bins,
+    RAW, evaluate_split, fit_calibrators, regime_figures, reliability_bins,
     split_loaders, summarize)
 from cals_seg.fileio import write_atomic  # noqa: E402
 
@@ -44,8 +47,12 @@ def parse_args(argv=None):
     parser.add_argument('config')
     parser.add_argument('checkpoint')
     parser.add_argument('--json', help='write every reported number here')
-    parser.add_argument('--no-temperature', action='store_true',
-                        help='skip fitting temperature scaling on the hold-out part')
+    parser.add_argument('--calibrators', nargs='*', default=['ts'],
+                        choices=sorted(n for n, c in SHORT_NAMES.items()
+                                       if not getattr(c, 'keywords', None)),
+                        metavar='NAME',
+                        help='post-hoc calibrators to fit on the hold-out part '
+                        '(default: ts; none: no fitting)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config settings, as in tools/train.py')
     return parser.parse_args(argv)
@@ -56,7 +63,7 @@ def load_model(cfg: Config, checkpoint: str):
     return init_model(cfg, checkpoint, device='cpu')
 
 
-def report(cfg: Config, checkpoint: str, fit_temperature: bool = True) -> dict:
+def report(cfg: Config, checkpoint: str, calibrators=('ts', )) -> dict:
     """Every number of one trained run (see the module docstring)."""
     init_default_scope('mmseg')
     model = load_model(cfg, checkpoint)
@@ -64,25 +71,26 @@ def report(cfg: Config, checkpoint: str, fit_temperature: bool = True) -> dict:
     ignore_index = getattr(model.decode_head, 'ignore_index', 255)
     loaders = {name: Runner.build_dataloader(loader) if loader else None
                for name, loader in split_loaders(cfg).items()}
-    temperature = None
-    if fit_temperature and loaders['holdout'] is not None:
-        temperature = fit_holdout_temperature(model, loaders['holdout'],
-                                              ignore_index)
-    temperatures = (1.0, ) if temperature is None else (1.0, temperature)
-    test = evaluate_split(model, loaders['test'], num_classes, temperatures,
+    fitted = {}
+    if calibrators and loaders['holdout'] is not None:
+        fitted = fit_calibrators(model, loaders['holdout'], calibrators,
+                                 num_classes, ignore_index)
+    test = evaluate_split(model, loaders['test'], num_classes, fitted,
                           ignore_index=ignore_index)
     train = evaluate_split(model, loaders['train'], num_classes,
                            ignore_index=ignore_index)
+    outputs = test['outputs']
     result = dict(checkpoint=checkpoint, figures=regime_figures(test, train),
                   metrics=summarize(test),
-                  reliability=reliability_bins(test['temperatures'][1.0]['pooled']),
-                  fg_reliability=reliability_bins(
-                      test['temperatures'][1.0]['foreground']))
-    if temperature is not None:
-        result['temperature'] = temperature
-        result['metrics_ts'] = summarize(test, temperature)
-        result['reliability_ts'] = reliability_bins(
-            test['temperatures'][temperature]['pooled'])
+                  reliability=reliability_bins(outputs[RAW]['pooled']),
+                  fg_reliability=reliability_bins(outputs[RAW]['foreground']))
+    if fitted:
+        result['fits'] = {name: c.fit_record._asdict() for name, c in fitted.items()}
+        result['metrics_posthoc'] = {name: summarize(test, name) for name in fitted}
+        result['reliability_posthoc'] = {
+            name: reliability_bins(outputs[name]['pooled']) for name in fitted}
+    if 'ts' in fitted:
+        result['temperature'] = fitted['ts'].temperature
     return result
 
 
@@ -122,12 +130,14 @@ def main(argv=None):
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
     torch.set_grad_enabled(False)
-    result = report(cfg, args.checkpoint, not args.no_temperature)
+    result = report(cfg, args.checkpoint, args.calibrators)
     print(format_figures(result['figures']))
-    if 'temperature' in result:
-        print(f"temperature scaling fitted on the hold-out part: T = "
-              f"{result['temperature']:.3f}; test ECE {result['metrics']['ECE']:.2f}"
-              f" -> {result['metrics_ts']['ECE']:.2f} %")
+    for name, metrics in result.get('metrics_posthoc', {}).items():
+        fit = result['fits'][name]
+        print(f"{name} fitted on the hold-out part (NLL {fit['nll_before']:.3f} -> "
+              f"{fit['nll_after']:.3f}{'' if fit['kept'] else ', undone'}): test ECE "
+              f"{result['metrics']['ECE']:.2f} -> {metrics['ECE']:.2f} %, NLL "
+              f"{result['metrics']['NLL']:.3f} -> {metrics['NLL']:.3f}")
     if args.json:
         os.makedirs(osp.dirname(osp.abspath(args.json)), exist_ok=True)
         write_atomic(args.json, json.dumps(result, indent=2).encode('utf-8'))

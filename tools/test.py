@@ -31,6 +31,11 @@ def parse_args():
         default='float16',
         help='dtype of the saved logits (default: float16)')
     parser.add_argument(
+        '--calibrator',
+        metavar='FILE',
+        help='apply a saved post-hoc calibrator (tools/calib_eval.py '
+        '--calibrators writes them) to every prediction before evaluation')
+    parser.add_argument(
         '--show', action='store_true', help='show prediction results')
     parser.add_argument(
         '--show-dir',
@@ -70,6 +75,12 @@ def main():
 
     if args.show or args.show_dir:
         cfg = trigger_visualization_hook(cfg, args)
+
+    if args.calibrator:
+        if not osp.isfile(args.calibrator):
+            sys.exit(f'error: calibrator not found: {args.calibrator}')
+        cfg.model = dict(type='CalibratedSegmentor', segmentor=cfg.model,
+                         calibrator=args.calibrator)
 
     if args.tta:
         cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline

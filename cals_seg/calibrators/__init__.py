@@ -1,11 +1,26 @@
 """Post-hoc calibrators: fit on held-out pixels, save, load, apply."""
+from functools import partial
+
 from .base import (Calibrator, CalibratorFileError, FitRecord,
                    load_calibrator)
 from .linear import (ClassTemperatureScaling, DirichletScaling,
                      TemperatureScaling, VectorScaling)
+from .local import LocalTemperatureScaling
+from .selective import SelectiveScaling
+
+# Short names for the command line (tools/calib_eval.py --calibrators).
+SHORT_NAMES = {
+    'ts': TemperatureScaling,
+    'cts': ClassTemperatureScaling,
+    'vs': VectorScaling,
+    'dirichlet': DirichletScaling,
+    'lts': LocalTemperatureScaling,
+    'lts-image': partial(LocalTemperatureScaling, use_image=True),
+    'selective': SelectiveScaling,
+}
 
 __all__ = [
     'Calibrator', 'CalibratorFileError', 'ClassTemperatureScaling',
-    'DirichletScaling', 'FitRecord', 'TemperatureScaling', 'VectorScaling',
-    'load_calibrator'
+    'DirichletScaling', 'FitRecord', 'LocalTemperatureScaling', 'SHORT_NAMES',
+    'SelectiveScaling', 'TemperatureScaling', 'VectorScaling', 'load_calibrator'
 ]

@@ -1,15 +1,20 @@
 """One interface for post-hoc calibrators: fit on held-out pixels, save, load,
 apply to logits of any size.
 
-A calibrator is a small ``nn.Module`` that maps logits ``(N, C, *S)`` to
-calibrated logits of the same shape (softmax of the output is the calibrated
-probability). :meth:`Calibrator.fit` minimises the negative log-likelihood of
-held-out pixels and refuses to fail silently: parameters are bounded, a fit that
+A calibrator is a small ``nn.Module`` that maps logits ``(N, C, *S)`` (and, for
+some, the images) to calibrated logits of the same shape (softmax of the output
+is the calibrated probability). Pixel-wise calibrators see one pixel's logits at
+a time and fit on pixels ``(P, C)`` or maps; spatial ones (``spatial = True``,
+LTS) see a neighbourhood and fit on maps ``(N, C, H, W)``.
+:meth:`Calibrator.fit` minimises the negative log-likelihood of held-out pixels
+and refuses to fail silently: parameters are bounded, a fit that
 does not lower the held-out NLL is undone (the calibrator stays the identity) with
 a warning that gives both numbers, and non-finite input is an error. Files hold
-the calibrator's type, class count, parameters and fit record, and load with
+the calibrator's type, class count, options, parameters and fit record, and
+load with
 ``torch.load(weights_only=True)``.
 """
+import io
 import os
 import warnings
 from typing import NamedTuple, Optional
@@ -24,6 +29,7 @@ from mmseg.registry import MODELS
 from ..fileio import write_atomic
 
 FILE_VERSION = 1
+IGNORE = -100  # F.cross_entropy's default ignore_index
 
 
 class FitRecord(NamedTuple):
@@ -42,11 +48,14 @@ class CalibratorFileError(ValueError):
 
 class Calibrator(nn.Module):
     """Base class: subclasses define their parameters, :meth:`identity` and
-    :meth:`transform`; fitting, checking, saving and loading are shared.
+    :meth:`transform` (pixel-wise) or :meth:`forward` (spatial); fitting,
+    checking, saving and loading are shared.
 
     Args:
         num_classes (int): ``C``.
     """
+    spatial = False  # True: forward needs maps (N, C, H, W), fit takes maps
+    needs_images = False  # True: forward and fit need the images too
 
     def __init__(self, num_classes: int):
         super().__init__()
@@ -55,25 +64,38 @@ class Calibrator(nn.Module):
         self.num_classes = num_classes
         self.fit_record: Optional[FitRecord] = None
 
+    def options(self) -> dict:
+        """Constructor arguments besides ``num_classes``, saved with the file."""
+        return {}
+
     def identity(self) -> None:
-        """Set the parameters so that :meth:`transform` returns its input."""
+        """Set the parameters so that the calibrator returns its input."""
         raise NotImplementedError
 
     def transform(self, logits: Tensor) -> Tensor:
-        """Calibrated logits of pixels ``(P, C)``."""
+        """Calibrated logits of pixels ``(P, C)`` (pixel-wise calibrators)."""
         raise NotImplementedError
 
     def regularization(self) -> Tensor:
         """Penalty added to the mean NLL while fitting (none by default)."""
         return torch.zeros(())
 
-    def forward(self, logits: Tensor) -> Tensor:
-        """Calibrated logits of the same shape as ``logits`` ``(N, C, *S)``."""
+    def _check_logits(self, logits: Tensor) -> None:
         if logits.dim() < 2 or logits.shape[1] != self.num_classes:
             raise ValueError(f'{type(self).__name__} was fitted for '
                              f'{self.num_classes} classes; logits of shape '
                              f'{tuple(logits.shape)} have '
                              f'{logits.shape[1] if logits.dim() > 1 else "no"} at dim 1')
+
+    def forward(self, logits: Tensor, images: Optional[Tensor] = None) -> Tensor:
+        """Calibrated logits of the same shape as ``logits`` ``(N, C, *S)``.
+
+        Args:
+            logits (Tensor): ``(N, C, *S)``.
+            images (Tensor, optional): ``(N, 3, *S)``, for calibrators that
+                need them; others ignore it.
+        """
+        self._check_logits(logits)
         pixels = logits.movedim(1, -1).reshape(-1, self.num_classes)
         out = self.transform(pixels.to(self._dtype()))
         return out.to(logits.dtype).reshape(logits.movedim(1, -1).shape).movedim(-1, 1)
@@ -81,10 +103,12 @@ class Calibrator(nn.Module):
     def _dtype(self):
         return next(self.parameters()).dtype
 
-    def _objective(self, logits: Tensor, labels: Tensor) -> Tensor:
-        return F.cross_entropy(self.transform(logits), labels) + self.regularization()
+    def _nll(self, logits: Tensor, labels: Tensor,
+             images: Optional[Tensor]) -> Tensor:
+        return F.cross_entropy(self(logits, images), labels, ignore_index=IGNORE)
 
-    def _minimise(self, logits: Tensor, labels: Tensor, max_iterations: int) -> None:
+    def _minimise(self, logits: Tensor, labels: Tensor, images: Optional[Tensor],
+                  max_iterations: int) -> None:
         """Move the parameters to the minimum of the regularised NLL (L-BFGS with
         a strong-Wolfe line search: no step size to tune)."""
         optimizer = torch.optim.LBFGS(self.parameters(), lr=1.0,
@@ -93,34 +117,45 @@ class Calibrator(nn.Module):
 
         def closure():
             optimizer.zero_grad()
-            loss = self._objective(logits, labels)
+            loss = self._nll(logits, labels, images) + self.regularization()
             loss.backward()
             return loss
 
         optimizer.step(closure)
 
-    def fit(self, logits: Tensor, labels: Tensor, max_iterations: int = 200) -> FitRecord:
-        """Minimise the held-out NLL from the identity, by L-BFGS.
+    def fit(self, logits: Tensor, labels: Tensor, images: Optional[Tensor] = None,
+            ignore_index: int = 255, max_iterations: int = 200) -> FitRecord:
+        """Minimise the held-out NLL, starting from the identity.
 
         Args:
-            logits (Tensor): ``(P, C)`` held-out pixels.
-            labels (Tensor): ``(P, )`` their classes (ignored pixels removed).
-            max_iterations (int): L-BFGS iterations.
+            logits (Tensor): held-out pixels ``(P, C)`` or maps ``(N, C, H, W)``
+                (spatial calibrators need maps).
+            labels (Tensor): ``(P, )`` or ``(N, H, W)``; ``ignore_index`` pixels
+                are left out.
+            images (Tensor, optional): ``(N, 3, H, W)``, for calibrators that
+                need them.
+            ignore_index (int): label of pixels to leave out.
+            max_iterations (int): optimiser iterations.
 
         Returns:
             FitRecord: also kept as ``self.fit_record`` and saved with the file.
 
         Raises:
             ValueError: no pixels, wrong shapes, non-finite logits, labels out
-                of range.
+                of range, missing images.
         """
-        logits, labels = self._check_fit_input(logits, labels)
+        logits, labels, images = self._check_fit_input(logits, labels, images,
+                                                       ignore_index)
         self.identity()
+        self.eval()
         with torch.no_grad():
-            before = float(F.cross_entropy(logits, labels))
-        self._minimise(logits, labels, max_iterations)
+            before = float(self._nll(logits, labels, images))
+        self.train()
+        with torch.enable_grad():  # also under a caller's torch.no_grad()
+            self._minimise(logits, labels, images, max_iterations)
+        self.eval()
         with torch.no_grad():
-            after = float(F.cross_entropy(self.transform(logits), labels))
+            after = float(self._nll(logits, labels, images))
         kept = after == after and after <= before
         if not kept:
             warnings.warn(f'{type(self).__name__}: the fit did not lower the held-out '
@@ -128,31 +163,49 @@ class Calibrator(nn.Module):
                           'identity')
             self.identity()
             after = before
-        self.fit_record = FitRecord(before, after, int(labels.numel()), kept)
+        self.fit_record = FitRecord(before, after, int((labels != IGNORE).sum()),
+                                    kept)
         return self.fit_record
 
-    def _check_fit_input(self, logits: Tensor, labels: Tensor):
-        if logits.dim() != 2 or logits.shape[1] != self.num_classes:
-            raise ValueError(f'fit needs pixel logits (P, {self.num_classes}), got '
-                             f'{tuple(logits.shape)}')
-        if labels.shape != logits.shape[:1]:
+    def _check_fit_input(self, logits: Tensor, labels: Tensor,
+                         images: Optional[Tensor], ignore_index: int):
+        self._check_logits(logits)
+        if labels.shape != logits.shape[:1] + logits.shape[2:]:
             raise ValueError(f'labels of shape {tuple(labels.shape)} do not match '
                              f'logits of shape {tuple(logits.shape)}')
-        if logits.shape[0] == 0:
-            raise ValueError('no pixels to fit on')
+        if self.spatial and logits.dim() != 4:
+            raise ValueError(f'{type(self).__name__} fits on logit maps '
+                             f'(N, {self.num_classes}, H, W), got '
+                             f'{tuple(logits.shape)}')
+        if self.needs_images and (images is None or images.shape[0] != logits.shape[0]
+                                  or images.shape[2:] != logits.shape[2:]):
+            raise ValueError(f'{type(self).__name__} needs the images (N, 3, H, W) '
+                             'of the logits it fits on')
         if not bool(torch.isfinite(logits).all()):
             raise ValueError('logits hold NaN or infinite values; nothing to fit')
-        if int(labels.min()) < 0 or int(labels.max()) >= self.num_classes:
-            raise ValueError(f'labels must be in [0, {self.num_classes}), got '
-                             f'[{int(labels.min())}, {int(labels.max())}]')
-        return logits.to(self._dtype()), labels.long()
+        labels = labels.long()
+        kept = labels != ignore_index
+        if not bool(kept.any()):
+            raise ValueError('no pixels to fit on')
+        valid = labels[kept]
+        if int(valid.min()) < 0 or int(valid.max()) >= self.num_classes:
+            raise ValueError(f'labels must be in [0, {self.num_classes}) or '
+                             f'{ignore_index}, got [{int(valid.min())}, '
+                             f'{int(valid.max())}]')
+        if not self.spatial:
+            pixels = logits.movedim(1, -1).reshape(-1, self.num_classes)
+            flat = kept.reshape(-1)
+            return pixels[flat].to(self._dtype()), labels.reshape(-1)[flat], None
+        labels = torch.where(kept, labels, torch.full_like(labels, IGNORE))
+        if images is not None:
+            images = images.to(self._dtype())
+        return logits.to(self._dtype()), labels, images
 
     def save(self, path: str) -> None:
         """Write the calibrator to ``path`` (atomically)."""
-        import io
         buffer = io.BytesIO()
         torch.save(dict(version=FILE_VERSION, type=type(self).__name__,
-                        num_classes=self.num_classes,
+                        num_classes=self.num_classes, options=self.options(),
                         state_dict={k: v.detach().cpu()
                                     for k, v in self.state_dict().items()},
                         fit_record=list(self.fit_record) if self.fit_record else None),
@@ -177,6 +230,7 @@ def load_calibrator(path: str, num_classes: Optional[int] = None) -> Calibrator:
         content = torch.load(path, map_location='cpu', weights_only=True)
         kind, classes = content['type'], int(content['num_classes'])
         state, record = content['state_dict'], content['fit_record']
+        options = dict(content.get('options') or {})
         version = content['version']
     except FileNotFoundError:
         raise CalibratorFileError(f'{path}: no such calibrator file') from None
@@ -190,8 +244,8 @@ def load_calibrator(path: str, num_classes: Optional[int] = None) -> Calibrator:
         raise CalibratorFileError(f'{path}: the calibrator was fitted for {classes} '
                                   f'classes, the logits have {num_classes}')
     try:
-        calibrator = MODELS.build(dict(type=kind, num_classes=classes))
-    except KeyError:
+        calibrator = MODELS.build(dict(type=kind, num_classes=classes, **options))
+    except (KeyError, TypeError):
         raise CalibratorFileError(f'{path}: unknown calibrator type {kind!r}') from None
     if not isinstance(calibrator, Calibrator):
         raise CalibratorFileError(f'{path}: {kind!r} is not a calibrator')
@@ -201,4 +255,4 @@ def load_calibrator(path: str, num_classes: Optional[int] = None) -> Calibrator:
         raise CalibratorFileError(f'{path}: parameters do not fit {kind} with '
                                   f'{classes} classes ({error})') from None
     calibrator.fit_record = FitRecord(*record) if record else None
-    return calibrator
+    return calibrator.eval()

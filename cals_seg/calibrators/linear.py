@@ -17,11 +17,8 @@ from torch import Tensor
 
 from mmseg.registry import MODELS
 
-from ..evaluation.temperature import (MAX_TEMPERATURE, MIN_TEMPERATURE,
-                                      fit_temperature)
+from .temperature import LOG_MAX, LOG_MIN, fit_temperature
 from .base import Calibrator
-
-LOG_MIN, LOG_MAX = math.log(MIN_TEMPERATURE), math.log(MAX_TEMPERATURE)
 
 
 def _bounded_exp(log_value: Tensor) -> Tensor:
@@ -51,7 +48,7 @@ class TemperatureScaling(Calibrator):
     def transform(self, logits: Tensor) -> Tensor:
         return logits / _bounded_exp(self.log_temperature)
 
-    def _minimise(self, logits, labels, max_iterations) -> None:
+    def _minimise(self, logits, labels, images, max_iterations) -> None:
         temperature = fit_temperature(logits, labels)
         with torch.no_grad():
             self.log_temperature.fill_(math.log(temperature))
@@ -116,6 +113,9 @@ class DirichletScaling(Calibrator):
         self.intercept = intercept
         self.weight = nn.Parameter(torch.eye(num_classes, dtype=torch.float64))
         self.bias = nn.Parameter(torch.zeros(num_classes, dtype=torch.float64))
+
+    def options(self) -> dict:
+        return dict(off_diagonal=self.off_diagonal, intercept=self.intercept)
 
     def identity(self) -> None:
         with torch.no_grad():

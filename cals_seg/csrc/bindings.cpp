@@ -11,6 +11,8 @@ std::vector<at::Tensor> phr_penalty(const at::Tensor& logits, const at::Tensor& 
 std::vector<at::Tensor> calibration_statistics(const at::Tensor& logits,
                                                const at::Tensor& labels,
                                                const at::Tensor& keep,
+                                               const at::Tensor& boundary,
+                                               double low_threshold,
                                                int64_t num_bins, int64_t num_cells);
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {

@@ -21,13 +21,16 @@ struct Sums {
   std::vector<double> bin_count, bin_confidence, bin_accuracy;
   std::vector<double> cell_count, cell_confidence, cell_accuracy;
   std::vector<double> class_count, class_probability, class_hits, class_pixels;
+  std::vector<double> boundary_count, boundary_confidence, boundary_accuracy;
+  std::vector<double> low_count, low_probability, low_hits;
   double nll = 0.0, brier = 0.0, pixels = 0.0, nonfinite = 0.0;
 
   Sums(int64_t c, int64_t b, int64_t f)
       : num_classes(c), num_bins(b), num_cells(f), bin_count(b), bin_confidence(b),
         bin_accuracy(b), cell_count(f), cell_confidence(f), cell_accuracy(f),
         class_count(c * b), class_probability(c * b), class_hits(c * b),
-        class_pixels(c) {}
+        class_pixels(c), boundary_count(b), boundary_confidence(b),
+        boundary_accuracy(b), low_count(c), low_probability(c), low_hits(c) {}
 };
 
 // The equal-width bin (b/B, (b+1)/B] of a value, computed as the reference does
@@ -39,7 +42,8 @@ inline int64_t bin_index(float value, int64_t num_bins) {
 }
 
 void accumulate(const float* z, const int64_t* labels, const bool* keep,
-                int64_t stride, int64_t begin, int64_t end, Sums& s) {
+                const bool* boundary, float low_threshold, int64_t stride,
+                int64_t begin, int64_t end, Sums& s) {
   const int64_t c = s.num_classes;
   std::vector<float> prob(c);
   for (int64_t i = begin; i < end; ++i) {
@@ -73,6 +77,11 @@ void accumulate(const float* z, const int64_t* labels, const bool* keep,
     s.cell_count[f] += 1.0;
     s.cell_confidence[f] += confidence;
     s.cell_accuracy[f] += correct;
+    if (boundary != nullptr && boundary[i]) {
+      s.boundary_count[b] += 1.0;
+      s.boundary_confidence[b] += confidence;
+      s.boundary_accuracy[b] += correct;
+    }
     float squares = 0.f;
     // A multiply by the confidence (= 1 / partition), not a divide per class:
     // 4x cheaper, and within an ulp of the reference's division.
@@ -83,7 +92,12 @@ void accumulate(const float* z, const int64_t* labels, const bool* keep,
       s.class_probability[cell] += p;
       squares += p * p;
       prob[k] = p;
+      // Branch-free: whether p is low is unpredictable from pixel to pixel.
+      const float low = p <= low_threshold ? 1.f : 0.f;
+      s.low_count[k] += low;
+      s.low_probability[k] += low * p;
     }
+    if (prob[y] <= low_threshold) s.low_hits[y] += 1.0;
     s.class_hits[y * s.num_bins + bin_index(prob[y], s.num_bins)] += 1.0;
     s.class_pixels[y] += 1.0;
     s.nll -= static_cast<double>(z[y * stride + i] - top - std::log(partition));
@@ -99,11 +113,14 @@ at::Tensor to_tensor(const std::vector<double>& values, std::vector<int64_t> sha
 }  // namespace
 
 // Args: logits (C, P) float32, labels (P) int64 in [0, C) wherever keep is true,
-// keep (P) bool. Returns the fields of CalibrationStatistics, in order, followed
+// keep (P) bool, boundary (P) bool or empty (no boundary sums), low_threshold:
+// class probabilities at or below it go to the low_* sums. Returns the fields of CalibrationStatistics, in order, followed
 // by the number of kept pixels whose softmax is not finite (left out of the sums).
 std::vector<at::Tensor> calibration_statistics(const at::Tensor& logits,
                                                const at::Tensor& labels,
                                                const at::Tensor& keep,
+                                               const at::Tensor& boundary,
+                                               double low_threshold,
                                                int64_t num_bins, int64_t num_cells) {
   TORCH_CHECK(logits.device().is_cpu() && logits.scalar_type() == at::kFloat &&
                   logits.dim() == 2 && logits.is_contiguous(),
@@ -116,6 +133,10 @@ std::vector<at::Tensor> calibration_statistics(const at::Tensor& logits,
   TORCH_CHECK(keep.scalar_type() == at::kBool && keep.is_contiguous() &&
                   keep.numel() == num_pixels,
               "calibration_statistics: keep must be a contiguous bool (P) tensor");
+  TORCH_CHECK(boundary.scalar_type() == at::kBool && boundary.is_contiguous() &&
+                  (boundary.numel() == num_pixels || boundary.numel() == 0),
+              "calibration_statistics: boundary must be a contiguous bool (P) or "
+              "empty tensor");
   // One set of sums per thread over a contiguous pixel range; merged in order.
   const int64_t parts = std::max<int64_t>(
       1, std::min<int64_t>(at::get_num_threads(), num_pixels / 4096));
@@ -123,9 +144,11 @@ std::vector<at::Tensor> calibration_statistics(const at::Tensor& logits,
   const float* z = logits.data_ptr<float>();
   const int64_t* y = labels.data_ptr<int64_t>();
   const bool* k = keep.data_ptr<bool>();
+  const bool* edge = boundary.numel() ? boundary.data_ptr<bool>() : nullptr;
   at::parallel_for(0, parts, 1, [&](int64_t begin, int64_t end) {
     for (int64_t part = begin; part < end; ++part) {
-      accumulate(z, y, k, num_pixels, num_pixels * part / parts,
+      accumulate(z, y, k, edge, static_cast<float>(low_threshold), num_pixels,
+                 num_pixels * part / parts,
                  num_pixels * (part + 1) / parts, sums[part]);
     }
   });
@@ -145,6 +168,12 @@ std::vector<at::Tensor> calibration_statistics(const at::Tensor& logits,
     add(total.class_probability, s.class_probability);
     add(total.class_hits, s.class_hits);
     add(total.class_pixels, s.class_pixels);
+    add(total.boundary_count, s.boundary_count);
+    add(total.boundary_confidence, s.boundary_confidence);
+    add(total.boundary_accuracy, s.boundary_accuracy);
+    add(total.low_count, s.low_count);
+    add(total.low_probability, s.low_probability);
+    add(total.low_hits, s.low_hits);
     total.nll += s.nll;
     total.brier += s.brier;
     total.pixels += s.pixels;
@@ -161,6 +190,12 @@ std::vector<at::Tensor> calibration_statistics(const at::Tensor& logits,
           to_tensor(total.class_probability, per_class),
           to_tensor(total.class_hits, per_class),
           to_tensor(total.class_pixels, {num_classes}),
+          to_tensor(total.boundary_count, {num_bins}),
+          to_tensor(total.boundary_confidence, {num_bins}),
+          to_tensor(total.boundary_accuracy, {num_bins}),
+          to_tensor(total.low_count, {num_classes}),
+          to_tensor(total.low_probability, {num_classes}),
+          to_tensor(total.low_hits, {num_classes}),
           at::scalar_tensor(total.nll, at::kDouble),
           at::scalar_tensor(total.brier, at::kDouble),
           at::scalar_tensor(total.pixels, at::kDouble),

@@ -1,17 +1,21 @@
 """CalibrationMetric: streaming pixel-level calibration errors in val/test loops."""
-from typing import Dict, List, Optional, Sequence, Union
+import heapq
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
-from mmengine.dist import all_reduce, get_rank, get_world_size
+from mmengine.dist import (all_gather_object, all_reduce, get_rank,
+                           get_world_size)
 from mmengine.evaluator import BaseMetric
 from mmengine.logging import MMLogger, print_log
 from prettytable import PrettyTable
 
 from mmseg.registry import METRICS
 
-from .accumulator import REDUCTIONS, SCALAR_METRICS, CalibrationTotals
-from .calibration import (DEFAULT_NUM_BINS, DEFAULT_NUM_CELLS,
-                          calibration_statistics)
+from .accumulator import (ERROR_BOUNDS, REDUCTIONS, SCALAR_METRICS,
+                          CalibrationTotals)
+from .calibration import (DEFAULT_BOUNDARY_WIDTH, DEFAULT_CLASS_THRESHOLD,
+                          DEFAULT_NUM_BINS, DEFAULT_NUM_CELLS,
+                          calibration_statistics, image_ece)
 
 
 def resolve_classes(classes: Sequence[Union[int, str]],
@@ -34,9 +38,15 @@ def resolve_classes(classes: Sequence[Union[int, str]],
 
 @METRICS.register_module()
 class CalibrationMetric(BaseMetric):
-    """Pixel-level calibration errors: ECE, MCE, AECE, CECE (percent), NLL, Brier.
+    """Pixel-level calibration and selective risk of a segmentor.
 
-    Definitions: DESIGN.md section 2. Works beside IoUMetric::
+    Reports, in percent: ECE, MCE, AECE, CECE; ECE of boundary and interior
+    pixels apart; CECE with class probabilities <= 1e-3 left out (as CRaC);
+    AURC, risk at 80/90/95 % coverage and misclassification-detection AUROC from
+    the top-label confidence; the median and 90th percentile of per-image ECE.
+    And NLL, Brier. The log also names the worst-calibrated images and states the
+    error bound of every histogram-based number. Definitions: DESIGN.md section 2
+    and :mod:`cals_seg.evaluation.calibration`. Works beside IoUMetric::
 
         val_evaluator = [dict(type='IoUMetric', iou_metrics=['mIoU']),
                          dict(type='CalibrationMetric')]
@@ -57,8 +67,16 @@ class CalibrationMetric(BaseMetric):
             errors over images (the CALS authors' protocol). Default: 'dataset'.
         exclude_classes (sequence[int | str]): ground-truth classes whose pixels
             are left out, by index or name (e.g. ``['background']``).
-        num_cells (int): cells of the fine confidence histogram behind AECE.
-            Default: 65536.
+        num_cells (int): cells of the fine confidence histogram behind AECE,
+            AURC and AUROC. Default: 65536.
+        boundary_width (int, optional): pixels within this many pixels of a
+            label boundary are boundary pixels; None leaves out the boundary
+            split. Default: 2 (LTS's boundary areas).
+        class_threshold (float): class probabilities at or below it are left
+            out of ``CECE_thresholded``. Default: 1e-3.
+        worst_images (int): how many of the worst-calibrated images (highest
+            ECE) the log names; after ``evaluate`` they are also in
+            ``last_worst_images`` as ``(ECE, img_path)``, worst first. Default: 5.
         collect_device (str): 'cpu' or 'gpu', as for every mmengine metric.
         prefix (str, optional): prefix of the metric names.
     """
@@ -69,6 +87,9 @@ class CalibrationMetric(BaseMetric):
                  reduction: str = 'dataset',
                  exclude_classes: Sequence[Union[int, str]] = (),
                  num_cells: int = DEFAULT_NUM_CELLS,
+                 boundary_width: Optional[int] = DEFAULT_BOUNDARY_WIDTH,
+                 class_threshold: float = DEFAULT_CLASS_THRESHOLD,
+                 worst_images: int = 5,
                  collect_device: str = 'cpu',
                  prefix: Optional[str] = None):
         super().__init__(collect_device=collect_device, prefix=prefix)
@@ -84,13 +105,38 @@ class CalibrationMetric(BaseMetric):
             raise ValueError(f'reduction must be one of {REDUCTIONS}, got '
                              f'{reduction!r}')
         self.reduction = reduction
+        if boundary_width is not None and not (isinstance(boundary_width, int)
+                                               and boundary_width >= 1):
+            raise ValueError('boundary_width must be None or an int >= 1, got '
+                             f'{boundary_width!r}')
+        if not 0 <= class_threshold <= 1 / num_bins:
+            raise ValueError('class_threshold must be in [0, 1 / num_bins], got '
+                             f'{class_threshold!r}')
+        if not (isinstance(worst_images, int) and worst_images >= 0):
+            raise ValueError(f'worst_images must be an int >= 0, got {worst_images!r}')
         self.exclude_classes = tuple(exclude_classes)
+        self.boundary_width = boundary_width
+        self.class_threshold = class_threshold
+        self.worst_images = worst_images
+        self.last_worst_images: List[Tuple[float, str]] = []
         self._reset()
 
     def _reset(self) -> None:
         self._total: Optional[torch.Tensor] = None
         self._latest: Optional[torch.Tensor] = None
+        # (ECE, image path) of the worst images folded in, and of the latest.
+        self._worst: List[Tuple[float, str]] = []
+        self._latest_image: Optional[Tuple[float, str]] = None
         self._num_processed = 0
+
+    def _fold_latest(self) -> torch.Tensor:
+        """Add the held-back sample to the running total and the worst list."""
+        self._total = self._latest if self._total is None else (
+            self._total.add_(self._latest))
+        if self._latest_image[0] == self._latest_image[0]:  # not NaN
+            self._worst = heapq.nlargest(self.worst_images,
+                                         self._worst + [self._latest_image])
+        return self._total
 
     @property
     def num_classes(self) -> int:
@@ -125,13 +171,14 @@ class CalibrationMetric(BaseMetric):
             if logits.shape[0] != self.num_classes:
                 raise ValueError(f'seg_logits have {logits.shape[0]} classes, the '
                                  f'dataset has {self.num_classes}')
-            stats = calibration_statistics(logits, labels, self.num_bins,
-                                           self.num_cells, self.ignore_index,
-                                           excluded)
+            stats = calibration_statistics(
+                logits, labels, self.num_bins, self.num_cells, self.ignore_index,
+                excluded, boundary_width=self.boundary_width,
+                class_threshold=self.class_threshold)
             if self._latest is not None:
-                self._total = self._latest if self._total is None else (
-                    self._total.add_(self._latest))
+                self._fold_latest()
             self._latest = totals.encode(stats)
+            self._latest_image = (image_ece(stats), str(sample.get('img_path', '')))
             self._num_processed += 1
 
     def evaluate(self, size: int) -> dict:
@@ -144,12 +191,17 @@ class CalibrationMetric(BaseMetric):
             dict: the scalar metrics, with ``prefix/`` when a prefix is set.
         """
         totals = self._totals()
-        total = totals.zeros() if self._total is None else self._total
         last_position = (self._num_processed - 1) * get_world_size() + get_rank()
         if self._latest is not None and last_position < size:
-            total = total + self._latest
+            self._fold_latest()
+        total = totals.zeros() if self._total is None else self._total
         all_reduce(total, op='sum')
-        metrics = self.compute_metrics([totals.decode(total)])
+        result = totals.decode(total)
+        ranks_worst = all_gather_object(self._worst)
+        result['worst_images'] = heapq.nlargest(
+            self.worst_images, [item for worst in ranks_worst for item in worst])
+        self.last_worst_images = result['worst_images']
+        metrics = self.compute_metrics([result])
         self._reset()
         if self.prefix:
             metrics = {f'{self.prefix}/{k}': v for k, v in metrics.items()}
@@ -171,7 +223,14 @@ class CalibrationMetric(BaseMetric):
         if self.exclude_classes:
             protocol += f', excluding {list(self.exclude_classes)}'
         summary = ', '.join(f'{k} {result[k]:.4f}' for k in SCALAR_METRICS)
+        bounds = ', '.join(f'{k.replace("_error_bound", "").replace("aece", "AECE")}'
+                           f' {result[k]:.4g}' for k in ERROR_BOUNDS)
         print_log(f'per-class calibration ({protocol}):\n' + table.get_string(),
                   logger)
-        print_log(f'calibration: {summary} (AECE within '
-                  f'{result["aece_error_bound"]:.4f} of the exact value)', logger)
+        print_log(f'calibration: {summary}', logger)
+        print_log(f'histogram error bounds (largest distance from the exact '
+                  f'value, same units): {bounds}', logger)
+        if result.get('worst_images'):
+            worst = ', '.join(f'{name} ({ece:.2f})'
+                              for ece, name in result['worst_images'])
+            print_log(f'worst-calibrated images (ECE %): {worst}', logger)

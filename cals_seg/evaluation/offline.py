@@ -2,7 +2,7 @@
 import glob
 import json
 import os.path as osp
-from typing import Dict, List, NamedTuple, Optional, Sequence
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -12,7 +12,7 @@ from ..datasets.hash_split import hash_fraction
 from ..hooks.save_logits_hook import MANIFEST
 from .accumulator import CalibrationTotals
 from .calibration import (CalibrationStatistics, calibration_statistics,
-                          keep_mask)
+                          image_ece, keep_mask)
 
 LIST_LIMIT = 5
 
@@ -162,8 +162,9 @@ def load_pair(pair: Pair, num_classes: int, dataset: dict, ignore_index: int):
     return logits, label
 
 
-def split_for_temperature(pairs: Sequence[Pair], spec: str) -> Dict[str, list]:
-    """Split images into a temperature-fitting set and an evaluation set.
+def split_for_fitting(pairs: Sequence[Pair], spec: str,
+                      option: str = '--fit-split') -> Dict[str, list]:
+    """Split images into a calibrator-fitting set and an evaluation set.
 
     Args:
         spec (str): a fraction in (0, 1) (images whose name hashes below it fit,
@@ -178,12 +179,12 @@ def split_for_temperature(pairs: Sequence[Pair], spec: str) -> Dict[str, list]:
         fraction = None
     if fraction is not None:
         if not 0 < fraction < 1:
-            raise CalibEvalError(f'--fit-temperature fraction must be in (0, 1), '
+            raise CalibEvalError(f'{option} fraction must be in (0, 1), '
                                  f'got {spec}')
         chosen = {p.name for p in pairs if hash_fraction(p.name) < fraction}
     else:
         if not osp.isfile(spec):
-            raise CalibEvalError(f'--fit-temperature: {spec} is neither a fraction '
+            raise CalibEvalError(f'{option}: {spec} is neither a fraction '
                                  'nor a list file')
         with open(spec) as f:
             wanted = {
@@ -199,44 +200,88 @@ def split_for_temperature(pairs: Sequence[Pair], spec: str) -> Dict[str, list]:
                  eval=[p for p in pairs if p.name not in chosen])
     for part, members in split.items():
         if not members:
-            raise CalibEvalError(f'--fit-temperature {spec} leaves no image to '
+            raise CalibEvalError(f'{option} {spec} leaves no image to '
                                  f'{part} on; {len(pairs)} images in all')
     return split
 
 
+def load_image(path: Optional[str], shape) -> torch.Tensor:
+    """An RGB image ``(3, H, W)`` float in [0, 255], checked against ``shape``."""
+    if not path or not osp.isfile(path):
+        raise CalibEvalError(f'image not found: {path}; the manifest names the '
+                             'images tools/test.py read')
+    try:
+        with Image.open(path) as image:
+            array = np.array(image.convert('RGB'))
+    except OSError as error:
+        raise CalibEvalError(f'cannot read {path}: {error}') from error
+    if array.shape[:2] != tuple(shape):
+        raise CalibEvalError(f'{path} is {array.shape[:2]}, its logits '
+                             f'{tuple(shape)}')
+    return torch.from_numpy(array).permute(2, 0, 1).float()
+
+
+# A calibration applied while streaming: logits (C, H, W) and the image
+# (3, H, W) or None to calibrated logits (C, H, W).
+Transform = Callable[[torch.Tensor, Optional[torch.Tensor]], torch.Tensor]
+
+
 class StreamResult(NamedTuple):
-    """Sums over the evaluated images at one temperature."""
+    """Sums over the evaluated images under one transform."""
     totals: torch.Tensor  # vector of CalibrationTotals under the chosen reduction
     pooled: CalibrationStatistics  # every kept pixel, for reliability diagrams
+    image_eces: List[Tuple[float, str]]  # (ECE %, name) per image
 
 
 def stream_statistics(pairs: Sequence[Pair], num_classes: int, dataset: dict,
-                      totals: CalibrationTotals, temperatures: Sequence[float],
+                      totals: CalibrationTotals,
+                      transforms: Sequence[Optional[Transform]],
                       ignore_index: int, exclude_classes: Sequence[int],
+                      boundary_width: Optional[int] = None,
+                      images: Optional[Dict[str, str]] = None,
                       progress=iter) -> List[StreamResult]:
     """One pass over the images, one image in memory at a time.
 
+    Args:
+        transforms: one entry per result; None evaluates the logits as saved.
+        images (dict, optional): image paths by name, for transforms that read
+            the image; None passes None.
+
     Returns:
-        list[StreamResult]: one per temperature (logits are divided by it).
+        list[StreamResult]: one per transform.
     """
-    pooled_totals = CalibrationTotals(num_classes, totals.num_bins,
-                                      totals.num_cells, 'dataset')
-    sums = [(totals.zeros(), pooled_totals.zeros()) for _ in temperatures]
+    pooled_size = CalibrationStatistics.size(num_classes, totals.num_bins,
+                                             totals.num_cells)
+    sums = [(totals.zeros(), torch.zeros(pooled_size, dtype=torch.float64), [])
+            for _ in transforms]
     for pair in progress(pairs):
         logits, label = load_pair(pair, num_classes, dataset, ignore_index)
-        for (total, pooled), temperature in zip(sums, temperatures):
-            stats = calibration_statistics(logits / temperature, label,
-                                           totals.num_bins, totals.num_cells,
-                                           ignore_index, exclude_classes)
+        image = (load_image(images.get(pair.name), label.shape)
+                 if images is not None else None)
+        for (total, pooled, eces), transform in zip(sums, transforms):
+            with torch.no_grad():
+                scaled = logits if transform is None else transform(logits, image)
+            stats = calibration_statistics(scaled, label, totals.num_bins,
+                                           totals.num_cells, ignore_index,
+                                           exclude_classes,
+                                           boundary_width=boundary_width)
             total += totals.encode(stats)
             pooled += stats.flatten()
+            eces.append((image_ece(stats), pair.name))
     return [
         StreamResult(
             total,
-            CalibrationStatistics.unflatten(pooled, num_classes, totals.num_bins,
-                                            totals.num_cells))
-        for total, pooled in sums
+            CalibrationStatistics.unflatten(pooled, num_classes,
+                                            totals.num_bins, totals.num_cells),
+            eces) for total, pooled, eces in sums
     ]
+
+
+def _random_index(keep: torch.Tensor, limit: int, generator) -> torch.Tensor:
+    index = keep.nonzero().squeeze(1)
+    if index.numel() > limit:
+        index = index[torch.randperm(index.numel(), generator=generator)[:limit]]
+    return index
 
 
 def sample_pixels(pairs: Sequence[Pair], num_classes: int, dataset: dict,
@@ -252,10 +297,45 @@ def sample_pixels(pairs: Sequence[Pair], num_classes: int, dataset: dict,
         logits, label = load_pair(pair, num_classes, dataset, ignore_index)
         keep = keep_mask(label.reshape(-1), num_classes, ignore_index,
                          exclude_classes)
-        index = keep.nonzero().squeeze(1)
-        if index.numel() > per_image:
-            index = index[torch.randperm(index.numel(),
-                                         generator=generator)[:per_image]]
+        index = _random_index(keep, per_image, generator)
         logits_parts.append(logits.reshape(num_classes, -1)[:, index].T)
         label_parts.append(label.reshape(-1)[index])
     return torch.cat(logits_parts), torch.cat(label_parts)
+
+
+def sample_crops(pairs: Sequence[Pair], num_classes: int, dataset: dict,
+                 ignore_index: int, max_pixels: int, crop: int = 128,
+                 images: Optional[Dict[str, str]] = None, seed: int = 0,
+                 progress=iter):
+    """Square crops of the logit maps, for calibrators that see neighbourhoods.
+
+    From each image, seeded random crops of ``crop`` pixels a side (the whole
+    image when smaller; images of other sizes are cropped to the smallest
+    side among them), as many as ``max_pixels`` allows spread evenly.
+
+    Returns:
+        tuple: logits ``(N, C, s, s)``, labels ``(N, s, s)`` (ignored pixels
+        keep ``ignore_index``), images ``(N, 3, s, s)`` or None.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    loaded = []
+    for pair in progress(pairs):
+        logits, label = load_pair(pair, num_classes, dataset, ignore_index)
+        image = (load_image(images.get(pair.name), label.shape)
+                 if images is not None else None)
+        loaded.append((logits, label, image))
+    side = min([crop] + [min(label.shape) for _, label, _ in loaded])
+    per_image = max(1, max_pixels // (side * side * len(loaded)))
+    parts = ([], [], [])
+    for logits, label, image in loaded:
+        height, width = label.shape
+        for _ in range(per_image):
+            top = int(torch.randint(height - side + 1, (1, ), generator=generator))
+            left = int(torch.randint(width - side + 1, (1, ), generator=generator))
+            window = (slice(top, top + side), slice(left, left + side))
+            parts[0].append(logits[(slice(None), ) + window])
+            parts[1].append(label[window])
+            if image is not None:
+                parts[2].append(image[(slice(None), ) + window])
+    return (torch.stack(parts[0]), torch.stack(parts[1]),
+            torch.stack(parts[2]) if images is not None else None)

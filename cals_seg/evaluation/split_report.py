@@ -3,8 +3,9 @@
 :func:`evaluate_split` runs a segmentor in eval mode over a dataloader and keeps
 small sums only (streaming, like :class:`CalibrationMetric`): pooled and
 foreground calibration statistics, per-image ECE, the confusion matrix, and how
-many logit distances exceed a threshold, for each of several temperatures at once
-(temperature scaling is evaluated on the same pass as the raw model).
+many logit distances exceed a threshold, for the raw model and any number of
+post-hoc calibrators on the same pass. :func:`fit_calibrators` fits those on a
+hold-out loader.
 :func:`summarize` turns those sums into the numbers of docs/results.md, and
 :func:`regime_figures` into the five figures that say whether a run is
 over-confident the way real networks are (issue 10).
@@ -16,10 +17,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..calibrators import SHORT_NAMES, Calibrator
 from ..data_check import leaf_datasets, with_pipeline
-from .calibration import (DEFAULT_NUM_BINS, CalibrationStatistics,
-                          calibration_errors, calibration_statistics, keep_mask)
-from .temperature import fit_temperature
+from .calibration import (DEFAULT_BOUNDARY_WIDTH, DEFAULT_NUM_BINS,
+                          CalibrationStatistics, calibration_errors,
+                          calibration_statistics, keep_mask)
+
+RAW = 'raw'
 
 
 def _logits_and_labels(model, loader):
@@ -52,9 +56,48 @@ def holdout_pixels(model, loader, ignore_index: int = 255,
     return torch.cat(logits), torch.cat(labels)
 
 
-def fit_holdout_temperature(model, loader, ignore_index: int = 255) -> float:
-    """Temperature scaling's ``T`` fitted on a hold-out loader's pixels (NLL)."""
-    return fit_temperature(*holdout_pixels(model, loader, ignore_index))
+def holdout_maps(model, loader, ignore_index: int = 255, crop: int = 128,
+                 seed: int = 0):
+    """One seeded random square crop of each hold-out image's logits and labels,
+    ``crop`` pixels a side or the smallest image side if less, for calibrators
+    that see neighbourhoods: ``(N, C, s, s)`` and ``(N, s, s)``."""
+    generator = torch.Generator().manual_seed(seed)
+    crops = []
+    for _, z, y in _logits_and_labels(model, loader):
+        side = min(crop, *y.shape)
+        top = int(torch.randint(y.shape[0] - side + 1, (1, ), generator=generator))
+        left = int(torch.randint(y.shape[1] - side + 1, (1, ), generator=generator))
+        crops.append((z[:, top:top + side, left:left + side],
+                      y[top:top + side, left:left + side]))
+    if not crops:
+        raise ValueError('the hold-out loader yielded no image')
+    side = min(y.shape[0] for _, y in crops)  # the smallest, for one batch
+    return (torch.stack([z[:, :side, :side] for z, _ in crops]),
+            torch.stack([y[:side, :side] for _, y in crops]))
+
+
+def fit_calibrators(model, loader, names: Sequence[str], num_classes: int,
+                    ignore_index: int = 255) -> Dict[str, Calibrator]:
+    """Calibrators (short names of :data:`cals_seg.calibrators.SHORT_NAMES`)
+    fitted on a hold-out loader: pixel-wise ones on its pixels, spatial ones on
+    crops of its maps. Calibrators that read the image are not supported here
+    (the model sees resized images)."""
+    fitted = {}
+    pixels = maps = None
+    for name in names:
+        calibrator = SHORT_NAMES[name](num_classes)
+        if calibrator.needs_images:
+            raise ValueError(f'{name} reads the image; fit it with '
+                             'tools/calib_eval.py on saved logits')
+        if calibrator.spatial:
+            maps = maps or holdout_maps(model, loader, ignore_index)
+            data = maps
+        else:
+            pixels = pixels or holdout_pixels(model, loader, ignore_index)
+            data = pixels
+        calibrator.fit(*data, ignore_index=ignore_index)
+        fitted[name] = calibrator
+    return fitted
 
 
 def _distance_counts(logits: Tensor, keep: Tensor, threshold: float):
@@ -68,36 +111,41 @@ def _distance_counts(logits: Tensor, keep: Tensor, threshold: float):
 def evaluate_split(model,
                    loader,
                    num_classes: int,
-                   temperatures: Sequence[float] = (1.0, ),
+                   calibrators: Optional[Dict[str, Calibrator]] = None,
                    exclude_classes: Sequence[int] = (0, ),
                    ignore_index: int = 255,
                    num_bins: int = DEFAULT_NUM_BINS,
-                   distance_threshold: float = 10.0) -> dict:
-    """Streaming sums of a model on one split.
+                   distance_threshold: float = 10.0,
+                   boundary_width: int = DEFAULT_BOUNDARY_WIDTH) -> dict:
+    """Streaming sums of a model on one split, raw and after each calibrator.
 
     Args:
         model: an mmseg segmentor (``test_step`` returns ``seg_logits``).
         loader: dataloader of the split, test pipeline (labels at original size).
         num_classes (int): ``C``.
-        temperatures (sequence[float]): logits are divided by each; the sums are
-            kept per temperature.
+        calibrators (dict, optional): fitted calibrators by name; the sums are
+            kept for the raw logits (under ``'raw'``) and for each.
         exclude_classes (sequence[int]): classes left out of the foreground
             statistics (background).
         ignore_index (int): label of pixels to leave out.
         num_bins (int): calibration bins.
         distance_threshold (float): logit distance counted by
             ``distance_share`` (of the raw logits).
+        boundary_width (int): width of the boundary band of the pooled sums.
 
     Returns:
-        dict: ``confusion`` ``[C, C]`` (rows ground truth), ``distance_share``,
-        ``images`` (names), and ``temperatures``: per temperature ``T`` (float
-        key), ``pooled`` and ``foreground`` (:class:`CalibrationStatistics`) and
-        ``image_ece`` (list of floats, percent, background kept).
+        dict: ``confusion`` ``[C, C]`` (rows ground truth, raw predictions),
+        ``distance_share``, ``images`` (names), and ``outputs``: per name,
+        ``pooled`` and ``foreground`` (:class:`CalibrationStatistics`),
+        ``image_ece`` (list of floats, percent, background kept) and
+        ``confusion`` of its predictions.
     """
-    confusion = torch.zeros(num_classes, num_classes, dtype=torch.float64)
-    per_temperature = {
-        float(t): dict(pooled=None, foreground=None, image_ece=[])
-        for t in temperatures
+    transforms = {RAW: None, **(calibrators or {})}
+    outputs = {
+        name: dict(pooled=None, foreground=None, image_ece=[],
+                   confusion=torch.zeros(num_classes, num_classes,
+                                         dtype=torch.float64))
+        for name in transforms
     }
     over = pairs = 0
     names: List[str] = []
@@ -105,28 +153,34 @@ def evaluate_split(model,
         names.append(name)
         flat_labels = labels.reshape(-1)
         keep = keep_mask(flat_labels, num_classes, ignore_index)
-        prediction = logits.reshape(num_classes, -1).argmax(dim=0)[keep]
-        confusion += torch.bincount(flat_labels[keep] * num_classes + prediction,
-                                    minlength=num_classes**2).reshape(
-                                        num_classes, num_classes).double()
         image_over, image_pairs = _distance_counts(logits, keep, distance_threshold)
         over, pairs = over + image_over, pairs + image_pairs
-        for temperature, sums in per_temperature.items():
-            scaled = logits / temperature
-            image = calibration_statistics(scaled, labels, num_bins,
-                                           ignore_index=ignore_index)
-            foreground = calibration_statistics(scaled, labels, num_bins,
+        for key, calibrator in transforms.items():
+            sums = outputs[key]
+            with torch.no_grad():
+                calibrated = logits if calibrator is None else calibrator(
+                    logits.unsqueeze(0)).squeeze(0)
+            prediction = calibrated.reshape(num_classes, -1).argmax(dim=0)[keep]
+            sums['confusion'] += torch.bincount(
+                flat_labels[keep] * num_classes + prediction,
+                minlength=num_classes**2).reshape(num_classes, num_classes).double()
+            image = calibration_statistics(calibrated, labels, num_bins,
+                                           ignore_index=ignore_index,
+                                           boundary_width=boundary_width)
+            foreground = calibration_statistics(calibrated, labels, num_bins,
                                                 ignore_index=ignore_index,
                                                 exclude_classes=exclude_classes)
             if float(image.num_pixels) > 0:
                 sums['image_ece'].append(calibration_errors(image)['ECE'])
-            for key, stats in (('pooled', image), ('foreground', foreground)):
-                sums[key] = stats if sums[key] is None else CalibrationStatistics(
-                    *(a + b for a, b in zip(sums[key], stats)))
+            for part, stats in (('pooled', image), ('foreground', foreground)):
+                sums[part] = stats if sums[part] is None else CalibrationStatistics(
+                    *(a + b for a, b in zip(sums[part], stats)))
     if not names:
         raise ValueError('the loader yielded no image')
-    return dict(confusion=confusion.numpy(), images=names,
-                distance_share=over / max(pairs, 1), temperatures=per_temperature)
+    for sums in outputs.values():
+        sums['confusion'] = sums['confusion'].numpy()
+    return dict(confusion=outputs[RAW]['confusion'], images=names,
+                distance_share=over / max(pairs, 1), outputs=outputs)
 
 
 def mean_iou(confusion: np.ndarray) -> float:
@@ -141,23 +195,25 @@ def pixel_accuracy(confusion: np.ndarray) -> float:
     return float(100 * np.trace(confusion) / max(confusion.sum(), 1))
 
 
-def summarize(split: dict, temperature: float = 1.0) -> Dict[str, float]:
-    """The benchmark's numbers of one split at one temperature.
+def summarize(split: dict, name: str = RAW) -> Dict[str, float]:
+    """The benchmark's numbers of one split, raw or after a calibrator.
 
     Returns:
         dict: ``mIoU``, ``aAcc``; pooled ``ECE``, ``MCE``, ``AECE``, ``CECE``,
-        ``NLL``, ``Brier``; ``ECE_image`` (mean per-image ECE, background kept,
-        the CALS authors' protocol); ``fg/ECE`` and ``fg/CECE`` (background
-        excluded); ``distance_share``.
+        ``NLL``, ``Brier``, ``ECE_boundary``, ``ECE_interior``, ``AURC``,
+        ``AUROC``; ``ECE_image`` (mean per-image ECE, background kept, the CALS
+        authors' protocol); ``fg/ECE`` and ``fg/CECE`` (background excluded);
+        ``distance_share`` (of the raw logits).
     """
-    sums = split['temperatures'][float(temperature)]
+    sums = split['outputs'][name]
     pooled = calibration_errors(sums['pooled'])
     foreground = calibration_errors(sums['foreground'])
     result = {key: float(pooled[key])
-              for key in ('ECE', 'MCE', 'AECE', 'CECE', 'NLL', 'Brier')}
+              for key in ('ECE', 'MCE', 'AECE', 'CECE', 'NLL', 'Brier',
+                          'ECE_boundary', 'ECE_interior', 'AURC', 'AUROC')}
     result.update({
-        'mIoU': mean_iou(split['confusion']),
-        'aAcc': pixel_accuracy(split['confusion']),
+        'mIoU': mean_iou(sums['confusion']),
+        'aAcc': pixel_accuracy(sums['confusion']),
         'ECE_image': float(np.mean(sums['image_ece'])),
         'fg/ECE': float(foreground['ECE']),
         'fg/CECE': float(foreground['CECE']),
@@ -217,7 +273,7 @@ def regime_figures(test: dict, train: dict) -> Dict[str, object]:
         'ECE': summary['ECE'],
         'ECE_image': summary['ECE_image'],
         'fg/ECE': summary['fg/ECE'],
-        'overconfident': overconfident_bins(test['temperatures'][1.0]['pooled']),
+        'overconfident': overconfident_bins(test['outputs'][RAW]['pooled']),
         'train_aAcc': pixel_accuracy(train['confusion']),
         'test_mIoU': summary['mIoU'],
         'distance_share': summary['distance_share'],

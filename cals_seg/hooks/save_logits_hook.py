@@ -52,11 +52,11 @@ class SaveLogitsHook(Hook):
         self.out_dir = out_dir
         self.dtype = dtype
         self.ignore_index = ignore_index
-        self._ground_truth = {}
+        self._paths = {}
 
     def before_test(self, runner) -> None:
         os.makedirs(self.out_dir, exist_ok=True)
-        self._ground_truth = {}
+        self._paths = {}
 
     def after_test_iter(self, runner, batch_idx: int, data_batch=None,
                         outputs: Optional[Sequence] = None) -> None:
@@ -67,12 +67,13 @@ class SaveLogitsHook(Hook):
             buffer = io.BytesIO()
             np.save(buffer, logits)
             write_atomic(osp.join(self.out_dir, f'{name}.npy'), buffer.getvalue())
-            self._ground_truth[name] = sample.get('seg_map_path')
+            self._paths[name] = (sample.get('seg_map_path'), sample.img_path)
 
     def after_test_epoch(self, runner, metrics=None) -> None:
         merged = {}
-        for part in all_gather_object(self._ground_truth):
+        for part in all_gather_object(self._paths):
             merged.update(part)
+        merged = dict(sorted(merged.items()))
         if not is_main_process():
             return
         dataset = runner.test_dataloader.dataset
@@ -90,7 +91,8 @@ class SaveLogitsHook(Hook):
                 reduce_zero_label=bool(getattr(dataset, 'reduce_zero_label',
                                                False)),
                 label_map=_json_label_map(dataset.metainfo.get('label_map'))),
-            ground_truth=dict(sorted(merged.items())))
+            ground_truth={name: paths[0] for name, paths in merged.items()},
+            images={name: paths[1] for name, paths in merged.items()})
         write_atomic(
             osp.join(self.out_dir, MANIFEST),
             json.dumps(manifest, indent=2).encode('utf-8'))

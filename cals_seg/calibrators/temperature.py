@@ -5,6 +5,7 @@ import torch
 from torch import Tensor
 
 MIN_TEMPERATURE, MAX_TEMPERATURE = 1e-3, 1e3
+LOG_MIN, LOG_MAX = math.log(MIN_TEMPERATURE), math.log(MAX_TEMPERATURE)
 
 
 def nll_slope(logits: Tensor, labels: Tensor, inverse_temperature: float) -> float:
