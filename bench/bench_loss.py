@@ -1,9 +1,10 @@
-"""CALSLoss forward+backward against mmseg's CrossEntropyLoss (issue 6, 1-2)."""
+"""CALSLoss, NACLLoss and SVLSLoss forward+backward against mmseg's
+CrossEntropyLoss (issue 6, 1-2; issue 11, 6)."""
 import torch
 
 from mmseg.models.losses import CrossEntropyLoss
 
-from cals_seg.losses import CALSLoss
+from cals_seg.losses import CALSLoss, NACLLoss, SVLSLoss
 from common import report, time_side_by_side
 
 
@@ -27,13 +28,18 @@ def main() -> bool:
                     loss.pop_round_statistics()
             return run
 
+        nacl, svls = NACLLoss(avg_non_ignore=True), SVLSLoss(avg_non_ignore=True)
         t = time_side_by_side({'ce': step(ce), 'cals': step(cals),
-                               'stats': step(collecting)},
+                               'stats': step(collecting), 'nacl': step(nacl),
+                               'svls': step(svls)},
                               repeats=15 if size == 128 else 5)
         ok &= report(f'CALSLoss / CE, forward+backward, 8x21x{size}x{size}',
                      t['cals'] / t['ce'], 1.5)
         ok &= report(f'round statistics added to the CALS step, {size}x{size}',
                      100 * (t['stats'] / t['cals'] - 1), 10, '%')
+        for name in ('nacl', 'svls'):
+            ok &= report(f'{name.upper()}Loss / CE, forward+backward, '
+                         f'8x21x{size}x{size}', t[name] / t['ce'], 1.6)
     return ok
 
 

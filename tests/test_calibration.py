@@ -116,6 +116,16 @@ def test_aece_within_documented_bound_of_exact_sort(num_cells):
     assert abs(result['AECE'] - exact) <= result['aece_error_bound'] + 1e-6
 
 
+def test_aece_bound_is_informative_on_few_pixels():
+    # 2,000 pixels: the old bound (a pixel per boundary for rounding, plus whole
+    # straddling cells) said "within 8.9"; whole-pixel edges make it ~0.
+    logits, labels = _image(23, shape=(40, 50), ignore_share=0.0)
+    result, _ = _errors(logits, labels)
+    exact = reference_metrics(logits.reshape(5, -1), labels.reshape(-1))['AECE']
+    assert result['aece_error_bound'] < 0.05
+    assert abs(result['AECE'] - exact) <= result['aece_error_bound'] + 1e-6
+
+
 def test_aece_bound_is_small_for_many_pixels():
     logits, labels = _image(22, shape=(400, 500), ignore_share=0.05)
     result, _ = _errors(logits, labels)

@@ -21,6 +21,7 @@ CONFIGS = sorted(
 def test_every_paper_config_has_its_baseline():
     cals = [c for c in CONFIGS if c.endswith('_cals.py')]
     assert len(cals) >= 6
+    assert len([c for c in CONFIGS if c.endswith(('_nacl.py', '_svls.py'))]) == 12
     for path in cals:
         assert path.replace('_cals.py', '_ce.py') in CONFIGS
         assert path.replace('_cals.py', '_cals-trainsrc.py') in CONFIGS
@@ -58,6 +59,21 @@ def test_cals_configs_follow_the_authors_protocol(path):
     assert [(h.source, h.interval) for h in variant.custom_hooks] == [('train',
                                                                        'epoch')]
     assert _without_loss(variant) == _without_loss(cals)
+
+
+NEIGHBOURHOOD = {'_nacl.py': 'NACLLoss', '_svls.py': 'SVLSLoss'}
+
+
+@pytest.mark.parametrize('path', [c for c in CONFIGS
+                                  if c.endswith(tuple(NEIGHBOURHOOD))])
+def test_neighbourhood_loss_configs_are_their_ce_twin_plus_the_loss(path):
+    suffix = '_' + path.rsplit('_', 1)[1]
+    cfg = Config.fromfile(osp.join(REPO, path))
+    twin = Config.fromfile(osp.join(REPO, path.replace(suffix, '_ce.py')))
+    loss = cfg.model.decode_head.loss_decode
+    assert loss.type == NEIGHBOURHOOD[suffix] and loss.avg_non_ignore
+    assert (loss.kernel_size, loss.get('alpha', 0.1)) == (3, 0.1)
+    assert _without_loss(cfg) == _without_loss(twin)
 
 
 @pytest.mark.parametrize('path', CONFIGS)

@@ -40,17 +40,18 @@ from cals_seg.fileio import write_atomic  # noqa: E402
 # Trained methods, one demo config each; 'ce+ts' and the other 'method+calibrator'
 # rows are that method's runs with a post-hoc calibrator fitted on the held-out
 # part (no training of their own).
-TRAINED = ('ce', 'ls', 'ls-0.1', 'fl', 'mbls', 'ecp', 'cals', 'cals-trainsrc',
-           'cals-m10')
+TRAINED = ('ce', 'ls', 'ls-0.1', 'fl', 'mbls', 'ecp', 'nacl', 'svls', 'cals',
+           'cals-trainsrc', 'cals-m10')
 POSTHOC = ('ts', 'vs', 'dirichlet', 'lts', 'selective')
 CALIBRATED = ('ce', 'cals')
 METHODS = ('ce', *(f'ce+{c}' for c in POSTHOC), 'ls', 'ls-0.1', 'fl', 'mbls',
-           'ecp', 'cals', *(f'cals+{c}' for c in POSTHOC), 'cals-trainsrc',
-           'cals-m10')
+           'ecp', 'nacl', 'svls', 'cals', *(f'cals+{c}' for c in POSTHOC),
+           'cals-trainsrc', 'cals-m10')
 LABELS = {
     'ce': 'CE', 'ls': 'LS (ε 0.05)',
     'ls-0.1': 'LS (ε 0.1)', 'fl': 'FL (γ 3)', 'mbls': 'MbLS (m 10, α 0.1)',
-    'ecp': 'ECP (β 0.1)', 'cals': 'CALS (authors\' protocol, m 20)',
+    'ecp': 'ECP (β 0.1)', 'nacl': 'NACL (3×3 mean, α 0.1)',
+    'svls': 'SVLS (3×3, σ 1)', 'cals': 'CALS (authors\' protocol, m 20)',
     'cals-trainsrc': 'CALS, training-batch source', 'cals-m10': 'CALS, margin 10'
 }
 CALIBRATOR_LABELS = dict(ts='TS', vs='vector scaling', dirichlet='Dirichlet (ODIR)',

@@ -2,9 +2,11 @@ from .cals_loss import CALSLoss
 from .confidence_penalty import ConfidencePenaltyLoss
 from .label_smoothing import LabelSmoothingLoss
 from .margin_label_smoothing import MarginLabelSmoothingLoss
+from .nacl_loss import NACLLoss
 from .softmax_focal import SoftmaxFocalLoss
+from .svls_loss import SVLSLoss
 
 __all__ = [
     'CALSLoss', 'ConfidencePenaltyLoss', 'LabelSmoothingLoss',
-    'MarginLabelSmoothingLoss', 'SoftmaxFocalLoss'
+    'MarginLabelSmoothingLoss', 'NACLLoss', 'SVLSLoss', 'SoftmaxFocalLoss'
 ]

@@ -1,0 +1,113 @@
+"""NACL and SVLS: their neighbourhood targets against a loop over pixels, the
+losses against their formulas, the penalty's gradient against its closed form."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mmseg.registry import MODELS
+
+import cals_seg  # noqa: F401
+from cals_seg.losses.neighbourhood import (kernel_weights,
+                                           neighbourhood_proportions)
+
+IGNORE = 255
+
+
+def _batch(seed=0, n=2, classes=4, size=(9, 11)):
+    generator = torch.Generator().manual_seed(seed)
+    logits = torch.randn(n, classes, *size, generator=generator) * 3
+    blocks = torch.randint(0, classes, (n, size[0] // 3 + 1, size[1] // 3 + 1),
+                           generator=generator)
+    label = blocks.repeat_interleave(3, 1).repeat_interleave(3, 2)[:, :size[0], :size[1]]
+    label = label.clone()
+    label[torch.rand(n, *size, generator=generator) < 0.1] = IGNORE
+    return logits, label
+
+
+def _loop_proportions(label, classes, kernel):
+    n, height, width = label.shape
+    half = kernel.shape[0] // 2
+    result = np.zeros((n, classes, height, width))
+    for b in range(n):
+        for i in range(height):
+            for j in range(width):
+                if label[b, i, j] == IGNORE:
+                    continue  # an ignored pixel has no target
+                total = 0.0
+                for di in range(-half, half + 1):
+                    for dj in range(-half, half + 1):
+                        y, x = i + di, j + dj
+                        if 0 <= y < height and 0 <= x < width and \
+                                label[b, y, x] != IGNORE:
+                            w = kernel[di + half, dj + half]
+                            result[b, label[b, y, x], i, j] += w
+                            total += w
+                if total > 0:
+                    result[b, :, i, j] /= total
+    return result
+
+
+@pytest.mark.parametrize('kernel, size', [('mean', 3), ('mean', 5),
+                                          ('gaussian', 5), ('svls', 3)])
+def test_proportions_match_a_loop_over_valid_neighbours(kernel, size):
+    _, label = _batch()
+    weights = kernel_weights(kernel, size, sigma=1.0)
+    got = neighbourhood_proportions(label, label != IGNORE, 4, weights)
+    expected = _loop_proportions(label.numpy(), 4, weights.numpy())
+    np.testing.assert_allclose(got.numpy(), expected, atol=1e-6)
+
+
+def test_svls_kernel_keeps_half_the_mass_at_the_centre():
+    kernel = kernel_weights('svls', 3)
+    assert float(kernel[1, 1]) == pytest.approx(0.5)
+    assert float(kernel.sum()) == pytest.approx(1.0)
+
+
+def _reference_nacl(logits, label, alpha, valid_only):
+    valid = label != IGNORE
+    target = torch.from_numpy(_loop_proportions(
+        label.numpy(), logits.shape[1], np.full((3, 3), 1 / 9))).float()
+    ce = F.cross_entropy(logits, label.where(valid, 0), reduction='none')
+    per_pixel = ce + alpha * (target - logits).abs().mean(dim=1)
+    denominator = valid.sum() if valid_only else label.numel()
+    return per_pixel[valid].sum() / denominator, target
+
+
+@pytest.mark.parametrize('avg_non_ignore', [False, True])
+def test_nacl_value_and_gradient(avg_non_ignore):
+    logits, label = _batch(1)
+    loss = MODELS.build(dict(type='NACLLoss', avg_non_ignore=avg_non_ignore))
+    x = logits.clone().requires_grad_(True)
+    value = loss(x, label, ignore_index=IGNORE)
+    value.backward()
+    expected, target = _reference_nacl(logits, label, 0.1, avg_non_ignore)
+    assert value.item() == pytest.approx(float(expected), rel=1e-5)
+    # The gradient is CE's plus the penalty's closed form alpha/C sign(z - tau) / n.
+    valid = label != IGNORE
+    denominator = valid.sum() if avg_non_ignore else label.numel()
+    ce_grad = torch.softmax(logits, 1) - F.one_hot(label.where(valid, 0), 4).permute(
+        0, 3, 1, 2)
+    closed = (ce_grad + 0.1 / 4 * torch.sign(logits - target)) * valid.unsqueeze(1)
+    torch.testing.assert_close(x.grad, closed / denominator, atol=1e-6, rtol=1e-5)
+
+
+def test_svls_is_cross_entropy_inside_regions_and_soft_at_boundaries():
+    logits, label = _batch(2)
+    label[label == IGNORE] = 0
+    loss = MODELS.build(dict(type='SVLSLoss'))
+    value = loss(logits, label, ignore_index=IGNORE)
+    target = torch.from_numpy(_loop_proportions(
+        label.numpy(), 4, kernel_weights('svls', 3).numpy())).float()
+    expected = -(target * torch.log_softmax(logits, 1)).sum(1).mean()
+    assert float(value) == pytest.approx(float(expected), rel=1e-5)
+    uniform = torch.zeros_like(label)
+    assert float(loss(logits, uniform)) == pytest.approx(
+        float(F.cross_entropy(logits, uniform)), rel=1e-5)
+
+
+def test_bad_options_are_named():
+    with pytest.raises(ValueError, match='odd int'):
+        MODELS.build(dict(type='SVLSLoss', kernel_size=4))
+    with pytest.raises(ValueError, match="'mean' or 'gaussian'"):
+        MODELS.build(dict(type='NACLLoss', kernel='bilateral'))
