@@ -14,15 +14,16 @@ from .penalties import PenaltyFunction, phr
 
 
 class RoundStatistics(NamedTuple):
-    """Additive per-class sums over the pixels of one update round.
+    """Additive per-group sums over the pixels of one update round (a group is
+    a class under CALS's grouping, :mod:`cals_seg.groups`).
 
     Sums, not means, so that batches and ranks merge by addition and the division
     happens once, after the all-reduce (DESIGN.md 1.4).
 
     Attributes:
-        grad_sum (Tensor): ``[C]`` sum of ``clip(P'(h_ik), lambd_min, lambd_max)``.
-        constraint_sum (Tensor): ``[C]`` sum of ``h_ik``.
-        count (Tensor): ``[C]`` number of pixels that entered each sum.
+        grad_sum (Tensor): ``[G]`` sum of ``clip(P'(h_ik), lambd_min, lambd_max)``.
+        constraint_sum (Tensor): ``[G]`` sum of ``h_ik``.
+        count (Tensor): ``[G]`` number of (pixel, logit) pairs in each sum.
         num_nonfinite (Tensor): scalar, pixels left out for non-finite logits.
     """
     grad_sum: Tensor
@@ -31,8 +32,8 @@ class RoundStatistics(NamedTuple):
     num_nonfinite: Tensor
 
     @classmethod
-    def zeros(cls, num_classes: int, device=None) -> 'RoundStatistics':
-        zero = torch.zeros(num_classes, dtype=torch.float64, device=device)
+    def zeros(cls, num_groups: int, device=None) -> 'RoundStatistics':
+        zero = torch.zeros(num_groups, dtype=torch.float64, device=device)
         return cls(zero, zero.clone(), zero.clone(),
                    torch.zeros((), dtype=torch.float64, device=device))
 
@@ -44,8 +45,8 @@ class RoundStatistics(NamedTuple):
         return torch.cat([t.reshape(-1) for t in self])
 
     @classmethod
-    def unflatten(cls, flat: Tensor, num_classes: int) -> 'RoundStatistics':
-        c = num_classes
+    def unflatten(cls, flat: Tensor, num_groups: int) -> 'RoundStatistics':
+        c = num_groups
         return cls(flat[:c], flat[c:2 * c], flat[2 * c:3 * c], flat[3 * c])
 
 
@@ -283,3 +284,82 @@ def constraint_penalty(logits: Tensor,
         direction = grad.addcmul_(winner, winner_share, value=-1)
     return ConstraintPenalty((class_values.sum() / denominator).float(), direction,
                              grad_scale, statistics)
+
+
+@torch.no_grad()
+def grouped_constraint_penalty(logits: Tensor,
+                               valid: Tensor,
+                               group: Tensor,
+                               multipliers: Tensor,
+                               rho: Tensor,
+                               margin: float,
+                               normalize: bool,
+                               penalty: PenaltyFunction,
+                               reference: Optional[Tensor] = None,
+                               need_grad: bool = True,
+                               statistics_clip: Optional[Tuple[float, float]] = None
+                               ) -> ConstraintPenalty:
+    """:func:`constraint_penalty` with a multiplier per group of (pixel, logit)
+    constraints (:mod:`cals_seg.groups`), in PyTorch operations.
+
+    Constraints: CALS's ``h_ik = (max_j z_ij - z_ik - m) / s`` when
+    ``reference`` is None; otherwise CRaC's ``h_ik = |r_ik - z_ik| / s``. With
+    ``g = group[i, k]``: ``value = sum_{i valid, k} P(h_ik; lambd_g, rho_g) /
+    (n_valid * C)``, and the round statistics are per group: the sums of
+    ``clip(P'(h_ik))`` and ``h_ik`` and the number of (pixel, logit) pairs.
+
+    Args:
+        logits (Tensor): ``(N, C, *S)``, any float dtype.
+        valid (Tensor): bool ``(N, *S)``.
+        group (Tensor): int64 group indices broadcastable to the logits.
+        multipliers (Tensor), rho (Tensor): ``[G]``.
+        margin (float), normalize (bool), penalty: as :func:`constraint_penalty`.
+        reference (Tensor, optional): ``r``, shaped like the logits.
+        need_grad (bool), statistics_clip (tuple, optional): as
+            :func:`constraint_penalty`.
+
+    Returns:
+        ConstraintPenalty: statistics of ``G`` groups.
+    """
+    num_groups, num_classes = multipliers.numel(), logits.shape[1]
+    logits = logits.float()
+    scale = margin if normalize else 1.0
+    mask = valid.unsqueeze(1).expand_as(logits)
+    if reference is None:
+        top = logits.amax(dim=1, keepdim=True)
+        h = torch.sub(top, logits).sub_(margin).div_(scale)
+    else:
+        h = torch.sub(reference.float(), logits).abs_().div_(scale)
+    h = h.masked_fill(~mask, 0)  # ignored pixels: finite, and masked below
+    lambd = multipliers.float()[group]
+    value, grad = penalty(h, lambd, rho.float()[group])
+    weight = mask.to(grad.dtype)
+    num_valid = valid.sum()
+    denominator = num_valid.clamp_min(1) * num_classes
+    total = (value * weight).sum(dtype=torch.float64) / denominator
+    grad = grad * weight
+    statistics = None
+    if statistics_clip is not None:
+        finite = mask & torch.isfinite(logits).all(dim=1, keepdim=True)
+        index = group.expand_as(logits)[finite]
+        statistics = RoundStatistics(
+            torch.bincount(index, grad[finite].clamp(*statistics_clip).double(),
+                           num_groups),
+            torch.bincount(index, h[finite].double(), num_groups),
+            torch.bincount(index, minlength=num_groups).double(),
+            (valid & ~finite[:, 0]).sum(dtype=torch.float64))
+    direction = grad_scale = None
+    if need_grad:
+        if reference is None:
+            # d h_ik / d z_ij = ([j wins at i] - [j = k]) / s, the winner's share
+            # split among tied winners, as constraint_penalty does.
+            winner = torch.eq(logits, top).to(grad.dtype)
+            share = grad.sum(dim=1, keepdim=True).div_(winner.sum(dim=1, keepdim=True))
+            direction = grad.addcmul_(winner, share, value=-1)
+            grad_scale = -1 / (scale * denominator)
+        else:
+            direction = grad.mul_(torch.sign(logits - reference.float()))
+            grad_scale = 1 / (scale * denominator)
+    return ConstraintPenalty(total.float(), direction,
+                             torch.as_tensor(grad_scale, dtype=torch.float64)
+                             if grad_scale is not None else None, statistics)

@@ -22,15 +22,19 @@ TINY_R50_D8 = [
 
 
 def short_schedule(iterations, hook_interval=2):
-    return [
+    """Options for a few iterations; ``hook_interval`` (None: the config has no
+    multiplier hook) sets the first custom hook's round interval."""
+    options = [
         f'train_cfg.max_iters={iterations}', f'train_cfg.val_interval={iterations}',
         f'default_hooks.checkpoint.interval={iterations}',
         'default_hooks.logger.interval=1', 'train_dataloader.num_workers=0',
         'train_dataloader.persistent_workers=False',
         'val_dataloader.num_workers=0', 'val_dataloader.persistent_workers=False',
-        'test_dataloader.num_workers=0', 'test_dataloader.persistent_workers=False',
-        f'custom_hooks.0.interval={hook_interval}'
+        'test_dataloader.num_workers=0', 'test_dataloader.persistent_workers=False'
     ]
+    if hook_interval is not None:
+        options.append(f'custom_hooks.0.interval={hook_interval}')
+    return options
 
 
 LOADERS = ('train_dataloader', 'holdout_dataloader', 'val_dataloader',
@@ -106,13 +110,18 @@ def shipped_args(config, data_root, work_dir, iterations=4):
     """tools/train.py arguments that shrink a shipped R-50 config to a few
     iterations of a tiny ResNet on the demo data under ``data_root``."""
     args = ['tools/train.py', config, '--work-dir', work_dir, '--cfg-options']
-    args += TINY_R50_D8 + short_schedule(iterations)
-    args += ['train_dataloader.batch_size=2', 'model.decode_head.loss_decode.margin=0.05']
+    with_hook = config.endswith(('_cals.py', '_cals-label.py', '_cals-trainsrc.py',
+                                 '_crac.py'))
+    args += TINY_R50_D8 + short_schedule(iterations, 2 if with_hook else None)
+    args += ['train_dataloader.batch_size=2']
     # The shipped configs split the training set by name hash; the hold-out loader
-    # is the CALS hook's own copy.
+    # is the multiplier hook's own copy.
     splits = ['train_dataloader.dataset']
-    if config.endswith('_cals.py'):
+    if config.endswith(('_cals.py', '_cals-label.py', '_crac.py')):
         splits.append('custom_hooks.0.holdout_dataloader.dataset')
+    if config.endswith(('_cals.py', '_cals-label.py', '_cals-trainsrc.py')):
+        # A small margin makes the constraints active on an untrained network.
+        args.append('model.decode_head.loss_decode.margin=0.05')
     for split in splits:
         args.append(f'{split}.holdout_fraction={TEST_HOLDOUT_FRACTION}')
         if 'voc' in config:

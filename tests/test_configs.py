@@ -21,7 +21,8 @@ CONFIGS = sorted(
 def test_every_paper_config_has_its_baseline():
     cals = [c for c in CONFIGS if c.endswith('_cals.py')]
     assert len(cals) >= 6
-    assert len([c for c in CONFIGS if c.endswith(('_nacl.py', '_svls.py'))]) == 12
+    for suffix in ('_nacl.py', '_svls.py', '_crac.py', '_cals-label.py'):
+        assert len([c for c in CONFIGS if c.endswith(suffix)]) == 6, suffix
     for path in cals:
         assert path.replace('_cals.py', '_ce.py') in CONFIGS
         assert path.replace('_cals.py', '_cals-trainsrc.py') in CONFIGS
@@ -76,6 +77,22 @@ def test_neighbourhood_loss_configs_are_their_ce_twin_plus_the_loss(path):
     assert _without_loss(cfg) == _without_loss(twin)
 
 
+@pytest.mark.parametrize('path', [c for c in CONFIGS
+                                  if c.endswith(('_crac.py', '_cals-label.py'))])
+def test_grouped_configs_are_the_cals_protocol_with_their_loss(path):
+    suffix = '_' + path.rsplit('_', 1)[1]
+    cfg = Config.fromfile(osp.join(REPO, path))
+    cals = Config.fromfile(osp.join(REPO, path.replace(suffix, '_cals.py')))
+    loss = cfg.model.decode_head.loss_decode
+    if suffix == '_crac.py':
+        assert (loss.type, loss.margin, loss.penalty) == ('CRaCLoss', 1.0, 'phr')
+    else:
+        assert (loss.type, loss.groups, loss.margin) == ('CALSLoss', 'label', 20.0)
+    assert loss.num_classes == cfg.model.decode_head.num_classes
+    assert cfg.custom_hooks == cals.custom_hooks
+    assert _without_loss(cfg) == _without_loss(cals)
+
+
 @pytest.mark.parametrize('path', CONFIGS)
 def test_config_builds_its_model(path):
     register_all_modules()
@@ -83,8 +100,8 @@ def test_config_builds_its_model(path):
     assert cfg.custom_imports['imports'] == ['cals_seg']
     model = MODELS.build(cfg.model)
     loss = model.decode_head.loss_decode
-    if '_cals' in path:
-        assert type(loss).__name__ == 'CALSLoss'
+    if '_cals' in path or '_crac' in path:
+        assert type(loss).__name__ in ('CALSLoss', 'CRaCLoss')
         assert loss.num_classes == cfg.model.decode_head.num_classes
         hooks = [h['type'] for h in cfg.custom_hooks]
         assert hooks == ['CALSMultiplierHook']

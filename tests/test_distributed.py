@@ -30,9 +30,12 @@ def data_root(tmp_path_factory):
                              seed=4)['data_root']
 
 
-def _write_config(data_root, path, source, batch_size):
+def _write_config(data_root, path, source, batch_size, loss='cals'):
     cfg = deterministic_config(data_root, str(path.parent), iterations=6,
                                batch_size=batch_size, hook_interval=2)
+    if loss == 'crac':  # CRaC: class x {interior, boundary} multipliers
+        cfg.model.decode_head.loss_decode = dict(
+            type='CRaCLoss', num_classes=cfg.model.decode_head.num_classes)
     cfg.model.backbone.norm_cfg = GROUP_NORM
     cfg.model.decode_head.norm_cfg = GROUP_NORM
     cfg.optim_wrapper.optimizer.lr = 0.0
@@ -69,17 +72,24 @@ def _train(config, work_dir, ranks):
     return loss_state, val
 
 
-@pytest.mark.parametrize('source', ['train', 'holdout'])
-def test_two_ranks_match_one(data_root, tmp_path, source):
+@pytest.mark.parametrize('source, loss', [('train', 'cals'), ('holdout', 'cals'),
+                                          ('holdout', 'crac')])
+def test_two_ranks_match_one(data_root, tmp_path, source, loss):
     two_dir, one_dir = tmp_path / 'two', tmp_path / 'one'
     two_dir.mkdir()
     one_dir.mkdir()
-    _write_config(data_root, two_dir / 'cfg.py', source, batch_size=1)
-    _write_config(data_root, one_dir / 'cfg.py', source, batch_size=2)
+    _write_config(data_root, two_dir / 'cfg.py', source, batch_size=1, loss=loss)
+    _write_config(data_root, one_dir / 'cfg.py', source, batch_size=2, loss=loss)
     two, two_val = _train(str(two_dir / 'cfg.py'), str(two_dir), ranks=2)
     one, one_val = _train(str(one_dir / 'cfg.py'), str(one_dir), ranks=1)
     assert int(two['num_rounds']) == int(one['num_rounds']) == 3
-    assert torch.all(one['multipliers'] > 1e-6)
+    if loss == 'cals':
+        assert torch.all(one['multipliers'] > 1e-6)
+    else:  # 2C groups; both halves (interior and boundary) must have moved
+        classes = one['multipliers'].numel() // 2
+        assert one['multipliers'].shape == (2 * classes, )
+        assert torch.any(one['multipliers'][:classes] > 1e-6)
+        assert torch.any(one['multipliers'][classes:] > 1e-6)
     # Convolutions of a batch of 1 and of 2 round differently in float32; the
     # test margin (1/0.05) magnifies that in h, hence 1e-3 and not 1e-6.
     for key in ('multipliers', 'rho', 'prev_constraint'):

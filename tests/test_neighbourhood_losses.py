@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from mmseg.registry import MODELS
 
 import cals_seg  # noqa: F401
-from cals_seg.losses.neighbourhood import (kernel_weights,
+from cals_seg.label_maps import (kernel_weights,
                                            neighbourhood_proportions)
 
 IGNORE = 255

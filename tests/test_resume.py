@@ -11,12 +11,14 @@ from helpers import deterministic_config, run_tool
 PREFIX = 'decode_head.loss_decode.'
 
 
-def _run(data_root, work_dir, iterations, resume=False):
+def _run(data_root, work_dir, iterations, resume=False, loss='cals'):
     # A round every 3 iterations and a checkpoint every 4: the checkpoint at
     # iteration 4 falls inside a round, so the hook's running totals must travel.
     cfg = deterministic_config(data_root, work_dir, iterations=iterations,
                                batch_size=2, hook_interval=3)
     cfg.default_hooks.checkpoint.interval = 4
+    if loss == 'cals-label':  # one multiplier per ground-truth class
+        cfg.model.decode_head.loss_decode.groups = 'label'
     cfg.train_cfg.val_interval = 100
     os.makedirs(work_dir, exist_ok=True)
     path = osp.join(work_dir, f'cfg_{iterations}.py')
@@ -28,15 +30,16 @@ def _run(data_root, work_dir, iterations, resume=False):
                       weights_only=True)
 
 
-def test_resume_continues_exactly(tmp_path):
+@pytest.mark.parametrize('loss', ['cals', 'cals-label'])
+def test_resume_continues_exactly(tmp_path, loss):
     data_root = make_demo_dataset(str(tmp_path / 'data'), 'voc', num_train=6,
                                   num_val=2, size=48, seed=5)['data_root']
-    straight = _run(data_root, str(tmp_path / 'straight'), 8)
-    _run(data_root, str(tmp_path / 'resumed'), 4)
+    straight = _run(data_root, str(tmp_path / 'straight'), 8, loss=loss)
+    _run(data_root, str(tmp_path / 'resumed'), 4, loss=loss)
     halfway = torch.load(str(tmp_path / 'resumed' / 'iter_4.pth'),
                          weights_only=True)
     assert halfway['cals_multiplier_hook'], 'the open round was not saved'
-    resumed = _run(data_root, str(tmp_path / 'resumed'), 8, resume=True)
+    resumed = _run(data_root, str(tmp_path / 'resumed'), 8, resume=True, loss=loss)
 
     assert int(resumed['state_dict'][PREFIX + 'num_rounds']) == 2
     for key in ('multipliers', 'rho', 'prev_constraint', 'num_rounds'):

@@ -36,28 +36,33 @@ sys.path.insert(0, REPO)
 
 from cals_seg.demo_data import VOC_CLASSES, make_demo_dataset  # noqa: E402
 from cals_seg.fileio import write_atomic  # noqa: E402
+from cals_seg.groups import group_names  # noqa: E402
 
 # Trained methods, one demo config each; 'ce+ts' and the other 'method+calibrator'
 # rows are that method's runs with a post-hoc calibrator fitted on the held-out
 # part (no training of their own).
 TRAINED = ('ce', 'ls', 'ls-0.1', 'fl', 'mbls', 'ecp', 'nacl', 'svls', 'cals',
-           'cals-trainsrc', 'cals-m10')
+           'cals-trainsrc', 'cals-m10', 'cals-label', 'crac')
 POSTHOC = ('ts', 'vs', 'dirichlet', 'lts', 'selective')
 CALIBRATED = ('ce', 'cals')
 METHODS = ('ce', *(f'ce+{c}' for c in POSTHOC), 'ls', 'ls-0.1', 'fl', 'mbls',
            'ecp', 'nacl', 'svls', 'cals', *(f'cals+{c}' for c in POSTHOC),
-           'cals-trainsrc', 'cals-m10')
+           'cals-trainsrc', 'cals-m10', 'cals-label', 'crac')
 LABELS = {
     'ce': 'CE', 'ls': 'LS (ε 0.05)',
     'ls-0.1': 'LS (ε 0.1)', 'fl': 'FL (γ 3)', 'mbls': 'MbLS (m 10, α 0.1)',
     'ecp': 'ECP (β 0.1)', 'nacl': 'NACL (3×3 mean, α 0.1)',
     'svls': 'SVLS (3×3, σ 1)', 'cals': 'CALS (authors\' protocol, m 20)',
-    'cals-trainsrc': 'CALS, training-batch source', 'cals-m10': 'CALS, margin 10'
+    'cals-trainsrc': 'CALS, training-batch source', 'cals-m10': 'CALS, margin 10',
+    'cals-label': 'CALS, a multiplier per label (m 20)',
+    'crac': 'CRaC (class × region, m 1)'
 }
 CALIBRATOR_LABELS = dict(ts='TS', vs='vector scaling', dirichlet='Dirichlet (ODIR)',
                          lts='LTS', selective='selective scaling')
 LABELS.update({f'{method}+{c}': f'{method.upper()} + {CALIBRATOR_LABELS[c]}'
                for method in CALIBRATED for c in POSTHOC})
+# The multiplier grouping of each method that does not use CALS's (one per logit).
+GROUPING = {'cals-label': 'label', 'crac': 'region'}
 MODELS = ('deeplabv3', 'pspnet')
 METRICS = ('mIoU', 'ECE', 'ECE_image', 'fg/ECE', 'ECE_boundary', 'ECE_interior',
            'AECE', 'CECE', 'NLL', 'Brier', 'AURC')
@@ -102,6 +107,16 @@ def _work_dir(args, model, method, seed) -> str:
     return osp.join(args.work_dir, f'{model}_{method}_{iters}it_seed{seed}')
 
 
+def learns_multipliers(method: str) -> bool:
+    """Trained with an Augmented-Lagrangian loss (multipliers in the checkpoint)."""
+    return '+' not in method and (method.startswith('cals') or method == 'crac')
+
+
+def multiplier_names(method: str) -> list:
+    """Names of a method's multipliers: one per class, or per group."""
+    return group_names(GROUPING.get(method, 'logit'), VOC_CLASSES)
+
+
 def source(method: str) -> str:
     """The trained method behind a row: 'ce' for 'ce+ts'."""
     return method.split('+')[0]
@@ -127,7 +142,7 @@ def run_one(model, method, seed, args) -> dict:
              for loader in ('val_dataloader', 'test_dataloader')] + [
         f'{loader}.dataset.dataset.data_root={data_root}'
         for loader in ('train_dataloader', 'holdout_dataloader')]
-    if method.startswith('cals') and 'trainsrc' not in method:
+    if learns_multipliers(method) and 'trainsrc' not in method:
         roots.append(f'custom_hooks.0.holdout_dataloader.dataset.dataset.'
                      f'data_root={data_root}')
     # Only the final validation is reported, so the run validates once, at its end.
@@ -157,7 +172,7 @@ def run_one(model, method, seed, args) -> dict:
         report = json.load(f)
     result = dict(model=model, method=method, seed=seed, minutes=minutes,
                   report_version=REPORT_VERSION, **report)
-    if method.startswith('cals'):
+    if learns_multipliers(method):
         result['multipliers'] = _multipliers(checkpoint)
         result['trajectory'] = _trajectory(work_dir)
     write_atomic(result_path, json.dumps(result, indent=2).encode('utf-8'))
@@ -238,8 +253,8 @@ def _regime_table(results, model) -> list:
 
 
 def _multiplier_tables(name, runs, classes) -> list:
-    """Learned multipliers per class at the end (mean ± std over seeds) and at
-    the quarters of training (mean over seeds)."""
+    """Learned multipliers per class (or group) at the end (mean ± std over
+    seeds) and at the quarters of training (mean over seeds)."""
     final = np.array([r['multipliers'] for r in runs])
     lines = ['', f'{name}: multipliers per class at the end:', '',
              '| ' + ' | '.join(classes) + ' |', '| --- ' * len(classes) + '|',
@@ -337,7 +352,7 @@ def draw_figures(results, methods, folder) -> dict:
         _reliability_grid(plt, results, posthoc, 'Post-hoc calibrators',
                           paths['posthoc'])
 
-    cals_methods = [m for m in methods if m.startswith('cals')]
+    cals_methods = [m for m in methods if learns_multipliers(m)]
     cals_runs = [r for r in results if r['method'] in cals_methods and
                  r.get('trajectory')]
     if cals_runs:
@@ -356,15 +371,18 @@ def draw_figures(results, methods, folder) -> dict:
                 logged = [dict((it, v) for it, v in r['trajectory']) for r in runs]
                 shared = sorted(set.intersection(*(set(t) for t in logged)))
                 values = np.mean([[t[i] for i in shared] for t in logged], axis=0)
-                for index, name in enumerate(VOC_CLASSES):
-                    axis.plot(shared, values[:, index], label=name, linewidth=1)
+                for index, name in enumerate(multiplier_names(method)):
+                    axis.plot(shared, values[:, index], label=name, linewidth=1,
+                              linestyle='--' if 'boundary' in name else '-')
                 axis.set_yscale('log')
                 axis.set_title(f'{model}: {LABELS[method]}', fontsize=7)
                 axis.tick_params(labelsize=6)
                 axis.set_xlabel('iteration', fontsize=7)
                 if col == 0:
                     axis.set_ylabel('multiplier λ (mean over seeds)', fontsize=7)
-        axes[0][0].legend(fontsize=6)
+        for axis in axes[0]:
+            if axis.has_data():
+                axis.legend(fontsize=5)
         fig.tight_layout()
         paths['multipliers'] = osp.join(folder, 'cals_multipliers.png')
         _save(fig, paths['multipliers'])
@@ -379,7 +397,7 @@ def _save(fig, path):
     write_atomic(path, buffer.getvalue())
 
 
-def format_results(results, methods, command: str, classes, figures: dict,
+def format_results(results, methods, command: str, figures: dict,
                    out_dir: str) -> str:
     lines = [
         '# Calibration methods on the over-confidence regime of the demo data', '',
@@ -429,10 +447,11 @@ def format_results(results, methods, command: str, classes, figures: dict,
             lines += ['', 'Temperatures fitted on the held-out part (CE, per seed): ' +
                       ', '.join(f'{t:.3f}' for t in temperatures) + '.']
         lines += _regime_table(results, model)
-        for method in (m for m in methods if m.startswith('cals')):
+        for method in (m for m in methods if learns_multipliers(m)):
             runs = [r for r in results if r['model'] == model and r['method'] == method]
             if runs:
-                lines += _multiplier_tables(LABELS[method], runs, classes)
+                lines += _multiplier_tables(LABELS[method], runs,
+                                            multiplier_names(method))
         lines.append('')
     for name, path in figures.items():
         lines += [f'![{name}]({osp.relpath(path, out_dir)})', '']
@@ -468,8 +487,7 @@ def main(argv=None):
     methods = [m for m in METHODS if m in args.methods]
     figures = draw_figures(results, methods,
                            args.figures or osp.join(out_dir, 'figures'))
-    report = format_results(results, methods, command.strip(), VOC_CLASSES,
-                            figures, out_dir)
+    report = format_results(results, methods, command.strip(), figures, out_dir)
     write_atomic(args.out, report.encode('utf-8'))
     print(report)
 

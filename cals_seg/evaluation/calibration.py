@@ -36,10 +36,10 @@ from typing import Dict, NamedTuple, Optional, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from ..fileio import check_label_range
+from ..label_maps import boundary_mask
 from ..native import kernels, use_kernel
 
 DEFAULT_NUM_BINS = 15
@@ -143,56 +143,6 @@ def keep_mask(labels: Tensor, num_classes: int, ignore_index: int = 255,
     for k in exclude_classes:
         keep &= labels != k
     return keep
-
-
-def _replicate_pad(x: Tensor, width: int, dim: int) -> Tensor:
-    """``x`` with its first and last slices along ``dim`` repeated ``width``
-    times on either side (any dtype, unlike ``F.pad``)."""
-    dim = dim % x.dim()
-    sizes = [width if d == dim else -1 for d in range(x.dim())]
-    first = x.narrow(dim, 0, 1).expand(*sizes)
-    last = x.narrow(dim, x.shape[dim] - 1, 1).expand(*sizes)
-    return torch.cat([first, x, last], dim)
-
-
-def boundary_mask(labels: Tensor, width: int) -> Tensor:
-    """Pixels within ``width`` pixels (a ``(2 width + 1)^2`` window) of a pixel
-    with another label, the ignore label included; the border is not a boundary.
-
-    A pixel is interior when every row segment of its window is constant and of
-    its label: one pass along rows, one along columns, ``4 width`` comparisons
-    of small integers in all.
-
-    Args:
-        labels (Tensor): ``(*, H, W)`` label maps.
-        width (int): ``k >= 1``.
-
-    Returns:
-        Tensor: bool, the shape of ``labels``.
-    """
-    if not (isinstance(width, int) and width >= 1):
-        raise ValueError(f'boundary_width must be an int >= 1, got {width!r}')
-    if labels.dim() < 2:
-        raise ValueError('boundary pixels need label maps (H, W), got labels of '
-                         f'shape {tuple(labels.shape)}')
-    small = labels.numel() == 0 or (int(labels.min()) >= -2**15
-                                    and int(labels.max()) < 2**15)
-    y = labels.to(torch.int16) if small else labels
-    height, wide = y.shape[-2:]
-    window = 2 * width + 1
-    rows = _replicate_pad(y, width, -1)
-    row_constant = torch.ones_like(y, dtype=torch.bool)
-    for dx in range(window):
-        if dx != width:
-            row_constant &= rows[..., dx:dx + wide] == y
-    columns = _replicate_pad(y, width, -2)
-    column_constant = _replicate_pad(row_constant, width, -2)
-    interior = row_constant
-    for dy in range(window):
-        if dy != width:
-            interior &= column_constant[..., dy:dy + height, :]
-            interior &= columns[..., dy:dy + height, :] == y
-    return ~interior
 
 
 def _nonfinite_error(num_pixels: int) -> ValueError:

@@ -256,7 +256,7 @@ class CALSMultiplierHook(Hook):
         for name, loss in self._losses:
             flat = loss.pop_round_statistics().flatten()
             all_reduce(flat, op='sum')
-            stats = RoundStatistics.unflatten(flat, loss.num_classes)
+            stats = RoundStatistics.unflatten(flat, loss.num_groups)
             total = self._totals.get(name)
             self._totals[name] = stats if total is None else total + stats
 
@@ -264,7 +264,7 @@ class CALSMultiplierHook(Hook):
         for name, loss in self._losses:
             stats = self._totals.pop(name, None)
             if stats is None:
-                stats = RoundStatistics.zeros(loss.num_classes)
+                stats = RoundStatistics.zeros(loss.num_groups)
             if stats.num_nonfinite > 0:
                 warnings.warn(f'CALSMultiplierHook: {int(stats.num_nonfinite)} '
                               f'pixels with non-finite logits left out of round '
@@ -297,11 +297,12 @@ class CALSMultiplierHook(Hook):
             scalars[f'{prefix}/rho_mean'] = rho.mean().item()
             scalars[f'{prefix}/rho_max'] = rho.max().item()
             if self.log_per_class:
-                names = self._class_names
-                if len(names) != loss.num_classes:
-                    names = [f'class_{k}' for k in range(loss.num_classes)]
-                for class_name, value in zip(names, multipliers.tolist()):
-                    scalars[f'{prefix}/lambda/{class_name}'] = value
+                classes = self._class_names
+                if len(classes) != loss.num_classes:
+                    classes = [f'class_{k}' for k in range(loss.num_classes)]
+                for group, value in zip(loss.group_names(classes),
+                                        multipliers.tolist()):
+                    scalars[f'{prefix}/lambda/{group}'] = value
         self._scalars = scalars
 
     @staticmethod

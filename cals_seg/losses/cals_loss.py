@@ -7,8 +7,10 @@ from torch import Tensor
 
 from mmseg.registry import MODELS
 
-from ..constraints import ConstraintPenalty, RoundStatistics, constraint_penalty
+from ..constraints import (ConstraintPenalty, RoundStatistics, constraint_penalty,
+                           grouped_constraint_penalty)
 from ..fileio import check_label_range
+from ..groups import group_index, group_names, num_groups
 from ..multipliers import (NO_PREVIOUS_CONSTRAINT, MultiplierState,
                            update_multipliers)
 from ..penalties import get_penalty
@@ -60,6 +62,14 @@ class CALSLoss(nn.Module):
             pixels only (mmseg semantics). Default: False.
         base_loss (dict, optional): config of another mmseg loss to use instead of
             cross-entropy; then ``class_weight`` and ``avg_non_ignore`` belong in it.
+        groups (str): which (pixel, logit) constraints share a multiplier
+            (:mod:`cals_seg.groups`): 'logit' (CALS: one per class, the
+            default), 'label' (one per ground-truth class of the pixel),
+            'label_logit' (one per pair) or 'region' (one per class inside
+            regions and one at boundaries). Other than 'logit', the penalty runs
+            as PyTorch operations (no fused CPU kernel).
+        region_width (int): half-width of the window that decides the
+            'region' grouping's boundary pixels. Default: 1 (3 x 3).
         loss_weight (float): weight of the whole loss. Default: 1.0.
         loss_name (str): key in the loss dict; must start with ``loss_`` for mmseg
             to back-propagate it. Default: 'loss_cals'.
@@ -82,7 +92,9 @@ class CALSLoss(nn.Module):
                  avg_non_ignore: bool = False,
                  base_loss: Optional[dict] = None,
                  loss_weight: float = 1.0,
-                 loss_name: str = 'loss_cals'):
+                 loss_name: str = 'loss_cals',
+                 groups: str = 'logit',
+                 region_width: int = 1):
         super().__init__()
         if not (isinstance(num_classes, int) and num_classes >= 2):
             raise ValueError(f'num_classes must be an int >= 2, got {num_classes!r}')
@@ -97,6 +109,9 @@ class CALSLoss(nn.Module):
         if gamma < 1:
             raise ValueError(f'gamma must be >= 1, got {gamma}')
         self.num_classes = num_classes
+        self.groups = groups
+        self.num_groups = num_groups(groups, num_classes)
+        self.region_width = region_width
         self.margin = float(margin)
         self.penalty = penalty
         self.penalty_fn = get_penalty(penalty)
@@ -120,10 +135,11 @@ class CALSLoss(nn.Module):
                              'cross-entropy; with base_loss, set them inside it')
         self.base_loss = MODELS.build(base_loss)
 
-        self.register_buffer('multipliers', torch.full((num_classes, ), lambd_min))
-        self.register_buffer('rho', torch.full((num_classes, ), float(rho_init)))
+        size = (self.num_groups, )
+        self.register_buffer('multipliers', torch.full(size, lambd_min))
+        self.register_buffer('rho', torch.full(size, float(rho_init)))
         self.register_buffer('prev_constraint',
-                             torch.full((num_classes, ), NO_PREVIOUS_CONSTRAINT))
+                             torch.full(size, NO_PREVIOUS_CONSTRAINT))
         self.register_buffer('num_rounds', torch.zeros((), dtype=torch.long))
         # Plain attributes, not buffers: they are per-rank partial sums that DDP's
         # buffer broadcast must not overwrite with rank 0's.
@@ -135,8 +151,19 @@ class CALSLoss(nn.Module):
         return self._loss_name
 
     def extra_repr(self) -> str:
-        return (f'num_classes={self.num_classes}, margin={self.margin}, '
-                f'penalty={self.penalty!r}, penalty_weight={self.penalty_weight}')
+        return (f'num_classes={self.num_classes}, groups={self.groups!r}, '
+                f'margin={self.margin}, penalty={self.penalty!r}, '
+                f'penalty_weight={self.penalty_weight}')
+
+    def group_names(self, class_names) -> list:
+        """Readable names of the multipliers, for logs."""
+        return group_names(self.groups, class_names)
+
+    def reference(self, label: Tensor, valid: Tensor,
+                  ignore_index: int) -> Optional[Tensor]:
+        """The targets ``r`` of constraints ``|r - z|``; None for CALS's
+        logit distances (CRaCLoss overrides it)."""
+        return None
 
     def _check_inputs(self, cls_score: Tensor, label: Tensor, ignore_index: int):
         if cls_score.dim() < 2 or cls_score.shape[1] != self.num_classes:
@@ -154,12 +181,21 @@ class CALSLoss(nn.Module):
         except ValueError as error:
             raise ValueError(f'{type(self).__name__}: {error}') from None
 
-    def _penalty(self, logits: Tensor, valid: Tensor, need_grad: bool,
-                 need_statistics: bool) -> ConstraintPenalty:
+    def _penalty(self, logits: Tensor, label: Tensor, ignore_index: int,
+                 need_grad: bool, need_statistics: bool) -> ConstraintPenalty:
         clip = (self.lambd_min, self.lambd_max) if need_statistics else None
-        return constraint_penalty(logits, valid, self.multipliers, self.rho,
-                                  self.margin, self.normalize, self.penalty_fn,
-                                  need_grad=need_grad, statistics_clip=clip)
+        valid = label != ignore_index
+        reference = self.reference(label, valid, ignore_index)
+        if self.groups == 'logit' and reference is None:
+            return constraint_penalty(logits, valid, self.multipliers, self.rho,
+                                      self.margin, self.normalize, self.penalty_fn,
+                                      need_grad=need_grad, statistics_clip=clip)
+        group = group_index(self.groups, label, valid, self.num_classes,
+                            self.region_width)
+        return grouped_constraint_penalty(
+            logits, valid, group, self.multipliers, self.rho, self.margin,
+            self.normalize, self.penalty_fn, reference, need_grad=need_grad,
+            statistics_clip=clip)
 
     def forward(self,
                 cls_score: Tensor,
@@ -184,9 +220,8 @@ class CALSLoss(nn.Module):
         base_input = cls_score.detach().requires_grad_() if need_grad else cls_score
         base = self.base_loss(base_input, label, weight, ignore_index=ignore_index,
                               **kwargs)
-        valid = label != ignore_index
         result = self._penalty(
-            cls_score, valid, need_grad=need_grad,
+            cls_score, label, ignore_index, need_grad=need_grad,
             need_statistics=self.training and self.collect_round_statistics)
         if result.statistics is not None:
             self.accumulate_round_statistics(result.statistics)
@@ -212,8 +247,7 @@ class CALSLoss(nn.Module):
             RoundStatistics
         """
         self._check_inputs(logits, label, ignore_index)
-        valid = label != ignore_index
-        return self._penalty(logits, valid, need_grad=False,
+        return self._penalty(logits, label, ignore_index, need_grad=False,
                              need_statistics=True).statistics
 
     def accumulate_round_statistics(self, stats: RoundStatistics):
@@ -226,7 +260,7 @@ class CALSLoss(nn.Module):
         stats = self._round_sums
         self._round_sums = None
         if stats is None:
-            stats = RoundStatistics.zeros(self.num_classes, self.multipliers.device)
+            stats = RoundStatistics.zeros(self.num_groups, self.multipliers.device)
         return stats
 
     @torch.no_grad()

@@ -8,7 +8,7 @@ from torch import Tensor
 
 from mmseg.registry import MODELS
 
-from .neighbourhood import kernel_weights, neighbourhood_proportions
+from ..label_maps import kernel_weights, neighbourhood_proportions
 from .penalty_objective import PenaltyObjective
 
 
@@ -29,7 +29,7 @@ class NACLLoss(nn.Module):
     - **Ignored and border pixels are not neighbours.** The authors unfold the
       label map with zero padding, so beyond the border every neighbour is class
       0, and they have no ignore label. Ours normalises by the valid neighbours
-      (:mod:`cals_seg.losses.neighbourhood`), and ignored pixels get no penalty.
+      (:mod:`cals_seg.label_maps`), and ignored pixels get no penalty.
     - **mmseg's reduction** (``avg_non_ignore``, class weights); a sampler's
       pixel weights weigh the cross-entropy only, as in CALSLoss.
     - **No image kernels.** The authors' 'bilateral' and image-proportion

@@ -8,7 +8,7 @@ from torch import Tensor
 
 from mmseg.registry import MODELS
 
-from .neighbourhood import kernel_weights, neighbourhood_proportions
+from ..label_maps import kernel_weights, neighbourhood_proportions
 
 
 @MODELS.register_module()
@@ -26,7 +26,7 @@ class SVLSLoss(nn.Module):
     Where ours differs, and why: the authors pad the one-hot labels by
     replicating the border and have no ignore label; ours leaves ignored and
     beyond-border pixels out and renormalises the kernel over the remaining
-    ones (:mod:`cals_seg.losses.neighbourhood`). Reduction as mmseg's
+    ones (:mod:`cals_seg.label_maps`). Reduction as mmseg's
     cross-entropy: the mean over all pixels, or over the valid ones with
     ``avg_non_ignore``; a sampler's pixel weights multiply each pixel's loss.
 

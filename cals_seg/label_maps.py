@@ -1,4 +1,9 @@
-"""Label proportions in each pixel's neighbourhood, the targets of NACL and SVLS.
+"""What a label map says about each pixel's neighbourhood: the label
+proportions around it (the targets of NACL, SVLS and CRaC), where ignored pixels
+are not neighbours, and whether it lies near a boundary (boundary ECE, CRaC's
+regions), where the ignore label marks one.
+
+Label proportions:
 
 ``tau_k(i) = sum_j w(i - j) [y_j = k] / sum_j w(i - j)`` over the valid pixels
 ``j`` of the ``k x k`` window around ``i``: ignored pixels and pixels beyond the
@@ -78,3 +83,56 @@ def neighbourhood_proportions(label: Tensor, valid: Tensor, num_classes: int,
     # ignored pixel's counts by infinity zeroes them in the same pass.
     mass.masked_fill_(~valid, float('inf'))
     return counts.div_(mass.unsqueeze(1))
+
+
+def _replicate_pad(x: Tensor, width: int, dim: int) -> Tensor:
+    """``x`` with its first and last slices along ``dim`` repeated ``width``
+    times on either side (any dtype, unlike ``F.pad``)."""
+    dim = dim % x.dim()
+    sizes = [width if d == dim else -1 for d in range(x.dim())]
+    first = x.narrow(dim, 0, 1).expand(*sizes)
+    last = x.narrow(dim, x.shape[dim] - 1, 1).expand(*sizes)
+    return torch.cat([first, x, last], dim)
+
+
+def boundary_mask(labels: Tensor, width: int) -> Tensor:
+    """Pixels within ``width`` pixels (a ``(2 width + 1)^2`` window) of a pixel
+    with another label, the ignore label included; the border is not a
+    boundary. The ignore label counts because in VOC and Cityscapes ignored
+    pixels trace object outlines (VOC's ring is about 5 px wide): were they
+    nobody's neighbours, a 3 x 3 window would find no boundary pixel there.
+
+    A pixel is interior when every row segment of its window is constant and of
+    its label: one pass along rows, one along columns, ``4 width`` comparisons
+    of small integers in all.
+
+    Args:
+        labels (Tensor): ``(*, H, W)`` label maps.
+        width (int): ``k >= 1``.
+
+    Returns:
+        Tensor: bool, the shape of ``labels``.
+    """
+    if not (isinstance(width, int) and width >= 1):
+        raise ValueError(f'boundary_width must be an int >= 1, got {width!r}')
+    if labels.dim() < 2:
+        raise ValueError('boundary pixels need label maps (H, W), got labels of '
+                         f'shape {tuple(labels.shape)}')
+    small = labels.numel() == 0 or (int(labels.min()) >= -2**15
+                                    and int(labels.max()) < 2**15)
+    y = labels.to(torch.int16) if small else labels
+    height, wide = y.shape[-2:]
+    window = 2 * width + 1
+    rows = _replicate_pad(y, width, -1)
+    row_constant = torch.ones_like(y, dtype=torch.bool)
+    for dx in range(window):
+        if dx != width:
+            row_constant &= rows[..., dx:dx + wide] == y
+    columns = _replicate_pad(y, width, -2)
+    column_constant = _replicate_pad(row_constant, width, -2)
+    interior = row_constant
+    for dy in range(window):
+        if dy != width:
+            interior &= column_constant[..., dy:dy + height, :]
+            interior &= columns[..., dy:dy + height, :] == y
+    return ~interior
