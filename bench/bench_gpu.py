@@ -1,5 +1,6 @@
-"""GPU cost of the PyTorch paths (the CPU kernels do not run there): the CALS
-penalty beside cross-entropy, and the calibration statistics beside softmax+max.
+"""GPU cost of the PyTorch paths (the CPU kernels do not run there): the CALS,
+NACL and CRaC terms beside cross-entropy, and the calibration statistics beside
+softmax+max.
 
 Runs on a CUDA machine with PyTorch alone: it loads the pure-tensor modules of
 cals_seg (penalties, constraints, calibration statistics) without the package's
@@ -27,7 +28,9 @@ def _load_core():
         sys.modules[name] = package
     return (importlib.import_module('cals_seg.constraints'),
             importlib.import_module('cals_seg.penalties'),
-            importlib.import_module('cals_seg.evaluation.calibration'))
+            importlib.import_module('cals_seg.evaluation.calibration'),
+            importlib.import_module('cals_seg.groups'),
+            importlib.import_module('cals_seg.label_maps'))
 
 
 def _time(function, repeats: int = 20) -> float:
@@ -46,7 +49,7 @@ def _time(function, repeats: int = 20) -> float:
     return best
 
 
-def loss_costs(constraints, penalties, size: int = 512) -> dict:
+def loss_costs(constraints, penalties, groups, label_maps, size: int = 512) -> dict:
     """CE forward+backward, and CE plus the CALS penalty (gradient attached as
     CALSLoss does, with the round statistics), at 8 x 21 x size^2."""
     torch.manual_seed(0)
@@ -70,7 +73,35 @@ def loss_costs(constraints, penalties, size: int = 512) -> dict:
                                               backend='torch')
         x.grad.addcmul_(term.grad_direction, term.grad_scale)
 
-    return dict(ce_ms=_time(ce), cals_ms=_time(cals))
+    def grouped(grouping, with_reference):
+        def run():
+            x = logits.clone().requires_grad_(True)
+            F.cross_entropy(x, label, ignore_index=255).backward()
+            group = groups.group_index(grouping, label, valid, 21)
+            size = groups.num_groups(grouping, 21)
+            reference = None
+            if with_reference:  # CRaC: label proportions, margin 1
+                reference = label_maps.neighbourhood_proportions(
+                    label, valid, 21, label_maps.kernel_weights('mean', 3))
+            term = constraints.grouped_constraint_penalty(
+                x.detach(), valid, group, torch.full((size, ), 0.1, device='cuda'),
+                torch.ones(size, device='cuda'), 1.0 if with_reference else 20.0,
+                not with_reference, penalties.phr, reference)
+            x.grad.addcmul_(term.grad_direction, term.grad_scale)
+        return run
+
+    def nacl():  # CE + 0.1 |tau - z|, the gradient as NACLLoss forms it
+        x = logits.clone().requires_grad_(True)
+        F.cross_entropy(x, label, ignore_index=255).backward()
+        target = label_maps.neighbourhood_proportions(
+            label, valid, 21, label_maps.kernel_weights('mean', 3))
+        difference = torch.sub(x.detach(), target, out=target).mul_(valid.unsqueeze(1))
+        torch.linalg.vector_norm(difference, ord=1)
+        x.grad.add_(difference.sign_(), alpha=0.1 / (valid.sum().item() * 21))
+
+    return dict(ce_ms=_time(ce), cals_ms=_time(cals), nacl_ms=_time(nacl),
+                cals_label_ms=_time(grouped('label', False)),
+                crac_ms=_time(grouped('region', True)))
 
 
 def metric_costs(calibration, size=(1024, 2048), num_classes: int = 19) -> dict:
@@ -102,12 +133,15 @@ def metric_costs(calibration, size=(1024, 2048), num_classes: int = 19) -> dict:
 def main() -> None:
     if not torch.cuda.is_available():
         sys.exit('bench_gpu.py measures the GPU paths: no CUDA device here')
-    constraints, penalties, calibration = _load_core()
+    constraints, penalties, calibration, groups, label_maps = _load_core()
     print(f'device: {torch.cuda.get_device_name()}, torch {torch.__version__}')
-    losses = loss_costs(constraints, penalties)
-    print(f'CE + CALS penalty / CE, forward+backward, 8x21x512x512: '
-          f'{losses["cals_ms"] / losses["ce_ms"]:.2f} '
-          f'({losses["cals_ms"]:.2f} ms / {losses["ce_ms"]:.2f} ms)')
+    losses = loss_costs(constraints, penalties, groups, label_maps)
+    for key, name in (('cals_ms', 'CALS penalty'), ('nacl_ms', 'NACL term'),
+                      ('cals_label_ms', "CALS penalty, groups='label'"),
+                      ('crac_ms', 'CRaC penalty (region groups)')):
+        print(f'CE + {name} / CE, forward+backward, 8x21x512x512: '
+              f'{losses[key] / losses["ce_ms"]:.2f} '
+              f'({losses[key]:.2f} ms / {losses["ce_ms"]:.2f} ms)')
     metric = metric_costs(calibration)
     print(f'calibration statistics / softmax+max, 19x1024x2048: '
           f'{metric["statistics_ms"] / metric["softmax_max_ms"]:.2f} '

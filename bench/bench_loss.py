@@ -4,7 +4,7 @@ import torch
 
 from mmseg.models.losses import CrossEntropyLoss
 
-from cals_seg.losses import CALSLoss, NACLLoss, SVLSLoss
+from cals_seg.losses import CALSLoss, CRaCLoss, NACLLoss, SVLSLoss
 from common import report, time_side_by_side
 
 
@@ -29,17 +29,22 @@ def main() -> bool:
             return run
 
         nacl, svls = NACLLoss(avg_non_ignore=True), SVLSLoss(avg_non_ignore=True)
+        crac = CRaCLoss(num_classes=21).train()
+        label = CALSLoss(num_classes=21, groups='label').train()
         t = time_side_by_side({'ce': step(ce), 'cals': step(cals),
                                'stats': step(collecting), 'nacl': step(nacl),
-                               'svls': step(svls)},
+                               'svls': step(svls), 'crac': step(crac),
+                               'cals-label': step(label)},
                               repeats=15 if size == 128 else 5)
         ok &= report(f'CALSLoss / CE, forward+backward, 8x21x{size}x{size}',
                      t['cals'] / t['ce'], 1.5)
         ok &= report(f'round statistics added to the CALS step, {size}x{size}',
                      100 * (t['stats'] / t['cals'] - 1), 10, '%')
-        for name in ('nacl', 'svls'):
-            ok &= report(f'{name.upper()}Loss / CE, forward+backward, '
-                         f'8x21x{size}x{size}', t[name] / t['ce'], 1.6)
+        for name, loss_name in (('nacl', 'NACLLoss'), ('svls', 'SVLSLoss'),
+                                ('crac', 'CRaCLoss'),
+                                ('cals-label', "CALSLoss(groups='label')")):
+            ok &= report(f'{loss_name} / CE, forward+backward, 8x21x{size}x{size}',
+                         t[name] / t['ce'], 1.6)
     return ok
 
 

@@ -5,6 +5,7 @@ import os.path as osp
 import subprocess
 import sys
 
+import torch
 from mmengine.config import Config
 
 from cals_seg.data_check import set_data_root
@@ -149,3 +150,17 @@ def read_scalars(work_dir):
             with open(osp.join(root, 'scalars.json')) as f:
                 records += [json.loads(line) for line in f if line.strip()]
     return records
+
+
+def blocky_batch(seed=0, n=2, classes=4, size=(9, 10), scale=3.0, ignore=255,
+                 ignore_share=0.1):
+    """Random logits ``(n, classes, *size)`` and labels in 3 x 3 blocks of one
+    class (so that regions and boundaries both occur), some pixels ignored."""
+    generator = torch.Generator().manual_seed(seed)
+    logits = torch.randn(n, classes, *size, generator=generator) * scale
+    blocks = torch.randint(0, classes, (n, size[0] // 3 + 1, size[1] // 3 + 1),
+                           generator=generator)
+    label = blocks.repeat_interleave(3, 1).repeat_interleave(3, 2)
+    label = label[:, :size[0], :size[1]].clone()
+    label[torch.rand(n, *size, generator=generator) < ignore_share] = ignore
+    return logits, label

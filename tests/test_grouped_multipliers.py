@@ -10,20 +10,14 @@ import cals_seg  # noqa: F401
 from cals_seg.constraints import constraint_penalty, grouped_constraint_penalty
 from cals_seg.groups import GROUPINGS, group_index, group_names, num_groups
 from cals_seg.penalties import phr
+from helpers import blocky_batch
 
 IGNORE = 255
 C = 4
 
 
-def _batch(seed=0, n=2, size=(9, 10), scale=6.0):
-    generator = torch.Generator().manual_seed(seed)
-    logits = torch.randn(n, C, *size, generator=generator) * scale
-    blocks = torch.randint(0, C, (n, size[0] // 3 + 1, size[1] // 3 + 1),
-                           generator=generator)
-    label = blocks.repeat_interleave(3, 1).repeat_interleave(3, 2)[:, :size[0], :size[1]]
-    label = label.clone()
-    label[torch.rand(n, *size, generator=generator) < 0.1] = IGNORE
-    return logits, label
+def _batch(seed=0):
+    return blocky_batch(seed, classes=C, scale=6.0)
 
 
 def _loop_boundary(label, width=1):

@@ -8,21 +8,14 @@ import torch.nn.functional as F
 from mmseg.registry import MODELS
 
 import cals_seg  # noqa: F401
-from cals_seg.label_maps import (kernel_weights,
-                                           neighbourhood_proportions)
+from cals_seg.label_maps import kernel_weights, neighbourhood_proportions
+from helpers import blocky_batch
 
 IGNORE = 255
 
 
-def _batch(seed=0, n=2, classes=4, size=(9, 11)):
-    generator = torch.Generator().manual_seed(seed)
-    logits = torch.randn(n, classes, *size, generator=generator) * 3
-    blocks = torch.randint(0, classes, (n, size[0] // 3 + 1, size[1] // 3 + 1),
-                           generator=generator)
-    label = blocks.repeat_interleave(3, 1).repeat_interleave(3, 2)[:, :size[0], :size[1]]
-    label = label.clone()
-    label[torch.rand(n, *size, generator=generator) < 0.1] = IGNORE
-    return logits, label
+def _batch(seed=0):
+    return blocky_batch(seed, size=(9, 11))
 
 
 def _loop_proportions(label, classes, kernel):

@@ -3,17 +3,17 @@ neighbours: penalty-based constraints for model calibration", MICCAI 2023)."""
 from typing import Optional, Union
 
 import torch
-import torch.nn as nn
 from torch import Tensor
 
 from mmseg.registry import MODELS
 
 from ..label_maps import kernel_weights, neighbourhood_proportions
 from .penalty_objective import PenaltyObjective
+from .pixelwise import PixelwiseLoss
 
 
 @MODELS.register_module()
-class NACLLoss(nn.Module):
+class NACLLoss(PixelwiseLoss):
     """Cross-entropy plus ``alpha * |tau - z|``: each logit is pulled towards the
     share of its class in the pixel's labelled neighbourhood.
 
@@ -54,7 +54,7 @@ class NACLLoss(nn.Module):
                  sigma: float = 1.0, class_weight: Optional[Union[list, str]] = None,
                  avg_non_ignore: bool = False, loss_weight: float = 1.0,
                  loss_name: str = 'loss_nacl'):
-        super().__init__()
+        super().__init__(avg_non_ignore, loss_weight, loss_name)
         if kernel not in ('mean', 'gaussian'):
             raise ValueError(f"NACLLoss kernel must be 'mean' or 'gaussian', got "
                              f'{kernel!r}')
@@ -62,16 +62,9 @@ class NACLLoss(nn.Module):
             raise ValueError(f'alpha must be >= 0, got {alpha}')
         self.alpha = alpha
         self.weights = kernel_weights(kernel, kernel_size, sigma)
-        self.avg_non_ignore = avg_non_ignore
-        self.loss_weight = loss_weight
-        self._loss_name = loss_name
         self.base_loss = MODELS.build(
             dict(type='CrossEntropyLoss', class_weight=class_weight,
                  avg_non_ignore=avg_non_ignore, loss_weight=1.0))
-
-    @property
-    def loss_name(self) -> str:
-        return self._loss_name
 
     def forward(self, cls_score: Tensor, label: Tensor,
                 weight: Optional[Tensor] = None, ignore_index: int = 255,
@@ -87,8 +80,7 @@ class NACLLoss(nn.Module):
         base_input = cls_score.detach().requires_grad_() if need_grad else cls_score
         base = self.base_loss(base_input, label, weight, ignore_index=ignore_index,
                               **kwargs)
-        denominator = max(int(valid.sum()) if self.avg_non_ignore else label.numel(),
-                          1) * num_classes
+        denominator = self.denominator(label, valid) * num_classes
         with torch.no_grad():
             target = neighbourhood_proportions(label, valid, num_classes,
                                                self.weights)

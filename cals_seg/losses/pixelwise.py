@@ -12,7 +12,8 @@ class PixelwiseLoss(nn.Module):
     Subclasses implement :meth:`pixel_loss`. ``forward(cls_score, label, weight,
     ignore_index)`` masks ignored pixels, applies a sampler's ``weight``, and
     averages over all pixels (mmseg's default) or, with ``avg_non_ignore``, over
-    the valid ones.
+    the valid ones (:meth:`denominator`). Losses that need more than one pixel
+    at a time (NACL, SVLS) override ``forward`` and keep the same reduction.
 
     Args:
         avg_non_ignore (bool): average over non-ignored pixels only.
@@ -53,5 +54,8 @@ class PixelwiseLoss(nn.Module):
         per_pixel = per_pixel.where(valid, 0)
         if weight is not None:
             per_pixel = per_pixel * weight
-        denominator = valid.sum() if self.avg_non_ignore else label.numel()
-        return self.loss_weight * per_pixel.sum() / max(int(denominator), 1)
+        return self.loss_weight * per_pixel.sum() / self.denominator(label, valid)
+
+    def denominator(self, label: Tensor, valid: Tensor) -> int:
+        """What the summed loss is divided by: all pixels, or the valid ones."""
+        return max(int(valid.sum()) if self.avg_non_ignore else label.numel(), 1)

@@ -2,17 +2,17 @@
 Label Smoothing: Capturing Uncertainty from Expert Annotations", IPMI 2021)."""
 from typing import Optional
 
-import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
 from mmseg.registry import MODELS
 
 from ..label_maps import kernel_weights, neighbourhood_proportions
+from .pixelwise import PixelwiseLoss
 
 
 @MODELS.register_module()
-class SVLSLoss(nn.Module):
+class SVLSLoss(PixelwiseLoss):
     """Cross-entropy against soft targets from the labels around each pixel.
 
     Per pixel: ``-sum_k q_ik log p_ik`` with ``q`` the labels filtered by SVLS's
@@ -41,15 +41,8 @@ class SVLSLoss(nn.Module):
     def __init__(self, kernel_size: int = 3, sigma: float = 1.0,
                  avg_non_ignore: bool = False, loss_weight: float = 1.0,
                  loss_name: str = 'loss_svls'):
-        super().__init__()
+        super().__init__(avg_non_ignore, loss_weight, loss_name)
         self.weights = kernel_weights('svls', kernel_size, sigma)
-        self.avg_non_ignore = avg_non_ignore
-        self.loss_weight = loss_weight
-        self._loss_name = loss_name
-
-    @property
-    def loss_name(self) -> str:
-        return self._loss_name
 
     def forward(self, cls_score: Tensor, label: Tensor,
                 weight: Optional[Tensor] = None, ignore_index: int = 255,
@@ -68,5 +61,4 @@ class SVLSLoss(nn.Module):
         else:
             total = (F.cross_entropy(cls_score.float(), target, reduction='none') *
                      weight).sum()
-        denominator = int(valid.sum()) if self.avg_non_ignore else label.numel()
-        return self.loss_weight * total / max(denominator, 1)
+        return self.loss_weight * total / self.denominator(label, valid)
