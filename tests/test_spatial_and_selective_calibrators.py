@@ -111,3 +111,14 @@ def test_selective_scaling_round_trip_and_identity(tmp_path):
     torch.testing.assert_close(loaded(maps), calibrator(maps))
     calibrator.identity()
     torch.testing.assert_close(calibrator(maps), maps)
+
+
+def test_selective_scaling_fits_reproducibly():
+    logits, labels, _ = _mispredictions(pixels=4000)
+    first, second = SelectiveScaling(C, iterations=30), SelectiveScaling(C,
+                                                                      iterations=30)
+    torch.rand(7)  # the global random state differs between the two fits
+    first.fit(logits, labels)
+    second.fit(logits, labels)
+    for a, b in zip(first.state_dict().values(), second.state_dict().values()):
+        torch.testing.assert_close(a, b)

@@ -67,7 +67,7 @@ MODELS = ('deeplabv3', 'pspnet')
 METRICS = ('mIoU', 'ECE', 'ECE_image', 'fg/ECE', 'ECE_boundary', 'ECE_interior',
            'AECE', 'CECE', 'NLL', 'Brier', 'AURC')
 # What a result.json holds; older ones get a new report from their checkpoint.
-REPORT_VERSION = 3
+REPORT_VERSION = 4
 # Not a quality metric, so never ranked: the share of (pixel, non-winning class)
 # logit distances above 10 on the test split, how far a method moves the logit scale.
 DESCRIPTIVE = ('distance_share', )

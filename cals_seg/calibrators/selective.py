@@ -41,6 +41,14 @@ CHECK_EVERY = 100
 
 
 def _detector(num_classes: int) -> nn.Sequential:
+    """The authors' detector, initialised from a fixed seed (not the global
+    random state), so that a fit is reproducible."""
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return _build_detector(num_classes)
+
+
+def _build_detector(num_classes: int) -> nn.Sequential:
     first = nn.Linear(num_classes, num_classes)
     with torch.no_grad():
         first.weight.copy_(torch.eye(num_classes))

@@ -1,6 +1,7 @@
 """Calibration of saved logits: pairing files, loading them safely, streaming."""
 import glob
 import json
+import math
 import os.path as osp
 from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
@@ -311,7 +312,8 @@ def sample_crops(pairs: Sequence[Pair], num_classes: int, dataset: dict,
 
     From each image, seeded random crops of ``crop`` pixels a side (the whole
     image when smaller; images of other sizes are cropped to the smallest
-    side among them), as many as ``max_pixels`` allows spread evenly.
+    side among them): as many as ``max_pixels`` allows spread evenly, and no
+    more than it takes to cover the image once (more would repeat pixels).
 
     Returns:
         tuple: logits ``(N, C, s, s)``, labels ``(N, s, s)`` (ignored pixels
@@ -325,11 +327,12 @@ def sample_crops(pairs: Sequence[Pair], num_classes: int, dataset: dict,
                  if images is not None else None)
         loaded.append((logits, label, image))
     side = min([crop] + [min(label.shape) for _, label, _ in loaded])
-    per_image = max(1, max_pixels // (side * side * len(loaded)))
+    budget = max(1, max_pixels // (side * side * len(loaded)))
     parts = ([], [], [])
     for logits, label, image in loaded:
         height, width = label.shape
-        for _ in range(per_image):
+        covering = math.ceil(height / side) * math.ceil(width / side)
+        for _ in range(min(budget, covering)):
             top = int(torch.randint(height - side + 1, (1, ), generator=generator))
             left = int(torch.randint(width - side + 1, (1, ), generator=generator))
             window = (slice(top, top + side), slice(left, left + side))
