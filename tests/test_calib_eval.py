@@ -282,6 +282,7 @@ def test_test_py_and_the_config_key_apply_a_saved_calibrator(saved_logits, tmp_p
 
     wrong = _temperature_file(str(tmp_path / 'ts3.pth'), 2.0, num_classes=3)
     result = run_tool(['tools/test.py', CONFIG, checkpoint, '--calibrator', wrong,
-                       '--work-dir', str(tmp_path / 'wrong')])
+                       '--work-dir', str(tmp_path / 'wrong'), '--cfg-options',
+                       f'test_dataloader.dataset.data_root={info["data_root"]}'])
     assert result.returncode != 0
     assert 'fitted for 3 classes, the logits have 6' in result.stderr
