@@ -12,6 +12,7 @@ setup(
         CppExtension(
             'cals_seg._kernels', [
                 'cals_seg/csrc/bindings.cpp', 'cals_seg/csrc/phr_penalty.cpp',
+                'cals_seg/csrc/neighbourhood_penalties.cpp',
                 'cals_seg/csrc/calibration_statistics.cpp'
             ],
             # -fopenmp: at::parallel_for is an OpenMP pragma in torch's headers, and

@@ -1,5 +1,5 @@
 """GPU cost of the PyTorch paths (the CPU kernels do not run there): the CALS,
-NACL and CRaC terms beside cross-entropy, and the calibration statistics beside
+NACL, SVLS and CRaC terms beside cross-entropy, and the calibration statistics beside
 softmax+max.
 
 Runs on a CUDA machine with PyTorch alone: it loads the pure-tensor modules of
@@ -30,7 +30,8 @@ def _load_core():
             importlib.import_module('cals_seg.penalties'),
             importlib.import_module('cals_seg.evaluation.calibration'),
             importlib.import_module('cals_seg.groups'),
-            importlib.import_module('cals_seg.label_maps'))
+            importlib.import_module('cals_seg.label_maps'),
+            importlib.import_module('cals_seg.proportion_terms'))
 
 
 def _time(function, repeats: int = 20) -> float:
@@ -49,12 +50,15 @@ def _time(function, repeats: int = 20) -> float:
     return best
 
 
-def loss_costs(constraints, penalties, groups, label_maps, size: int = 512) -> dict:
+def loss_costs(constraints, penalties, groups, label_maps, proportion_terms,
+               size: int = 512) -> dict:
     """CE forward+backward, and CE plus the CALS penalty (gradient attached as
     CALSLoss does, with the round statistics), at 8 x 21 x size^2."""
     torch.manual_seed(0)
     logits = torch.randn(8, 21, size, size, device='cuda') * 3
-    label = torch.randint(0, 21, (8, size, size), device='cuda')
+    # Labels in 32 x 32 regions, as bench/bench_loss.py has them.
+    label = torch.randint(0, 21, (8, size // 32, size // 32), device='cuda')
+    label = label.repeat_interleave(32, 1).repeat_interleave(32, 2)
     label[:, :8] = 255
     valid = label != 255
     multipliers = torch.full((21, ), 0.1, device='cuda')
@@ -77,7 +81,7 @@ def loss_costs(constraints, penalties, groups, label_maps, size: int = 512) -> d
         def run():
             x = logits.clone().requires_grad_(True)
             F.cross_entropy(x, label, ignore_index=255).backward()
-            group = groups.group_index(grouping, label, valid, 21)
+            group = groups.group_layout(grouping, label, valid, 21)
             size = groups.num_groups(grouping, 21)
             reference = None
             if with_reference:  # CRaC: label proportions, margin 1
@@ -90,16 +94,27 @@ def loss_costs(constraints, penalties, groups, label_maps, size: int = 512) -> d
             x.grad.addcmul_(term.grad_direction, term.grad_scale)
         return run
 
-    def nacl():  # CE + 0.1 |tau - z|, the gradient as NACLLoss forms it
+    def nacl():  # CE + 0.1 |tau - z|, the gradient attached as NACLLoss does
         x = logits.clone().requires_grad_(True)
         F.cross_entropy(x, label, ignore_index=255).backward()
-        target = label_maps.neighbourhood_proportions(
-            label, valid, 21, label_maps.kernel_weights('mean', 3))
-        difference = torch.sub(x.detach(), target, out=target).mul_(valid.unsqueeze(1))
-        torch.linalg.vector_norm(difference, ord=1)
-        x.grad.add_(difference.sign_(), alpha=0.1 / (valid.sum().item() * 21))
+        targets = label_maps.ScaledProportions(label, valid,
+                                               label_maps.kernel_weights('mean', 3))
+        _, direction = proportion_terms.neighbourhood_deviation(x.detach(), targets,
+                                                                backend='torch')
+        x.grad.add_(direction, alpha=0.1 / (valid.sum().item() * 21))
+
+    def svls():  # hard CE plus the soft targets' shift at pixels near a boundary
+        x = logits.clone().requires_grad_(True)
+        F.cross_entropy(x, label, ignore_index=255).backward()
+        targets = label_maps.ScaledProportions(label, valid,
+                                               label_maps.kernel_weights('svls', 3))
+        _, rows = proportion_terms.soft_label_shift(x.detach(), targets,
+                                                    backend='torch')
+        x.grad.movedim(1, -1).index_put_(rows.pixels, rows.rows / valid.sum(),
+                                         accumulate=True)
 
     return dict(ce_ms=_time(ce), cals_ms=_time(cals), nacl_ms=_time(nacl),
+                svls_ms=_time(svls),
                 cals_label_ms=_time(grouped('label', False)),
                 crac_ms=_time(grouped('region', True)))
 
@@ -133,10 +148,11 @@ def metric_costs(calibration, size=(1024, 2048), num_classes: int = 19) -> dict:
 def main() -> None:
     if not torch.cuda.is_available():
         sys.exit('bench_gpu.py measures the GPU paths: no CUDA device here')
-    constraints, penalties, calibration, groups, label_maps = _load_core()
+    constraints, penalties, calibration, groups, label_maps, proportions = _load_core()
     print(f'device: {torch.cuda.get_device_name()}, torch {torch.__version__}')
-    losses = loss_costs(constraints, penalties, groups, label_maps)
+    losses = loss_costs(constraints, penalties, groups, label_maps, proportions)
     for key, name in (('cals_ms', 'CALS penalty'), ('nacl_ms', 'NACL term'),
+                      ('svls_ms', 'SVLS soft-target shift'),
                       ('cals_label_ms', "CALS penalty, groups='label'"),
                       ('crac_ms', 'CRaC penalty (region groups)')):
         print(f'CE + {name} / CE, forward+backward, 8x21x512x512: '

@@ -4,11 +4,13 @@ Shapes: logits are ``(N, C, *S)`` with the class axis at dim 1 (mmseg's layout,
 ``S`` the spatial axes, possibly none); masks and labels are ``(N, *S)``.
 """
 import math
-from typing import NamedTuple, Optional, Tuple
+from typing import NamedTuple, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
 
+from .groups import GroupLayout
+from .label_maps import ScaledProportions
 from .native import kernels, use_kernel
 from .penalties import PenaltyFunction, phr
 
@@ -286,21 +288,64 @@ def constraint_penalty(logits: Tensor,
                              grad_scale, statistics)
 
 
+def _grouped_kernel(logits: Tensor, valid: Tensor, group: GroupLayout,
+                    multipliers: Tensor, rho: Tensor, margin: float, scale: float,
+                    targets: Optional[ScaledProportions], need_grad: bool,
+                    statistics_clip: Optional[Tuple[float, float]]):
+    """The grouped PHR penalty through the fused CPU kernel
+    (csrc/neighbourhood_penalties.cpp).
+
+    Returns:
+        tuple: the sum of ``P`` over valid pairs, the gradient direction (or
+        None) and the round statistics (or None), as
+        :func:`grouped_constraint_penalty` defines them.
+    """
+    n, c = logits.shape[:2]
+    height, width = logits.shape[2:] if logits.dim() == 4 else (1, valid[0].numel())
+    num_groups = multipliers.numel()
+    multipliers, rho = multipliers.float().contiguous(), rho.float().contiguous()
+    if targets is None:
+        label = torch.where(valid, 0, -1).to(torch.int32).reshape(n, -1)
+        offset, weights, target_scale = multipliers - rho * (margin / scale), None, None
+    else:
+        label, offset, weights = targets.kernel_labels(), multipliers, targets.weights
+        target_scale = targets.scale
+    empty = logits.new_empty(0)
+    lambd_min, lambd_max = statistics_clip or (0.0, 0.0)
+    direction, sums = kernels.grouped_phr_penalty(
+        logits.reshape(n, c, -1).contiguous(), label, height, width,
+        group.base.reshape(n, -1).to(torch.int32), group.logit_stride,
+        offset.contiguous(), (rho / scale).contiguous(), multipliers, rho,
+        empty if weights is None else weights.float().contiguous(),
+        empty if target_scale is None else target_scale.float().reshape(n, -1),
+        need_grad, statistics_clip is not None, lambd_min, lambd_max)
+    statistics = None
+    if statistics_clip is not None:
+        count = sums[2 + 2 * num_groups:]
+        distance = sums[2 + num_groups:2 + 2 * num_groups]
+        if targets is None:
+            distance = distance - count * margin
+        statistics = RoundStatistics(sums[2:2 + num_groups], distance / scale,
+                                     count, sums[1])
+    return sums[0], direction.view(logits.shape) if need_grad else None, statistics
+
+
 @torch.no_grad()
 def grouped_constraint_penalty(logits: Tensor,
                                valid: Tensor,
-                               group: Tensor,
+                               group: GroupLayout,
                                multipliers: Tensor,
                                rho: Tensor,
                                margin: float,
                                normalize: bool,
                                penalty: PenaltyFunction,
-                               reference: Optional[Tensor] = None,
+                               reference: Optional[Union[Tensor,
+                                                         ScaledProportions]] = None,
                                need_grad: bool = True,
-                               statistics_clip: Optional[Tuple[float, float]] = None
-                               ) -> ConstraintPenalty:
+                               statistics_clip: Optional[Tuple[float, float]] = None,
+                               backend: str = 'auto') -> ConstraintPenalty:
     """:func:`constraint_penalty` with a multiplier per group of (pixel, logit)
-    constraints (:mod:`cals_seg.groups`), in PyTorch operations.
+    constraints (:mod:`cals_seg.groups`).
 
     Constraints: CALS's ``h_ik = (max_j z_ij - z_ik - m) / s`` when
     ``reference`` is None; otherwise CRaC's ``h_ik = |r_ik - z_ik| / s``. With
@@ -311,55 +356,73 @@ def grouped_constraint_penalty(logits: Tensor,
     Args:
         logits (Tensor): ``(N, C, *S)``, any float dtype.
         valid (Tensor): bool ``(N, *S)``.
-        group (Tensor): int64 group indices broadcastable to the logits.
+        group (GroupLayout): the groups, from :func:`cals_seg.groups.group_layout`.
         multipliers (Tensor), rho (Tensor): ``[G]``.
         margin (float), normalize (bool), penalty: as :func:`constraint_penalty`.
-        reference (Tensor, optional): ``r``, shaped like the logits.
+        reference (Tensor | ScaledProportions, optional): ``r``, shaped like the
+            logits or described by the labels (then, on CPU, formed block by
+            block inside the kernel).
         need_grad (bool), statistics_clip (tuple, optional): as
             :func:`constraint_penalty`.
+        backend (str): 'kernel' runs the fused CPU kernel (phr, CPU, no dense
+            reference), 'torch' the PyTorch operations, 'auto' the kernel where
+            it applies. They differ only in float rounding and at ignored pixels
+            with non-finite logits.
 
     Returns:
         ConstraintPenalty: statistics of ``G`` groups.
     """
-    num_groups, num_classes = multipliers.numel(), logits.shape[1]
+    num_classes = logits.shape[1]
     logits = logits.float()
     scale = margin if normalize else 1.0
+    num_valid = valid.sum()
+    denominator = num_valid.clamp_min(1) * num_classes
+    distance = reference is None
+    grad_scale = None
+    if need_grad:
+        # d h / d z carries -1/s for distances, +sign(z - r)/s for targets.
+        grad_scale = (-1 if distance else 1) / (scale * denominator.double())
+    if use_kernel(backend, penalty is phr and logits.device.type == 'cpu' and (
+            distance or (isinstance(reference, ScaledProportions)
+                         and logits.dim() == 4)),
+                  'the phr penalty, CPU tensors, no dense reference'):
+        total, direction, statistics = _grouped_kernel(
+            logits, valid, group, multipliers, rho, margin, scale, reference,
+            need_grad, statistics_clip)
+        return ConstraintPenalty((total / denominator).float(), direction, grad_scale,
+                                 statistics)
+    if isinstance(reference, ScaledProportions):
+        reference = reference.dense(num_classes)
+    num_groups, index = multipliers.numel(), group.index()
     mask = valid.unsqueeze(1).expand_as(logits)
-    if reference is None:
+    if distance:
         top = logits.amax(dim=1, keepdim=True)
         h = torch.sub(top, logits).sub_(margin).div_(scale)
     else:
         h = torch.sub(reference.float(), logits).abs_().div_(scale)
     h = h.masked_fill(~mask, 0)  # ignored pixels: finite, and masked below
-    lambd = multipliers.float()[group]
-    value, grad = penalty(h, lambd, rho.float()[group])
+    value, grad = penalty(h, multipliers.float()[index], rho.float()[index])
     weight = mask.to(grad.dtype)
-    num_valid = valid.sum()
-    denominator = num_valid.clamp_min(1) * num_classes
     total = (value * weight).sum(dtype=torch.float64) / denominator
     grad = grad * weight
     statistics = None
     if statistics_clip is not None:
         finite = mask & torch.isfinite(logits).all(dim=1, keepdim=True)
-        index = group.expand_as(logits)[finite]
+        members = index.expand_as(logits)[finite]
         statistics = RoundStatistics(
-            torch.bincount(index, grad[finite].clamp(*statistics_clip).double(),
+            torch.bincount(members, grad[finite].clamp(*statistics_clip).double(),
                            num_groups),
-            torch.bincount(index, h[finite].double(), num_groups),
-            torch.bincount(index, minlength=num_groups).double(),
+            torch.bincount(members, h[finite].double(), num_groups),
+            torch.bincount(members, minlength=num_groups).double(),
             (valid & ~finite[:, 0]).sum(dtype=torch.float64))
-    direction = grad_scale = None
+    direction = None
     if need_grad:
-        if reference is None:
+        if distance:
             # d h_ik / d z_ij = ([j wins at i] - [j = k]) / s, the winner's share
             # split among tied winners, as constraint_penalty does.
             winner = torch.eq(logits, top).to(grad.dtype)
             share = grad.sum(dim=1, keepdim=True).div_(winner.sum(dim=1, keepdim=True))
             direction = grad.addcmul_(winner, share, value=-1)
-            grad_scale = -1 / (scale * denominator)
         else:
             direction = grad.mul_(torch.sign(logits - reference.float()))
-            grad_scale = 1 / (scale * denominator)
-    return ConstraintPenalty(total.float(), direction,
-                             torch.as_tensor(grad_scale, dtype=torch.float64)
-                             if grad_scale is not None else None, statistics)
+    return ConstraintPenalty(total.float(), direction, grad_scale, statistics)

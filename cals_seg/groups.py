@@ -11,7 +11,7 @@ grouping makes the multiplier depend on where the pixel is (issue 11):
   label, the ignore label included (:func:`cals_seg.label_maps.boundary_mask`;
   CRaC's class x {interior, boundary}; ``2C`` groups).
 """
-from typing import List, Sequence
+from typing import List, NamedTuple, Sequence
 
 import torch
 from torch import Tensor
@@ -43,28 +43,51 @@ def group_names(grouping: str, class_names: Sequence[str]) -> List[str]:
     return [f'{n}/interior' for n in names] + [f'{n}/boundary' for n in names]
 
 
-def group_index(grouping: str, label: Tensor, valid: Tensor, num_classes: int,
-                region_width: int = 1) -> Tensor:
-    """Group of every (pixel, logit), broadcastable to ``(N, C, *S)``.
+class GroupLayout(NamedTuple):
+    """Where each (pixel, logit) constraint's multiplier is: group ``base_i +
+    logit_stride * k``. Kept in this form, a per-pixel map, because the
+    ``(N, C, *S)`` index it stands for would be as large as the logits.
+
+    Attributes:
+        base (Tensor): int64 ``(N, *S)``; 0 at invalid pixels (their
+            constraints are masked out by the caller).
+        logit_stride (int): 1 when the group depends on the logit, else 0.
+        num_classes (int): ``C``.
+    """
+    base: Tensor
+    logit_stride: int
+    num_classes: int
+
+    def index(self) -> Tensor:
+        """The group of every (pixel, logit), int64 broadcastable to ``(N, C,
+        *S)``: ``(N, 1, *S)`` when it does not depend on the logit."""
+        base = self.base.unsqueeze(1)
+        if self.logit_stride == 0:
+            return base
+        spatial = (1, ) * (self.base.dim() - 1)
+        logit = torch.arange(self.num_classes, device=base.device).view(1, -1, *spatial)
+        return base + self.logit_stride * logit
+
+
+def group_layout(grouping: str, label: Tensor, valid: Tensor, num_classes: int,
+                 region_width: int = 1) -> GroupLayout:
+    """The groups of a batch's constraints.
 
     Args:
         label (Tensor): ``(N, *S)`` classes.
-        valid (Tensor): ``(N, *S)`` bool; invalid pixels get group 0 (their
-            constraints are masked out by the caller).
+        valid (Tensor): ``(N, *S)`` bool.
         region_width (int): boundary half-width of the 'region' grouping.
 
     Returns:
-        Tensor: int64, ``(1, C, 1, ...)``, ``(N, 1, *S)`` or ``(N, C, *S)``.
+        GroupLayout
     """
     check_grouping(grouping)
-    spatial = (1, ) * (label.dim() - 1)
-    logit = torch.arange(num_classes, device=label.device).view(1, -1, *spatial)
-    y = label.where(valid, 0).long().unsqueeze(1)
+    y = label.where(valid, 0).long()
     if grouping == 'logit':
-        return logit
+        return GroupLayout(torch.zeros_like(y), 1, num_classes)
     if grouping == 'label':
-        return y
+        return GroupLayout(y, 0, num_classes)
     if grouping == 'label_logit':
-        return y * num_classes + logit
-    near = boundary_mask(label, region_width).unsqueeze(1)
-    return logit + num_classes * near.long()
+        return GroupLayout(y * num_classes, 1, num_classes)
+    near = boundary_mask(label, region_width).long()
+    return GroupLayout(near * num_classes, 1, num_classes)

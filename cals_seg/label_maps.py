@@ -13,6 +13,8 @@ window's labels are scattered into the class axis: ``k^2`` passes over the
 ``N x H x W`` labels and one write of the ``N x C x H x W`` result, never the
 one-hot labels convolved, nor ``C k^2`` unfolded copies as in the authors' code.
 """
+from typing import NamedTuple, Optional, Tuple
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -54,7 +56,8 @@ def kernel_weights(kernel: str, size: int, sigma: float = 1.0) -> Tensor:
 
 @torch.no_grad()
 def neighbourhood_proportions(label: Tensor, valid: Tensor, num_classes: int,
-                              weights: Tensor) -> Tensor:
+                              weights: Tensor,
+                              pixels: Optional[Tuple[Tensor, ...]] = None) -> Tensor:
     """Weighted share of each class among a pixel's valid neighbours.
 
     Args:
@@ -62,27 +65,69 @@ def neighbourhood_proportions(label: Tensor, valid: Tensor, num_classes: int,
         valid (Tensor): ``(N, H, W)`` bool.
         num_classes (int): ``C``.
         weights (Tensor): ``(k, k)`` from :func:`kernel_weights`.
+        pixels (tuple[Tensor], optional): ``(n, y, x)`` index tensors of ``M``
+            pixels; given, only their proportions are formed.
 
     Returns:
-        Tensor: ``(N, C, H, W)`` float32, no gradient.
+        Tensor: ``(N, C, H, W)``, or ``(M, C)`` at ``pixels``; float32, no
+        gradient.
     """
-    n, height, width = label.shape
+    height, width = label.shape[-2:]
     half = weights.shape[0] // 2
     # Beyond the border: weight 0, label 0 (any class would do).
     mass_map = F.pad(valid.float(), (half, half, half, half))
     labels = F.pad(label.where(valid, 0).long(), (half, half, half, half))
-    counts = torch.zeros(n, num_classes, height, width, device=label.device)
-    mass = torch.zeros(n, height, width, device=label.device)
-    for dy, row in enumerate(weights.tolist()):
-        for dx, weight in enumerate(row):
-            window = (slice(None), slice(dy, dy + height), slice(dx, dx + width))
-            present = mass_map[window] * weight
-            counts.scatter_add_(1, labels[window].unsqueeze(1), present.unsqueeze(1))
+    if pixels is None:
+        def window(padded: Tensor, dy: int, dx: int) -> Tensor:
+            return padded[:, dy:dy + height, dx:dx + width]
+        centre_valid = valid
+    else:
+        image, row, column = pixels
+        def window(padded: Tensor, dy: int, dx: int) -> Tensor:
+            return padded[image, row + dy, column + dx]
+        centre_valid = valid[pixels]
+    shape = centre_valid.shape
+    counts = torch.zeros(shape[0], num_classes, *shape[1:], device=label.device)
+    mass = torch.zeros(shape, device=label.device)
+    for dy, row_weights in enumerate(weights.tolist()):
+        for dx, weight in enumerate(row_weights):
+            present = window(mass_map, dy, dx) * weight
+            counts.scatter_add_(1, window(labels, dy, dx).unsqueeze(1),
+                                present.unsqueeze(1))
             mass += present
     # A valid pixel is its own neighbour, so its mass is > 0; dividing an
     # ignored pixel's counts by infinity zeroes them in the same pass.
-    mass.masked_fill_(~valid, float('inf'))
+    mass.masked_fill_(~centre_valid, float('inf'))
     return counts.div_(mass.unsqueeze(1))
+
+
+class ScaledProportions(NamedTuple):
+    """Targets ``r_ik = scale_i * tau_ik``: the label proportions of
+    :func:`neighbourhood_proportions` times a per-pixel scale (CRaC's; NACL's
+    with scale 1). Described rather than formed, so that the CPU kernels can
+    form them block by block instead of writing an ``(N, C, H, W)`` tensor.
+
+    Attributes:
+        label (Tensor): ``(N, H, W)`` classes.
+        valid (Tensor): ``(N, H, W)`` bool.
+        weights (Tensor): ``(k, k)`` window weights.
+        scale (Tensor, optional): ``(N, H, W)`` float; None means 1.
+    """
+    label: Tensor
+    valid: Tensor
+    weights: Tensor
+    scale: Optional[Tensor] = None
+
+    def dense(self, num_classes: int) -> Tensor:
+        """The targets as an ``(N, C, H, W)`` float32 tensor."""
+        tau = neighbourhood_proportions(self.label, self.valid, num_classes,
+                                        self.weights)
+        return tau if self.scale is None else tau.mul_(self.scale.unsqueeze(1))
+
+    def kernel_labels(self) -> Tensor:
+        """Labels as the kernels read them: int32 ``(N, H * W)``, -1 where
+        not valid."""
+        return self.label.where(self.valid, -1).to(torch.int32).flatten(1)
 
 
 def _replicate_pad(x: Tensor, width: int, dim: int) -> Tensor:

@@ -1,9 +1,14 @@
 """tools/benchmark_methods.py on a 10-iteration schedule: runs, the regime report
 of each, the table and figures, and reuse of finished runs."""
+import importlib.util
 import json
+import os.path as osp
 import struct
 
-from helpers import run_tool
+import numpy as np
+import pytest
+
+from helpers import REPO, run_tool
 
 
 def _png_size(path):
@@ -31,6 +36,7 @@ def test_benchmark_writes_table_figures_and_reuses_finished_runs(tmp_path):
     assert 'multipliers per class at the end' in table and 'bottle' in table
     assert '--iters 10' in table
     assert 'Best mean per metric: mIoU ' in table
+    assert 'Accuracy minus confidence by ground truth' in table
     for figure in ('reliability.png', 'cals_multipliers.png'):
         assert f'(figures/{figure})' in table
         width, height = _png_size(tmp_path / 'figures' / figure)
@@ -71,3 +77,28 @@ def test_benchmark_writes_table_figures_and_reuses_finished_runs(tmp_path):
                  'ts fitted on the hold-out part'):
         assert line in printed.stdout, printed.stdout
     assert f"{report['figures']['ECE']:>9.2f}" in printed.stdout
+
+
+def test_confidence_gaps_split_background_from_foreground_bins():
+    spec = importlib.util.spec_from_file_location(
+        'benchmark_methods', osp.join(REPO, 'tools', 'benchmark_methods.py'))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    rng = np.random.default_rng(0)
+    # Pixels by (is background, confidence, correct), binned as the metric does.
+    background = rng.random(400) < 0.6
+    confidence = rng.uniform(0.2, 1.0, 400)
+    correct = rng.random(400) < np.where(background, 0.97, 0.6)
+
+    def bins(keep):
+        index = np.minimum((confidence[keep] * 15).astype(int), 14)
+        count = np.bincount(index, minlength=15).astype(float)
+        with np.errstate(invalid='ignore'):
+            return dict(count=count.tolist(), accuracy=(np.bincount(
+                index, correct[keep], 15) / count).tolist(), confidence=(np.bincount(
+                    index, confidence[keep], 15) / count).tolist())
+
+    gaps = tool.confidence_gaps(bins(np.ones(400, bool)), bins(~background))
+    for gap, keep in zip(gaps, (background, ~background)):
+        assert gap == pytest.approx(100 * (correct[keep].mean() -
+                                           confidence[keep].mean()))

@@ -85,7 +85,8 @@ def test_grouped_configs_are_the_cals_protocol_with_their_loss(path):
     cals = Config.fromfile(osp.join(REPO, path.replace(suffix, '_cals.py')))
     loss = cfg.model.decode_head.loss_decode
     if suffix == '_crac.py':
-        assert (loss.type, loss.margin, loss.penalty) == ('CRaCLoss', 1.0, 'phr')
+        assert (loss.type, loss.margin, loss.rho_init, loss.penalty) == (
+            'CRaCLoss', 5.0, 0.1, 'phr')
     else:
         assert (loss.type, loss.groups, loss.margin) == ('CALSLoss', 'label', 20.0)
     assert loss.num_classes == cfg.model.decode_head.num_classes

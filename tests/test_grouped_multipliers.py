@@ -8,7 +8,7 @@ from mmseg.registry import MODELS
 
 import cals_seg  # noqa: F401
 from cals_seg.constraints import constraint_penalty, grouped_constraint_penalty
-from cals_seg.groups import GROUPINGS, group_index, group_names, num_groups
+from cals_seg.groups import GROUPINGS, group_layout, group_names, num_groups
 from cals_seg.penalties import phr
 from helpers import blocky_batch
 
@@ -44,8 +44,8 @@ def _loop_group(grouping, label, near, b, i, j, k):
 def test_group_index_matches_a_loop(grouping):
     _, label = _batch()
     valid = label != IGNORE
-    index = group_index(grouping, label, valid, C).expand(label.shape[0], C,
-                                                           *label.shape[1:])
+    index = group_layout(grouping, label, valid, C).index().expand(
+        label.shape[0], C, *label.shape[1:])
     near = _loop_boundary(label.numpy())
     lab = label.numpy()
     for b, i, j in zip(*np.nonzero(valid.numpy())):
@@ -96,7 +96,7 @@ def test_grouped_penalty_matches_loops_and_autograd(grouping, with_reference):
         with_reference) else None
     margin = 3.0 if reference is None else 1.0
     result = grouped_constraint_penalty(
-        logits, valid, group_index(grouping, label, valid, C), lambd, rho, margin,
+        logits, valid, group_layout(grouping, label, valid, C), lambd, rho, margin,
         reference is None, phr, reference, statistics_clip=(1e-6, 1e6))
     value, grad, sums = _reference(logits, label, grouping, lambd, rho, margin,
                                    reference)
@@ -111,7 +111,7 @@ def test_logit_grouping_equals_the_cals_path():
     logits, label = _batch(2)
     valid = label != IGNORE
     lambd, rho = torch.rand(C) * 3, torch.rand(C) + 1
-    grouped = grouped_constraint_penalty(logits, valid, group_index(
+    grouped = grouped_constraint_penalty(logits, valid, group_layout(
         'logit', label, valid, C), lambd, rho, 5.0, True, phr,
         statistics_clip=(1e-6, 1e6))
     cals = constraint_penalty(logits, valid, lambd, rho, 5.0, True, phr,
@@ -128,7 +128,7 @@ def test_crac_targets_are_scaled_proportions_and_its_round_updates_groups():
     logits, label = _batch(4)
     loss = MODELS.build(dict(type='CRaCLoss', num_classes=C, margin=2.0))
     valid = label != IGNORE
-    reference = loss.reference(label, valid, IGNORE)
+    reference = loss.reference(label, valid).dense(C)
     near = _loop_boundary(label.numpy())
     lab = label.numpy()
     for b, i, j in zip(*np.nonzero(valid.numpy())):

@@ -8,12 +8,16 @@ the kernels' results.
 import pytest
 import torch
 
-from cals_seg.constraints import constraint_penalty
+from cals_seg.constraints import constraint_penalty, grouped_constraint_penalty
 from cals_seg.evaluation.calibration import (calibration_errors,
                                              calibration_statistics)
 from cals_seg.evaluation.accumulator import SCALAR_METRICS
+from cals_seg.groups import GROUPINGS, group_layout, num_groups
+from cals_seg.label_maps import ScaledProportions, kernel_weights
 from cals_seg.native import kernels
 from cals_seg.penalties import p2, phr
+from cals_seg.proportion_terms import neighbourhood_deviation, soft_label_shift
+from helpers import blocky_batch
 
 
 def test_kernels_are_built():
@@ -93,6 +97,101 @@ def test_kernel_backend_is_refused_where_it_does_not_apply():
     with pytest.raises(ValueError, match="backend must be"):
         constraint_penalty(logits, valid, multipliers, rho, 3.0, True, phr,
                            backend='cuda')
+
+
+def _neighbourhood_batch(seed, classes=7, integer=False):
+    """Blocky labels over several 256-pixel blocks (rows cross block edges)."""
+    logits, label = blocky_batch(seed, n=3, classes=classes, size=(33, 45),
+                                 ignore_share=0.2)
+    return (logits.round() if integer else logits), label
+
+
+@pytest.mark.parametrize('grouping', GROUPINGS)
+@pytest.mark.parametrize('targets', [False, True])
+@pytest.mark.parametrize('integer', [False, True])
+def test_grouped_kernel_equals_torch_path(grouping, targets, integer):
+    classes = 7
+    logits, label = _neighbourhood_batch(5, classes, integer)
+    valid = label != 255
+    generator = torch.Generator().manual_seed(6)
+    size = num_groups(grouping, classes)
+    multipliers = torch.rand(size, generator=generator) * 2
+    rho = 1 + torch.rand(size, generator=generator) * 3
+    reference = None
+    if targets:  # CRaC-like: proportions of a 5 x 5 gaussian, scaled per pixel
+        scale = 0.5 + torch.rand(label.shape, generator=generator)
+        reference = ScaledProportions(label, valid, kernel_weights('gaussian', 5),
+                                      scale)
+    layout = group_layout(grouping, label, valid, classes)
+    kernel, torch_path = (grouped_constraint_penalty(
+        logits, valid, layout, multipliers, rho, 2.0, not targets, phr, reference,
+        statistics_clip=(1e-3, 1.5), backend=backend) for backend in ('kernel',
+                                                                     'torch'))
+    torch.testing.assert_close(kernel.value, torch_path.value, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(kernel.grad_scale, torch_path.grad_scale)
+    torch.testing.assert_close(kernel.grad_direction, torch_path.grad_direction,
+                               rtol=1e-5, atol=1e-5)
+    assert float(torch_path.statistics.count.sum()) == float(valid.sum()) * classes
+    for got, want in zip(kernel.statistics, torch_path.statistics):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
+
+
+def test_grouped_kernel_without_gradient_counts_nonfinite_pixels():
+    logits, label = _neighbourhood_batch(7)
+    label[0, 4, 5] = 2
+    logits[0, 3, 4, 5] = float('nan')
+    valid = label != 255
+    layout = group_layout('region', label, valid, 7)
+    args = (logits, valid, layout, torch.full((14, ), 0.3), torch.ones(14), 1.0,
+            False, phr, ScaledProportions(label, valid, kernel_weights('mean', 3)))
+    kernel = grouped_constraint_penalty(*args, need_grad=False,
+                                        statistics_clip=(1e-6, 1e6), backend='kernel')
+    torch_path = grouped_constraint_penalty(*args, need_grad=False,
+                                            statistics_clip=(1e-6, 1e6),
+                                            backend='torch')
+    assert kernel.grad_direction is None
+    assert float(kernel.statistics.num_nonfinite) == 1
+    for got, want in zip(kernel.statistics, torch_path.statistics):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize('kernel_name, size', [('mean', 3), ('gaussian', 5)])
+def test_nacl_kernel_equals_torch_path(kernel_name, size):
+    logits, label = _neighbourhood_batch(8)
+    targets = ScaledProportions(label, label != 255, kernel_weights(kernel_name, size))
+    (total, direction), (want_total, want_direction) = (
+        neighbourhood_deviation(logits, targets, backend=backend)
+        for backend in ('kernel', 'torch'))
+    assert float(total) == pytest.approx(float(want_total), rel=1e-5)
+    torch.testing.assert_close(direction, want_direction)
+
+
+@pytest.mark.parametrize('with_weight', [False, True])
+def test_svls_kernel_equals_sparse_torch_path(with_weight):
+    logits, label = _neighbourhood_batch(10)
+    targets = ScaledProportions(label, label != 255, kernel_weights('svls', 3))
+    weight = torch.rand(label.shape) + 0.5 if with_weight else None
+    (total, direction), (want_total, rows) = (
+        soft_label_shift(logits, targets, weight, backend=backend)
+        for backend in ('kernel', 'torch'))
+    assert len(rows.rows) < 0.9 * label.numel()  # the sparse path is sparse
+    want_direction = torch.zeros_like(logits)
+    want_direction.movedim(1, -1)[rows.pixels] = rows.rows
+    assert float(total) == pytest.approx(float(want_total), rel=1e-5)
+    torch.testing.assert_close(direction, want_direction, atol=1e-6, rtol=1e-5)
+
+
+def test_neighbourhood_kernels_name_bad_labels_and_groups():
+    logits, label = _neighbourhood_batch(9)
+    valid = label != 255
+    label[0, 0, 0] = 7  # one class too many for 7 logits
+    with pytest.raises(RuntimeError, match='label is >= the number of classes'):
+        neighbourhood_deviation(logits, ScaledProportions(
+            label, valid, kernel_weights('mean', 3)), backend='kernel')
+    layout = group_layout('label', label.clamp_max(6), valid, 7)
+    with pytest.raises(RuntimeError, match='group index is outside'):
+        grouped_constraint_penalty(logits, valid, layout, torch.ones(5),
+                                   torch.ones(5), 1.0, True, phr, backend='kernel')
 
 
 def _image(seed, classes=6, size=(57, 81)):

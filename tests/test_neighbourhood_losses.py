@@ -99,6 +99,35 @@ def test_svls_is_cross_entropy_inside_regions_and_soft_at_boundaries():
         float(F.cross_entropy(logits, uniform)), rel=1e-5)
 
 
+@pytest.mark.parametrize('avg_non_ignore', [False, True])
+@pytest.mark.parametrize('with_weight', [False, True])
+def test_svls_value_and_gradient_match_soft_targets_by_autograd(avg_non_ignore,
+                                                                with_weight):
+    # Computed as hard CE plus a correction at boundary pixels: held here to
+    # the dense soft-target cross-entropy, targets from the loop.
+    logits, label = _batch(3)
+    valid = label != IGNORE
+    weight = torch.rand(label.shape, generator=torch.Generator().manual_seed(1)) + (
+        0.5) if with_weight else None
+    loss = MODELS.build(dict(type='SVLSLoss', avg_non_ignore=avg_non_ignore))
+    x = logits.clone().requires_grad_(True)
+    value = loss(x, label, weight, ignore_index=IGNORE)
+    value.backward()
+    target = torch.from_numpy(_loop_proportions(
+        label.numpy(), 4, kernel_weights('svls', 3).numpy())).float()
+    z = logits.clone().requires_grad_(True)
+    per_pixel = -(target * torch.log_softmax(z, 1)).sum(1)
+    if weight is not None:
+        per_pixel = per_pixel * weight
+    denominator = valid.sum() if avg_non_ignore else label.numel()
+    expected = per_pixel.sum() / denominator
+    expected.backward()
+    assert float(value) == pytest.approx(float(expected), rel=1e-5)
+    torch.testing.assert_close(x.grad, z.grad, atol=1e-6, rtol=1e-5)
+    with torch.no_grad():
+        assert float(loss(logits, label, weight)) == pytest.approx(float(value))
+
+
 def test_bad_options_are_named():
     with pytest.raises(ValueError, match='odd int'):
         MODELS.build(dict(type='SVLSLoss', kernel_size=4))

@@ -55,7 +55,7 @@ LABELS = {
     'svls': 'SVLS (3×3, σ 1)', 'cals': 'CALS (authors\' protocol, m 20)',
     'cals-trainsrc': 'CALS, training-batch source', 'cals-m10': 'CALS, margin 10',
     'cals-label': 'CALS, a multiplier per label (m 20)',
-    'crac': 'CRaC (class × region, m 1)'
+    'crac': 'CRaC (class × region, m 5, ρ 0.1)'
 }
 CALIBRATOR_LABELS = dict(ts='TS', vs='vector scaling', dirichlet='Dirichlet (ODIR)',
                          lts='LTS', selective='selective scaling')
@@ -287,6 +287,38 @@ def _pooled_bins(bins):
     return count, weighted['confidence'], weighted['accuracy']
 
 
+def confidence_gaps(reliability: dict, fg_reliability: dict) -> tuple:
+    """Mean accuracy minus mean confidence, in %, of background and of
+    foreground pixels (> 0: under-confident). Background's bins are all pixels'
+    minus the foreground's: the same confidence bins, the foreground protocol
+    leaving out the pixels whose ground truth is background."""
+    def sums(bins):
+        count = np.array(bins['count'], dtype=float)
+        return (count, *(np.nan_to_num(np.array(bins[f], dtype=float)) * count
+                         for f in ('accuracy', 'confidence')))
+    everything, foreground = sums(reliability), sums(fg_reliability)
+    background = [a - b for a, b in zip(everything, foreground)]
+    return tuple(100 * (accuracy.sum() - confidence.sum()) / count.sum()
+                 for count, accuracy, confidence in (background, foreground))
+
+
+def _gap_table(results, model, methods) -> list:
+    """Background and foreground confidence gaps of every trained method."""
+    lines = ['', 'Accuracy minus confidence by ground truth (%, mean ± std over seeds; '
+             '> 0 under-confident): does a method calibrate the foreground by '
+             'making the background under-confident?', '',
+             '| method | background | foreground |', '| --- | --- | --- |']
+    for method in methods:
+        runs = [r for r in results if r['model'] == model and r['method'] == method]
+        if not runs or '+' in method:  # post-hoc rows keep no foreground bins
+            continue
+        gaps = np.array([confidence_gaps(r['reliability'], r['fg_reliability'])
+                         for r in runs])
+        lines.append(f'| {LABELS[method]} | ' + ' | '.join(
+            f'{m:+.2f} ± {s:.2f}' for m, s in zip(gaps.mean(0), gaps.std(0))) + ' |')
+    return lines
+
+
 def _reliability_grid(plt, results, grid, title, path):
     """Reliability diagrams, pixels pooled over seeds: one row per
     ``(model, methods)`` of ``grid``, one column per method."""
@@ -446,6 +478,7 @@ def format_results(results, methods, command: str, figures: dict,
         if temperatures:
             lines += ['', 'Temperatures fitted on the held-out part (CE, per seed): ' +
                       ', '.join(f'{t:.3f}' for t in temperatures) + '.']
+        lines += _gap_table(results, model, methods)
         lines += _regime_table(results, model)
         for method in (m for m in methods if learns_multipliers(m)):
             runs = [r for r in results if r['model'] == model and r['method'] == method]

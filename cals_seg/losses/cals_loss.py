@@ -10,7 +10,8 @@ from mmseg.registry import MODELS
 from ..constraints import (ConstraintPenalty, RoundStatistics, constraint_penalty,
                            grouped_constraint_penalty)
 from ..fileio import check_label_range
-from ..groups import group_index, group_names, num_groups
+from ..groups import group_layout, group_names, num_groups
+from ..label_maps import ScaledProportions
 from ..multipliers import (NO_PREVIOUS_CONSTRAINT, MultiplierState,
                            update_multipliers)
 from ..penalties import get_penalty
@@ -66,8 +67,7 @@ class CALSLoss(nn.Module):
             (:mod:`cals_seg.groups`): 'logit' (CALS: one per class, the
             default), 'label' (one per ground-truth class of the pixel),
             'label_logit' (one per pair) or 'region' (one per class inside
-            regions and one at boundaries). Other than 'logit', the penalty runs
-            as PyTorch operations (no fused CPU kernel).
+            regions and one at boundaries).
         region_width (int): half-width of the window that decides the
             'region' grouping's boundary pixels. Default: 1 (3 x 3).
         loss_weight (float): weight of the whole loss. Default: 1.0.
@@ -159,8 +159,7 @@ class CALSLoss(nn.Module):
         """Readable names of the multipliers, for logs."""
         return group_names(self.groups, class_names)
 
-    def reference(self, label: Tensor, valid: Tensor,
-                  ignore_index: int) -> Optional[Tensor]:
+    def reference(self, label: Tensor, valid: Tensor) -> Optional[ScaledProportions]:
         """The targets ``r`` of constraints ``|r - z|``; None for CALS's
         logit distances (CRaCLoss overrides it)."""
         return None
@@ -185,13 +184,13 @@ class CALSLoss(nn.Module):
                  need_grad: bool, need_statistics: bool) -> ConstraintPenalty:
         clip = (self.lambd_min, self.lambd_max) if need_statistics else None
         valid = label != ignore_index
-        reference = self.reference(label, valid, ignore_index)
+        reference = self.reference(label, valid)
         if self.groups == 'logit' and reference is None:
             return constraint_penalty(logits, valid, self.multipliers, self.rho,
                                       self.margin, self.normalize, self.penalty_fn,
                                       need_grad=need_grad, statistics_clip=clip)
-        group = group_index(self.groups, label, valid, self.num_classes,
-                            self.region_width)
+        group = group_layout(self.groups, label, valid, self.num_classes,
+                             self.region_width)
         return grouped_constraint_penalty(
             logits, valid, group, self.multipliers, self.rho, self.margin,
             self.normalize, self.penalty_fn, reference, need_grad=need_grad,

@@ -1,13 +1,11 @@
 """CRaC: class and region-adaptive constraints (Murugesan et al., "Class and
 Region-Adaptive Constraints for Network Calibration", MICCAI 2024)."""
-from typing import Optional
-
 import torch
 from torch import Tensor
 
 from mmseg.registry import MODELS
 
-from ..label_maps import boundary_mask, kernel_weights, neighbourhood_proportions
+from ..label_maps import ScaledProportions, boundary_mask, kernel_weights
 from .cals_loss import CALSLoss
 
 
@@ -22,10 +20,13 @@ class CRaCLoss(CALSLoss):
     boundaries (pixels whose window holds another label). The multipliers and
     penalty parameters are updated between rounds exactly as CALS's, by
     :class:`~cals_seg.hooks.CALSMultiplierHook`. Defaults are the authors'
-    (github.com/Bala93/CRac, calibrate/lagrangian/
-    aug_lagrangian_spatial_cls_bndry.py, configs/lag/spatial_bndry_cls_aug_lag.yaml):
-    PHR, margin 1, no normalisation, lambda in [1e-6, 1e6], rho from 1 to 10,
-    gamma 1.2, tau 0.9, rho checked every 10 rounds, 2C multipliers.
+    settings (github.com/Bala93/CRac): their README's training commands set
+    margin 5 and rho 0.1 over configs/lag/spatial_bndry_cls_aug_lag.yaml and
+    calibrate/lagrangian/aug_lagrangian_spatial_cls_bndry.py, which give PHR,
+    no normalisation, lambda in [1e-6, 1e6], rho at most 10, gamma 1.2, tau
+    0.9, rho checked every 10 rounds, 2C multipliers. (That yaml's own margin,
+    1, is overridden by every command: with it an interior pixel's target
+    logits are one-hot of height 1, a softmax confidence of e / (e + C - 1).)
 
     Where ours differs, and why:
 
@@ -53,7 +54,8 @@ class CRaCLoss(CALSLoss):
 
     Args:
         num_classes (int): ``C``.
-        margin (float): the interior scale ``s``. Default: 1.
+        margin (float): the interior scale ``s``. Default: 5.
+        rho_init (float): initial penalty parameter. Default: 0.1.
         groups (str): multiplier grouping. Default: 'region' (CRaC's).
         region_width (int): half-width of the boundary window. Default: 1.
         kernel_size (int): window of the label proportions. Default: 3.
@@ -62,17 +64,15 @@ class CRaCLoss(CALSLoss):
             rho and base-loss settings); ``normalize`` defaults to False.
     """
 
-    def __init__(self, num_classes: int, margin: float = 1.0, groups: str = 'region',
-                 region_width: int = 1, kernel_size: int = 3,
+    def __init__(self, num_classes: int, margin: float = 5.0, rho_init: float = 0.1,
+                 groups: str = 'region', region_width: int = 1, kernel_size: int = 3,
                  normalize: bool = False, loss_name: str = 'loss_crac', **kwargs):
-        super().__init__(num_classes, margin=margin, groups=groups,
+        super().__init__(num_classes, margin=margin, rho_init=rho_init, groups=groups,
                          region_width=region_width, normalize=normalize,
                          loss_name=loss_name, **kwargs)
         self.kernel = kernel_weights('mean', kernel_size)
 
-    def reference(self, label: Tensor, valid: Tensor,
-                  ignore_index: int) -> Optional[Tensor]:
-        tau = neighbourhood_proportions(label, valid, self.num_classes, self.kernel)
+    def reference(self, label: Tensor, valid: Tensor) -> ScaledProportions:
         near = boundary_mask(label, self.region_width)
-        scale = torch.where(near, 1.0, self.margin).to(tau.dtype)
-        return tau.mul_(scale.unsqueeze(1))
+        return ScaledProportions(label, valid, self.kernel,
+                                 torch.where(near, 1.0, self.margin))

@@ -7,7 +7,9 @@ from torch import Tensor
 
 from mmseg.registry import MODELS
 
-from ..label_maps import kernel_weights, neighbourhood_proportions
+from ..fileio import check_label_range
+from ..label_maps import ScaledProportions, kernel_weights
+from ..proportion_terms import neighbourhood_deviation
 from .penalty_objective import PenaltyObjective
 from .pixelwise import PixelwiseLoss
 
@@ -37,7 +39,8 @@ class NACLLoss(PixelwiseLoss):
       'gaussian' are the label-only ones.
     - **One gradient pass.** The penalty's gradient ``alpha sign(z - tau) /
       (C n)`` is formed in the forward pass and added into the cross-entropy's
-      (:class:`PenaltyObjective`), so the loss costs little more than CE.
+      (:class:`PenaltyObjective`); on CPU one fused kernel forms the targets
+      block by block, reads the logits once and writes the sign once.
 
     Args:
         alpha (float): weight of the neighbourhood term. Default: 0.1.
@@ -74,24 +77,21 @@ class NACLLoss(PixelwiseLoss):
         Returns:
             Tensor: scalar loss.
         """
-        valid = label != ignore_index
         num_classes = cls_score.shape[1]
+        check_label_range(label, num_classes, ignore_index)
+        valid = label != ignore_index
         need_grad = cls_score.requires_grad and torch.is_grad_enabled()
         base_input = cls_score.detach().requires_grad_() if need_grad else cls_score
         base = self.base_loss(base_input, label, weight, ignore_index=ignore_index,
                               **kwargs)
         denominator = self.denominator(label, valid) * num_classes
-        with torch.no_grad():
-            target = neighbourhood_proportions(label, valid, num_classes,
-                                               self.weights)
-            # z - tau, zero at ignored pixels (their tau is 0: subtract z there).
-            difference = torch.sub(cls_score.detach().float(), target, out=target)
-            difference.mul_(valid.unsqueeze(1))
-            penalty = torch.linalg.vector_norm(difference, ord=1) / denominator
+        targets = ScaledProportions(label, valid, self.weights)
+        total, direction = neighbourhood_deviation(cls_score.detach(), targets)
+        penalty = (total / denominator).float()
         if not need_grad:
             return self.loss_weight * (base + self.alpha * penalty)
         objective = PenaltyObjective.apply(cls_score, (base_input, base), penalty,
-                                           difference.sign_(),
+                                           direction,
                                            torch.tensor(1.0 / denominator),
                                            self.alpha)
         return self.loss_weight * objective

@@ -2,12 +2,16 @@
 Label Smoothing: Capturing Uncertainty from Expert Annotations", IPMI 2021)."""
 from typing import Optional
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from mmseg.registry import MODELS
 
-from ..label_maps import kernel_weights, neighbourhood_proportions
+from ..fileio import check_label_range
+from ..label_maps import ScaledProportions, kernel_weights
+from ..proportion_terms import soft_label_shift
+from .penalty_objective import PenaltyObjective
 from .pixelwise import PixelwiseLoss
 
 
@@ -29,6 +33,12 @@ class SVLSLoss(PixelwiseLoss):
     ones (:mod:`cals_seg.label_maps`). Reduction as mmseg's
     cross-entropy: the mean over all pixels, or over the valid ones with
     ``avg_non_ignore``; a sampler's pixel weights multiply each pixel's loss.
+
+    Computed as PyTorch's hard-label cross-entropy plus ``sum_k (onehot_ik -
+    q_ik) z_ik`` (:func:`cals_seg.proportion_terms.soft_label_shift`), the
+    same loss and gradient, since ``q`` sums to 1: on CPU in one fused pass,
+    elsewhere with ``q`` formed only at pixels near another label. The loss
+    costs little more than cross-entropy.
 
     Args:
         kernel_size (int): odd window size. Default: 3.
@@ -52,13 +62,23 @@ class SVLSLoss(PixelwiseLoss):
         Returns:
             Tensor: scalar loss.
         """
+        num_classes = cls_score.shape[1]
+        check_label_range(label, num_classes, ignore_index)
         valid = label != ignore_index
-        target = neighbourhood_proportions(label, valid, cls_score.shape[1],
-                                           self.weights)
-        # Ignored pixels have an all-zero target, so they add nothing.
-        if weight is None:
-            total = F.cross_entropy(cls_score.float(), target, reduction='sum')
-        else:
-            total = (F.cross_entropy(cls_score.float(), target, reduction='none') *
-                     weight).sum()
-        return self.loss_weight * total / self.denominator(label, valid)
+        denominator = self.denominator(label, valid)
+        need_grad = cls_score.requires_grad and torch.is_grad_enabled()
+        base_input = cls_score.detach().requires_grad_() if need_grad else cls_score
+        hard = F.cross_entropy(base_input.float(), label, ignore_index=ignore_index,
+                               reduction='sum' if weight is None else 'none')
+        if weight is not None:
+            hard = (hard * weight).sum()
+        hard = hard / denominator
+        total, direction = soft_label_shift(
+            cls_score.detach(), ScaledProportions(label, valid, self.weights), weight)
+        correction = (total / denominator).float()
+        if not need_grad:
+            return self.loss_weight * (hard + correction)
+        objective = PenaltyObjective.apply(cls_score, (base_input, hard), correction,
+                                           direction, torch.tensor(1.0 / denominator),
+                                           1.0)
+        return self.loss_weight * objective

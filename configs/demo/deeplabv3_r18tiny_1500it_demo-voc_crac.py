@@ -1,9 +1,9 @@
 # CRaC (Murugesan et al., MICCAI 2024): the CALS protocol of
 # ./deeplabv3_r18tiny_1500it_demo-voc_cals.py with CRaCLoss: constraints
-# |s tau - z| on the 3 x 3 label proportions tau (s = margin 1 inside regions, 1
+# |s tau - z| on the 3 x 3 label proportions tau (s = margin 5 inside regions, 1
 # at boundaries), one multiplier per class inside regions and one at boundaries;
-# the authors' defaults (Bala93/CRac configs/lag/spatial_bndry_cls_aug_lag.yaml:
-# PHR, margin 1, no normalisation).
+# the authors' settings (Bala93/CRac: the README's commands, margin 5 and rho
+# 0.1, over configs/lag/spatial_bndry_cls_aug_lag.yaml: PHR, no normalisation).
 _base_ = './deeplabv3_r18tiny_1500it_demo-voc_cals.py'
 model = dict(
     decode_head=dict(
@@ -11,6 +11,7 @@ model = dict(
             _delete_=True,
             type='CRaCLoss',
             num_classes=6,
-            margin=1.0,
+            margin=5.0,
+            rho_init=0.1,
             penalty='phr',
             avg_non_ignore=True)))
