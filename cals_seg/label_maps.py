@@ -12,6 +12,9 @@ classes (an ignored pixel's are all 0). For each of the ``k^2`` offsets the
 window's labels are scattered into the class axis: ``k^2`` passes over the
 ``N x H x W`` labels and one write of the ``N x C x H x W`` result, never the
 one-hot labels convolved, nor ``C k^2`` unfolded copies as in the authors' code.
+The CPU kernels (csrc/neighbourhood_penalties.cpp) form the same proportions a
+block of pixels at a time and never write them out: one-hot wherever a window
+holds only the pixel's own label, the window scattered elsewhere.
 """
 from typing import NamedTuple, Optional, Tuple
 
