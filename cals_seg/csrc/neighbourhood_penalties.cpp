@@ -14,6 +14,8 @@
 
 #include <ATen/Parallel.h>
 
+#include "block_ops.h"
+
 #include <algorithm>
 #include <cmath>
 #include <type_traits>
@@ -21,8 +23,7 @@
 
 namespace {
 
-constexpr int64_t kBlock = 256;       // pixels kept in cache together
-constexpr int64_t kChunkBlocks = 64;  // blocks per task; fixes the summation order
+using namespace cals_kernels;
 
 // One image's labels, padded by half the window on every side with -1 (the
 // value of ignored pixels): pixels beyond the border are not neighbours, and a
@@ -181,25 +182,14 @@ void grouped_block(const GroupedInputs& in, const Block& block, float* tau,
     block_proportions(image, block, in.target_scale ? in.target_scale + start : nullptr,
                       c_count, tau);
   }
-#pragma omp simd
-  for (int64_t i = 0; i < len; ++i) {
-    top[i] = z[i];
-    finite[i] = z[i] - z[i] == 0.f;
-  }
-  for (int64_t k = 1; k < c_count; ++k) {
-    const float* zk = z + k * stride;
-#pragma omp simd
-    for (int64_t i = 0; i < len; ++i) {
-      top[i] = zk[i] > top[i] ? zk[i] : top[i];
-      finite[i] &= zk[i] - zk[i] == 0.f;
-    }
-  }
+  if (!kTargets || kStats)  // targets need neither top nor finiteness otherwise
+    block_top_finite(z, c_count, stride, len, top, finite);
 #pragma omp simd
   for (int64_t i = 0; i < len; ++i) {
     share[i] = 0.f;
     winners[i] = 0.f;
     usable[i] = label[i] >= 0 ? 1.f : 0.f;
-    kept[i] = label[i] >= 0 && finite[i] ? 1.f : 0.f;
+    kept[i] = kStats && label[i] >= 0 && finite[i] ? 1.f : 0.f;
   }
   double value = 0.0;
   // Local copies: read through `in`, every store to the gradient could alias
@@ -251,15 +241,7 @@ void grouped_block(const GroupedInputs& in, const Block& block, float* tau,
   }
   *out.value += value;
   if (kGrad && !kTargets) {
-    // Tied largest logits split the winner's share, as the gradient of amax does.
-#pragma omp simd
-    for (int64_t i = 0; i < len; ++i) share[i] /= winners[i] > 0.f ? winners[i] : 1.f;
-    for (int64_t k = 0; k < c_count; ++k) {
-      const float* zk = z + k * stride;
-      float* gk = grad + k * stride;
-#pragma omp simd
-      for (int64_t i = 0; i < len; ++i) gk[i] -= zk[i] == top[i] ? share[i] : 0.f;
-    }
+    subtract_winner_share(z, grad, c_count, stride, len, top, share, winners);
   }
   if (kStats) {
     float num_nonfinite = 0.f;

@@ -9,14 +9,15 @@
 
 #include <ATen/Parallel.h>
 
+#include "block_ops.h"
+
 #include <algorithm>
 #include <cmath>
 #include <vector>
 
 namespace {
 
-constexpr int64_t kBlock = 256;       // pixels kept in cache together
-constexpr int64_t kChunkBlocks = 64;  // blocks per task; fixes the summation order
+using namespace cals_kernels;
 
 // Per-task partial sums, laid out as [sq(C), clipped(C), distance(C), finite, nonfinite].
 struct Partial {
@@ -36,19 +37,7 @@ void penalty_block(const float* z, const bool* valid, const float* offset,
                    const Partial& out) {
   float top[kBlock], share[kBlock], winners[kBlock], usable[kBlock], kept[kBlock];
   unsigned char finite[kBlock];
-#pragma omp simd
-  for (int64_t i = 0; i < len; ++i) {
-    top[i] = z[i];
-    finite[i] = z[i] - z[i] == 0.f;
-  }
-  for (int64_t k = 1; k < num_classes; ++k) {
-    const float* zk = z + k * stride;
-#pragma omp simd
-    for (int64_t i = 0; i < len; ++i) {
-      top[i] = zk[i] > top[i] ? zk[i] : top[i];
-      finite[i] &= zk[i] - zk[i] == 0.f;
-    }
-  }
+  block_top_finite(z, num_classes, stride, len, top, finite);
 #pragma omp simd
   for (int64_t i = 0; i < len; ++i) {
     share[i] = 0.f;
@@ -84,15 +73,7 @@ void penalty_block(const float* z, const bool* valid, const float* offset,
     }
   }
   if (kGrad) {
-    // Tied largest logits split the winner's share, as the gradient of amax does.
-#pragma omp simd
-    for (int64_t i = 0; i < len; ++i) share[i] /= winners[i] > 0.f ? winners[i] : 1.f;
-    for (int64_t k = 0; k < num_classes; ++k) {
-      const float* zk = z + k * stride;
-      float* gk = direction + k * stride;
-#pragma omp simd
-      for (int64_t i = 0; i < len; ++i) gk[i] -= zk[i] == top[i] ? share[i] : 0.f;
-    }
+    subtract_winner_share(z, direction, num_classes, stride, len, top, share, winners);
   }
   if (kStats) {
     float num_kept = 0.f, num_nonfinite = 0.f;
