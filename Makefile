@@ -11,8 +11,8 @@ setup: $(STAMP)
 
 # torch first (the CPU build), then mmcv compiled against it (its setup.py imports
 # torch and pkg_resources, hence --no-build-isolation and setuptools<81), then the rest;
-# last cals-seg itself, whose CPU kernels (cals_seg/csrc) compile against torch too.
-$(STAMP): requirements.txt setup.py $(wildcard cals_seg/csrc/*.cpp cals_seg/csrc/*.h)
+# last cals-seg itself, whose CPU kernels (cals_seg/ops/csrc) compile against torch too.
+$(STAMP): requirements.txt setup.py $(wildcard cals_seg/ops/csrc/*.cpp cals_seg/ops/csrc/*.h)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade "pip>=24" wheel
 	$(PIP) install torch==2.13.0 "setuptools>=77.0.3,<81"
@@ -37,4 +37,4 @@ bench: setup
 	cd bench && ../$(PY) run_all.py
 
 clean-venv:
-	rm -rf $(VENV) build cals_seg/_kernels*.so
+	rm -rf $(VENV) build cals_seg/ops/_kernels*.so

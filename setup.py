@@ -10,16 +10,16 @@ setup(
     packages=find_packages(include=['cals_seg', 'cals_seg.*']),
     ext_modules=[
         CppExtension(
-            'cals_seg._kernels', [
-                'cals_seg/csrc/bindings.cpp', 'cals_seg/csrc/phr_penalty.cpp',
-                'cals_seg/csrc/neighbourhood_penalties.cpp',
-                'cals_seg/csrc/calibration_statistics.cpp'
+            'cals_seg.ops._kernels', [
+                'cals_seg/ops/csrc/bindings.cpp', 'cals_seg/ops/csrc/phr_penalty.cpp',
+                'cals_seg/ops/csrc/neighbourhood_penalties.cpp',
+                'cals_seg/ops/csrc/calibration_statistics.cpp'
             ],
             # -fopenmp: at::parallel_for is an OpenMP pragma in torch's headers, and
             # it enables the kernels' `omp simd` loops. -fno-trapping-math lets the
             # compiler turn their selects into vector blends (3x faster); results,
             # NaN and infinity included, are unchanged.
-            depends=['cals_seg/csrc/block_ops.h'],
+            depends=['cals_seg/ops/csrc/block_ops.h'],
             extra_compile_args=['-O3', '-fopenmp', '-fno-trapping-math'],
             extra_link_args=['-fopenmp'])
     ],

@@ -26,12 +26,12 @@ def _load_core():
         package = types.ModuleType(name)
         package.__path__ = [osp.join(ROOT, folder)]
         sys.modules[name] = package
-    return (importlib.import_module('cals_seg.constraints'),
-            importlib.import_module('cals_seg.penalties'),
-            importlib.import_module('cals_seg.evaluation.calibration'),
-            importlib.import_module('cals_seg.groups'),
-            importlib.import_module('cals_seg.label_maps'),
-            importlib.import_module('cals_seg.proportion_terms'))
+    return (importlib.import_module('cals_seg.functional.cals'),
+            importlib.import_module('cals_seg.functional.penalties'),
+            importlib.import_module('cals_seg.functional.calibration'),
+            importlib.import_module('cals_seg.functional.groups'),
+            importlib.import_module('cals_seg.functional.neighbourhood'),
+            importlib.import_module('cals_seg.functional'))
 
 
 def _time(function, repeats: int = 20) -> float:

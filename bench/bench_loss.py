@@ -10,7 +10,7 @@ import torch
 
 from mmseg.models.losses import CrossEntropyLoss
 
-from cals_seg.losses import CALSLoss, CRaCLoss, NACLLoss, SVLSLoss
+from cals_seg.models.losses import CALSLoss, CRaCLoss, NACLLoss, SVLSLoss
 from common import report, time_side_by_side
 
 NEIGHBOURHOOD_LOSSES = (('nacl', 'NACLLoss'), ('svls', 'SVLSLoss'),

@@ -3,7 +3,7 @@
 per-image ECE)."""
 import torch
 
-from cals_seg.evaluation.calibration_metric import CalibrationMetric
+from cals_seg.evaluation.metrics.calibration_metric import CalibrationMetric
 from common import report, time_side_by_side
 
 CLASSES = tuple(f'class{k}' for k in range(19))

@@ -13,7 +13,7 @@ from mmseg.registry import MODELS
 from mmseg.structures import SegDataSample
 from mmseg.utils import register_all_modules
 
-from cals_seg.hooks import CALSMultiplierHook, find_cals_losses
+from cals_seg.engine.hooks import CALSMultiplierHook, find_cals_losses
 from common import report, time_side_by_side
 
 DEMO = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'configs', 'demo')

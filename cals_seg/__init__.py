@@ -1,29 +1,21 @@
 """cals-seg: Class Adaptive Label Smoothing (CALS) for MMSegmentation 1.x.
 
-Importing the package registers its losses, hooks, metrics and datasets in
-mmseg's registries and lets torch load the checkpoints MMEngine writes.
+Importing the package registers its losses, segmentors, calibrators, hooks,
+metrics and datasets in mmseg's registries, and changes nothing else: loading
+MMEngine's checkpoints under torch's ``weights_only`` default is the explicit
+import of :mod:`cals_seg.utils.mmengine_checkpoints`. The maths alone is
+:mod:`cals_seg.functional`, which needs neither mmengine, mmcv nor mmseg.
 """
-import warnings
-
-# mmengine 0.10.7 imports pkg_resources, which setuptools >= 80 deprecates loudly
-# on every start; the pin keeps it working, the warning only adds noise.
-warnings.filterwarnings('ignore', message='pkg_resources is deprecated',
-                        category=UserWarning)
-
-from . import calibrators  # noqa: E402,F401  (registers them in MODELS)
-from .checkpoint import allow_mmengine_checkpoints  # noqa: E402
-from .datasets import HashSplitDataset  # noqa: E402
-from .evaluation import CalibrationMetric  # noqa: E402
-from .hooks import CALSMultiplierHook  # noqa: E402
-from .losses import CALSLoss  # noqa: E402
-from .segmentors import CalibratedSegmentor  # noqa: E402
+from . import calibrators, datasets, engine, evaluation, models  # noqa: F401
+from .datasets import HashSplitDataset
+from .engine.hooks import CALSMultiplierHook, SaveLogitsHook
+from .evaluation import CalibrationMetric
+from .models.losses import CALSLoss
+from .models.segmentors import CalibratedSegmentor
 
 __version__ = '0.1.0'
 
-allow_mmengine_checkpoints()
-
 __all__ = [
     'CALSLoss', 'CALSMultiplierHook', 'CalibratedSegmentor', 'CalibrationMetric',
-    'HashSplitDataset',
-    'allow_mmengine_checkpoints'
+    'HashSplitDataset', 'SaveLogitsHook'
 ]

@@ -2,7 +2,9 @@
 # the CALS authors' segmentation protocol (see deeplabv3_voc_ce.py) so that it
 # differs from deeplabv3_cityscapes_cals.py only in the loss.
 _base_ = 'mmseg::deeplabv3/deeplabv3_r50-d8_4xb2-80k_cityscapes-512x1024.py'
-custom_imports = dict(imports=['cals_seg'], allow_failed_imports=False)
+custom_imports = dict(
+    imports=['cals_seg', 'cals_seg.utils.mmengine_checkpoints'],
+    allow_failed_imports=False)
 # 20 % of the training images held out by name hash (the authors' VOC share);
 # Cityscapes val is the test split.
 holdout_fraction = 0.2

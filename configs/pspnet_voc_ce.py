@@ -3,7 +3,9 @@
 # pspnet_voc_cals.py only in the loss (by-liu/CALS: configs/train/segment.yaml,
 # data_splits/voc2012, calibrate/evaluation/segment_calibrate_evaluator.py).
 _base_ = 'mmseg::pspnet/pspnet_r50-d8_4xb4-20k_voc12aug-512x512.py'
-custom_imports = dict(imports=['cals_seg'], allow_failed_imports=False)
+custom_imports = dict(
+    imports=['cals_seg', 'cals_seg.utils.mmengine_checkpoints'],
+    allow_failed_imports=False)
 # Held out of training by image-name hash: 20 %, as the authors' 293 of 1,464.
 # The hold-out part tunes CALS's multipliers, fits post-hoc calibrators and
 # chooses hyper-parameters; VOC val is the test split (as theirs).

@@ -8,7 +8,7 @@ import sys
 import torch
 from mmengine.config import Config
 
-from cals_seg.data_check import set_data_root
+from cals_seg.utils.data_check import set_data_root
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DEMO_CONFIGS = osp.join(REPO, 'configs', 'demo')

@@ -14,7 +14,7 @@ from PIL import Image
 
 import cals_seg  # noqa: F401
 from cals_seg.calibrators import TemperatureScaling, load_calibrator
-from cals_seg.demo_data import make_demo_dataset
+from cals_seg.datasets.demo_data import make_demo_dataset
 from calibration_reference import reference_metrics
 from helpers import REPO, demo_config, run_tool
 

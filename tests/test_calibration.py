@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from cals_seg.evaluation.accumulator import CalibrationTotals
-from cals_seg.evaluation.calibration import (CalibrationStatistics,
+from cals_seg.functional.calibration import (CalibrationStatistics,
                                              calibration_errors,
                                              calibration_statistics)
 from calibration_reference import reference_metrics, softmax

@@ -12,7 +12,7 @@ from mmseg.registry import METRICS
 
 import cals_seg  # noqa: F401
 from cals_seg.evaluation.accumulator import SCALAR_METRICS
-from cals_seg.evaluation.calibration_metric import CalibrationMetric
+from cals_seg.evaluation.metrics.calibration_metric import CalibrationMetric
 from calibration_reference import reference_metrics
 
 CLASSES = ('background', 'cat', 'dog', 'bird')

@@ -6,8 +6,8 @@ from mmseg.models.losses import CrossEntropyLoss
 from mmseg.registry import MODELS
 
 import cals_seg  # noqa: F401
-from cals_seg.losses import CALSLoss
-from cals_seg.penalties import get_penalty
+from cals_seg.models.losses import CALSLoss
+from cals_seg.functional.penalties import get_penalty
 from test_penalties import _reference
 
 NUM_CLASSES = 4

@@ -98,7 +98,8 @@ def test_grouped_configs_are_the_cals_protocol_with_their_loss(path):
 def test_config_builds_its_model(path):
     register_all_modules()
     cfg = Config.fromfile(osp.join(REPO, path))
-    assert cfg.custom_imports['imports'] == ['cals_seg']
+    assert cfg.custom_imports['imports'] == [
+        'cals_seg', 'cals_seg.utils.mmengine_checkpoints']
     model = MODELS.build(cfg.model)
     loss = model.decode_head.loss_decode
     if '_cals' in path or '_crac' in path:

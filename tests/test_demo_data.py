@@ -14,7 +14,7 @@ from mmseg.registry import DATASETS
 from mmseg.utils import register_all_modules
 
 import cals_seg  # noqa: F401
-from cals_seg.demo_data import make_demo_dataset
+from cals_seg.datasets.demo_data import make_demo_dataset
 from helpers import REPO, point_at
 
 

@@ -14,7 +14,7 @@ import sys
 import pytest
 import torch
 
-from cals_seg.demo_data import make_demo_dataset
+from cals_seg.datasets.demo_data import make_demo_dataset
 from helpers import REPO, deterministic_config, read_scalars, shipped_args
 
 KEYS = ('multipliers', 'rho', 'prev_constraint', 'num_rounds')
@@ -100,8 +100,8 @@ def test_two_ranks_match_one(data_root, tmp_path, source, loss):
 
 def _disagreeing_rank(rank, port, queue):
     import torch.distributed as dist
-    from cals_seg.hooks.cals_multiplier_hook import _check_same_on_every_rank
-    from cals_seg.losses import CALSLoss
+    from cals_seg.engine.hooks.cals_multiplier_hook import _check_same_on_every_rank
+    from cals_seg.models.losses import CALSLoss
     os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
     dist.init_process_group('gloo', rank=rank, world_size=2)
     loss = CALSLoss(num_classes=3)

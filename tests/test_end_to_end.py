@@ -8,8 +8,8 @@ import torch
 from mmengine.runner import Runner
 
 import cals_seg  # noqa: F401
-from cals_seg.demo_data import make_demo_dataset
-from cals_seg.hooks import find_cals_losses
+from cals_seg.datasets.demo_data import make_demo_dataset
+from cals_seg.engine.hooks import find_cals_losses
 from helpers import REPO, demo_config, read_scalars, run_tool, shipped_args
 
 

@@ -9,9 +9,9 @@ from mmengine.optim.optimizer import amp_optimizer_wrapper
 from mmengine.runner import Runner
 
 import cals_seg  # noqa: F401
-from cals_seg.demo_data import make_demo_dataset
-from cals_seg.hooks import CALSMultiplierHook, find_cals_losses
-from cals_seg.losses import CALSLoss
+from cals_seg.datasets.demo_data import make_demo_dataset
+from cals_seg.engine.hooks import CALSMultiplierHook, find_cals_losses
+from cals_seg.models.losses import CALSLoss
 from helpers import demo_config
 
 

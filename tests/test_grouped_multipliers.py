@@ -7,9 +7,9 @@ import torch
 from mmseg.registry import MODELS
 
 import cals_seg  # noqa: F401
-from cals_seg.constraints import constraint_penalty, grouped_constraint_penalty
-from cals_seg.groups import GROUPINGS, group_layout, group_names, num_groups
-from cals_seg.penalties import phr
+from cals_seg.functional.cals import constraint_penalty, grouped_constraint_penalty
+from cals_seg.functional.groups import GROUPINGS, group_layout, group_names, num_groups
+from cals_seg.functional.penalties import phr
 from helpers import blocky_batch
 
 IGNORE = 255

@@ -6,7 +6,7 @@ from mmseg.utils import register_all_modules
 
 import cals_seg  # noqa: F401
 from cals_seg.datasets import hash_fraction
-from cals_seg.demo_data import VOC_CLASSES, make_demo_dataset
+from cals_seg.datasets.demo_data import VOC_CLASSES, make_demo_dataset
 
 
 @pytest.fixture(scope='module')

@@ -8,21 +8,21 @@ the kernels' results.
 import pytest
 import torch
 
-from cals_seg.constraints import constraint_penalty, grouped_constraint_penalty
-from cals_seg.evaluation.calibration import (calibration_errors,
+from cals_seg.functional.cals import constraint_penalty, grouped_constraint_penalty
+from cals_seg.functional.calibration import (calibration_errors,
                                              calibration_statistics)
 from cals_seg.evaluation.accumulator import SCALAR_METRICS
-from cals_seg.groups import GROUPINGS, group_layout, num_groups
-from cals_seg.label_maps import ScaledProportions, kernel_weights
-from cals_seg.native import kernels
-from cals_seg.penalties import p2, phr
-from cals_seg.proportion_terms import neighbourhood_deviation, soft_label_shift
+from cals_seg.functional.groups import GROUPINGS, group_layout, num_groups
+from cals_seg.functional.neighbourhood import ScaledProportions, kernel_weights
+from cals_seg.ops import kernels
+from cals_seg.functional.penalties import p2, phr
+from cals_seg.functional import neighbourhood_deviation, soft_label_shift
 from helpers import blocky_batch
 
 
 def test_kernels_are_built():
     # CI sets up with the README's commands; a missing build must fail loudly.
-    assert kernels is not None, 'cals_seg._kernels is not built: pip install -e .'
+    assert kernels is not None, 'cals_seg.ops._kernels is not built: pip install -e .'
 
 
 def _batch(seed, shape=(3, 7, 33, 45), integer=False, dtype=torch.float32):

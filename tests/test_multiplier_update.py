@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import cals_seg  # noqa: F401
-from cals_seg.constraints import RoundStatistics
-from cals_seg.losses import CALSLoss
+from cals_seg.functional.cals import RoundStatistics
+from cals_seg.models.losses import CALSLoss
 from test_penalties import _reference
 
 IGNORE = 255

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from mmseg.registry import MODELS
 
 import cals_seg  # noqa: F401
-from cals_seg.label_maps import kernel_weights, neighbourhood_proportions
+from cals_seg.functional.neighbourhood import kernel_weights, neighbourhood_proportions
 from helpers import blocky_batch
 
 IGNORE = 255

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from cals_seg.penalties import PENALTIES, get_penalty
+from cals_seg.functional.penalties import PENALTIES, get_penalty
 
 
 def _per_class_parameters(num_classes=5):

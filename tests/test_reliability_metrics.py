@@ -7,9 +7,9 @@ from sklearn.metrics import roc_auc_score
 
 from cals_seg.evaluation.accumulator import (CalibrationTotals,
                                              image_ece_quantile)
-from cals_seg.evaluation.calibration import (calibration_errors,
+from cals_seg.functional.calibration import (calibration_errors,
                                              calibration_statistics)
-from cals_seg.label_maps import boundary_mask
+from cals_seg.functional.neighbourhood import boundary_mask
 from calibration_reference import binned_gaps, reference_metrics, softmax
 
 

@@ -5,7 +5,7 @@ import os.path as osp
 import pytest
 import torch
 
-from cals_seg.demo_data import make_demo_dataset
+from cals_seg.datasets.demo_data import make_demo_dataset
 from helpers import deterministic_config, run_tool
 
 PREFIX = 'decode_head.loss_decode.'

@@ -34,9 +34,9 @@ import torch
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from cals_seg.demo_data import VOC_CLASSES, make_demo_dataset  # noqa: E402
-from cals_seg.fileio import write_atomic  # noqa: E402
-from cals_seg.groups import group_names  # noqa: E402
+from cals_seg.datasets.demo_data import VOC_CLASSES, make_demo_dataset  # noqa: E402
+from cals_seg.utils.io import write_atomic  # noqa: E402
+from cals_seg.functional.groups import group_names  # noqa: E402
 
 # Trained methods, one demo config each; 'ce+ts' and the other 'method+calibrator'
 # rows are that method's runs with a post-hoc calibrator fitted on the held-out

@@ -26,16 +26,16 @@ from cals_seg.calibrators import (SHORT_NAMES, Calibrator, CalibratorFileError,
                                   load_calibrator)
 from cals_seg.evaluation.accumulator import (ERROR_BOUNDS, SCALAR_METRICS,
                                              CalibrationTotals)
-from cals_seg.evaluation.calibration import (DEFAULT_BOUNDARY_WIDTH,
+from cals_seg.functional.calibration import (DEFAULT_BOUNDARY_WIDTH,
                                              DEFAULT_NUM_BINS, DEFAULT_NUM_CELLS)
-from cals_seg.evaluation.calibration_metric import resolve_classes
+from cals_seg.evaluation.metrics.calibration_metric import resolve_classes
 from cals_seg.evaluation.offline import (CalibEvalError, load_image,
                                          load_manifest, load_pair, pair_files,
                                          sample_crops, sample_pixels,
                                          split_for_fitting, stream_statistics)
-from cals_seg.evaluation.reliability import (class_diagrams, compare_diagrams,
+from cals_seg.visualization.reliability import (class_diagrams, compare_diagrams,
                                              image_panels, risk_coverage_figure)
-from cals_seg.fileio import write_atomic
+from cals_seg.utils.io import write_atomic
 
 UNCALIBRATED = 'uncalibrated'
 # Columns of the printed comparison table.

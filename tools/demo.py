@@ -20,10 +20,10 @@ from mmengine.config import Config
 from mmengine.runner import Runner
 
 import cals_seg  # noqa: F401
-from cals_seg.data_check import set_data_root
-from cals_seg.demo_data import make_demo_dataset
-from cals_seg.evaluation.calibration import DEFAULT_NUM_BINS
-from cals_seg.hooks import find_cals_losses
+from cals_seg.utils.data_check import set_data_root
+from cals_seg.datasets.demo_data import make_demo_dataset
+from cals_seg.functional.calibration import DEFAULT_NUM_BINS
+from cals_seg.engine.hooks import find_cals_losses
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIGS = {

@@ -6,7 +6,7 @@
 import argparse
 import os.path as osp
 
-from cals_seg.demo_data import LAYOUTS, make_demo_dataset
+from cals_seg.datasets.demo_data import LAYOUTS, make_demo_dataset
 
 
 def parse_args():

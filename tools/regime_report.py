@@ -36,7 +36,7 @@ from cals_seg.calibrators import SHORT_NAMES  # noqa: E402
 from cals_seg.evaluation.split_report import (  # noqa: E402
     RAW, evaluate_split, fit_calibrators, regime_figures, reliability_bins,
     split_loaders, summarize)
-from cals_seg.fileio import write_atomic  # noqa: E402
+from cals_seg.utils.io import write_atomic  # noqa: E402
 
 TARGETS = dict(ECE=5.0, ECE_image=5.0, fg_ECE=10.0, train_aAcc=97.0,
                test_mIoU=(40.0, 85.0), distance_share=0.20)

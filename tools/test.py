@@ -6,9 +6,9 @@ import sys
 import cals_seg  # noqa: F401  (first: registers the plugin, quiets mmengine's import)
 from mmengine.runner import Runner
 
-from cals_seg.cli import add_common_arguments, exit_if_dataset_missing, load_config
-from cals_seg.hooks.save_logits_hook import LOGITS_DTYPES
-from cals_seg.launch import finish_distributed, prepare_cpu_distributed
+from cals_seg.utils.cli import add_common_arguments, exit_if_dataset_missing, load_config
+from cals_seg.utils.saved_logits import LOGITS_DTYPES
+from cals_seg.utils.launch import finish_distributed, prepare_cpu_distributed
 
 
 def parse_args():

@@ -10,8 +10,8 @@ from mmengine.runner import Runner
 
 from mmseg.registry import RUNNERS
 
-from cals_seg.cli import add_common_arguments, exit_if_dataset_missing, load_config
-from cals_seg.launch import finish_distributed, prepare_cpu_distributed
+from cals_seg.utils.cli import add_common_arguments, exit_if_dataset_missing, load_config
+from cals_seg.utils.launch import finish_distributed, prepare_cpu_distributed
 
 
 def parse_args():

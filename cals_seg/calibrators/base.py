@@ -26,7 +26,7 @@ from torch import Tensor
 
 from mmseg.registry import MODELS
 
-from ..fileio import write_atomic
+from ..utils.io import write_atomic
 
 FILE_VERSION = 1
 IGNORE = -100  # F.cross_entropy's default ignore_index

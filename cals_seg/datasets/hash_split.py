@@ -7,7 +7,7 @@ from mmengine.dataset import BaseDataset
 
 from mmseg.registry import DATASETS
 
-from ..data_check import with_pipeline
+from ..utils.data_check import with_pipeline
 
 SPLITS = ('train', 'holdout')
 

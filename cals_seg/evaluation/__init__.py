@@ -1,8 +1,5 @@
-from .calibration import (CalibrationStatistics, calibration_errors,
-                          calibration_statistics)
-from .calibration_metric import CalibrationMetric
+"""Evaluation: the streaming calibration metric (METRICS), the evaluation of
+saved logits and of dataset splits."""
+from .metrics import CalibrationMetric
 
-__all__ = [
-    'CalibrationMetric', 'CalibrationStatistics', 'calibration_errors',
-    'calibration_statistics'
-]
+__all__ = ['CalibrationMetric']

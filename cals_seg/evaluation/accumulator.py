@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .calibration import (COVERAGES, CalibrationStatistics, calibration_errors,
+from ..functional.calibration import (COVERAGES, CalibrationStatistics, calibration_errors,
                           image_ece)
 
 # The numbers CalibrationMetric reports, in its log's order.
@@ -41,7 +41,7 @@ def image_ece_quantile(histogram: np.ndarray, q: float) -> float:
 
 class CalibrationTotals:
     """Encodes one image's statistics as a float64 vector whose sum over images
-    decodes to the metrics of a protocol (DESIGN.md section 2).
+    decodes to the metrics of a protocol (docs/metrics.md).
 
     - 'dataset': the vector holds the image's per-bin sums; the metrics of the
       sum pool every pixel.

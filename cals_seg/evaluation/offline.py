@@ -10,9 +10,9 @@ import torch
 from PIL import Image
 
 from ..datasets.hash_split import hash_fraction
-from ..hooks.save_logits_hook import MANIFEST
+from ..utils.saved_logits import MANIFEST
 from .accumulator import CalibrationTotals
-from .calibration import (CalibrationStatistics, calibration_statistics,
+from ..functional.calibration import (CalibrationStatistics, calibration_statistics,
                           image_ece, keep_mask)
 
 LIST_LIMIT = 5

@@ -8,7 +8,7 @@ post-hoc calibrators on the same pass. :func:`fit_calibrators` fits those on a
 hold-out loader.
 :func:`summarize` turns those sums into the numbers of docs/results.md, and
 :func:`regime_figures` into the five figures that say whether a run is
-over-confident the way real networks are (issue 10).
+over-confident the way real networks are (docs/results.md).
 """
 import copy
 from typing import Dict, List, Optional, Sequence
@@ -18,8 +18,8 @@ import torch
 from torch import Tensor
 
 from ..calibrators import SHORT_NAMES, Calibrator
-from ..data_check import leaf_datasets, with_pipeline
-from .calibration import (DEFAULT_BOUNDARY_WIDTH, DEFAULT_NUM_BINS,
+from ..utils.data_check import leaf_datasets, with_pipeline
+from ..functional.calibration import (DEFAULT_BOUNDARY_WIDTH, DEFAULT_NUM_BINS,
                           CalibrationStatistics, calibration_errors,
                           calibration_statistics, keep_mask)
 
@@ -257,7 +257,7 @@ def overconfident_bins(stats: CalibrationStatistics, min_share: float = 0.005,
 
 
 def regime_figures(test: dict, train: dict) -> Dict[str, object]:
-    """The five figures of issue 10 for a model (raw logits).
+    """The five figures of the over-confidence regime for a model (raw logits).
 
     Args:
         test (dict): :func:`evaluate_split` of the test split.

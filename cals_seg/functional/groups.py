@@ -1,0 +1,93 @@
+"""Which multiplier each (pixel, logit) constraint belongs to.
+
+CALS learns one multiplier per logit ``k`` and applies it at every pixel. A
+grouping makes the multiplier depend on where the pixel is:
+
+- ``'logit'``: group ``k`` (CALS; ``C`` groups);
+- ``'label'``: the pixel's ground-truth class ``y_i`` (``C`` groups);
+- ``'label_logit'``: ``y_i * C + k`` (``C^2`` groups);
+- ``'region'``: ``k`` for interior pixels, ``C + k`` for boundary pixels, a
+  pixel being on a boundary when its ``(2 width + 1)^2`` window holds another
+  label, the ignore label included (:func:`cals_seg.functional.neighbourhood.boundary_mask`;
+  CRaC's class x {interior, boundary}; ``2C`` groups).
+"""
+from typing import List, NamedTuple, Sequence
+
+import torch
+from torch import Tensor
+
+from .neighbourhood import boundary_mask
+
+GROUPINGS = ('logit', 'label', 'label_logit', 'region')
+
+
+def check_grouping(grouping: str) -> None:
+    if grouping not in GROUPINGS:
+        raise ValueError(f'groups must be one of {GROUPINGS}, got {grouping!r}')
+
+
+def num_groups(grouping: str, num_classes: int) -> int:
+    check_grouping(grouping)
+    return dict(logit=num_classes, label=num_classes,
+                label_logit=num_classes**2, region=2 * num_classes)[grouping]
+
+
+def group_names(grouping: str, class_names: Sequence[str]) -> List[str]:
+    """Readable names of the groups, in index order (for the logs)."""
+    check_grouping(grouping)
+    names = [str(name) for name in class_names]
+    if grouping in ('logit', 'label'):
+        return names if grouping == 'logit' else [f'label_{n}' for n in names]
+    if grouping == 'label_logit':
+        return [f'label_{y}/{k}' for y in names for k in names]
+    return [f'{n}/interior' for n in names] + [f'{n}/boundary' for n in names]
+
+
+class GroupLayout(NamedTuple):
+    """Where each (pixel, logit) constraint's multiplier is: group ``base_i +
+    logit_stride * k``. Kept in this form, a per-pixel map, because the
+    ``(N, C, *S)`` index it stands for would be as large as the logits.
+
+    Attributes:
+        base (Tensor): int64 ``(N, *S)``; 0 at invalid pixels (their
+            constraints are masked out by the caller).
+        logit_stride (int): 1 when the group depends on the logit, else 0.
+        num_classes (int): ``C``.
+    """
+    base: Tensor
+    logit_stride: int
+    num_classes: int
+
+    def index(self) -> Tensor:
+        """The group of every (pixel, logit), int64 broadcastable to ``(N, C,
+        *S)``: ``(N, 1, *S)`` when it does not depend on the logit."""
+        base = self.base.unsqueeze(1)
+        if self.logit_stride == 0:
+            return base
+        spatial = (1, ) * (self.base.dim() - 1)
+        logit = torch.arange(self.num_classes, device=base.device).view(1, -1, *spatial)
+        return base + self.logit_stride * logit
+
+
+def group_layout(grouping: str, label: Tensor, valid: Tensor, num_classes: int,
+                 region_width: int = 1) -> GroupLayout:
+    """The groups of a batch's constraints.
+
+    Args:
+        label (Tensor): ``(N, *S)`` classes.
+        valid (Tensor): ``(N, *S)`` bool.
+        region_width (int): boundary half-width of the 'region' grouping.
+
+    Returns:
+        GroupLayout
+    """
+    check_grouping(grouping)
+    y = label.where(valid, 0).long()
+    if grouping == 'logit':
+        return GroupLayout(torch.zeros_like(y), 1, num_classes)
+    if grouping == 'label':
+        return GroupLayout(y, 0, num_classes)
+    if grouping == 'label_logit':
+        return GroupLayout(y * num_classes, 1, num_classes)
+    near = boundary_mask(label, region_width).long()
+    return GroupLayout(near * num_classes, 1, num_classes)

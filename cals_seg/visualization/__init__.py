@@ -1,0 +1,1 @@
+"""Reliability diagrams, risk-coverage curves and worst-image panels (PNG bytes)."""
