@@ -216,21 +216,22 @@ def _check(name, case, avg_non_ignore, ignore_index=IGNORE, class_weight=None):
     torch.testing.assert_close(z.grad.double(), x.grad, rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize('name', sorted(LOSSES))
+# The losses at zero strength (SVLS has none: its kernel always smooths).
+ZERO_STRENGTH = dict(
+    LabelSmoothingLoss=dict(smoothing=0.0), SoftmaxFocalLoss=dict(gamma=0.0),
+    MarginLabelSmoothingLoss=dict(lambd=0.0), ConfidencePenaltyLoss=dict(beta=0.0),
+    NACLLoss=dict(alpha=0.0), CALSLoss=dict(num_classes=C, penalty_weight=0.0),
+    CRaCLoss=dict(num_classes=C, penalty_weight=0.0))
+
+
+@pytest.mark.parametrize('name', sorted(ZERO_STRENGTH))
 def test_zero_strength_cross_entropy_part_is_mmseg(name):
     """With class weights and every argument, the cross-entropy part is
-    mmseg's CrossEntropyLoss itself (LS, FL, MbLS, ECP at zero strength)."""
-    zero = dict(LabelSmoothingLoss=dict(smoothing=0.0), SoftmaxFocalLoss=dict(gamma=0.0),
-                MarginLabelSmoothingLoss=dict(lambd=0.0),
-                ConfidencePenaltyLoss=dict(beta=0.0), NACLLoss=dict(alpha=0.0),
-                CALSLoss=dict(num_classes=C, penalty_weight=0.0),
-                CRaCLoss=dict(num_classes=C, penalty_weight=0.0))
-    if name not in zero:
-        return  # SVLS has no strength: its kernel always smooths
+    mmseg's CrossEntropyLoss itself."""
     logits, label, weight = _inputs(1)
     logits = logits.float()
     loss = MODELS.build(dict(type=name, class_weight=CLASS_WEIGHT, avg_non_ignore=True,
-                             **zero[name]))
+                             **ZERO_STRENGTH[name]))
     ce = CrossEntropyLoss(class_weight=CLASS_WEIGHT, avg_non_ignore=True)
     for kwargs in (dict(), dict(reduction_override='none'),
                    dict(reduction_override='sum'), dict(avg_factor=5.0)):
