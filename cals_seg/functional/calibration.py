@@ -40,7 +40,8 @@ from torch import Tensor
 
 from .labels import check_label_range
 from .neighbourhood import boundary_mask
-from ..ops import kernels, use_kernel
+from .. import ops
+from ..ops import use_kernel
 
 DEFAULT_NUM_BINS = 15
 DEFAULT_NUM_CELLS = 2**16
@@ -196,12 +197,12 @@ def calibration_statistics(logits: Tensor,
     else:
         boundary = boundary_mask(labels, boundary_width).reshape(-1)
     if use_kernel(backend, z.device.type == 'cpu', 'CPU tensors'):
-        *sums, num_nonfinite = kernels.calibration_statistics(
-            z.contiguous(), y.contiguous(), keep.contiguous(), boundary.contiguous(),
-            class_threshold, num_bins, num_cells)
+        statistics, num_nonfinite = ops.calibration_statistics(
+            CalibrationStatistics, z.contiguous(), y.contiguous(), keep.contiguous(),
+            boundary.contiguous(), class_threshold, num_bins, num_cells)
         if num_nonfinite > 0:
             raise _nonfinite_error(int(num_nonfinite))
-        return CalibrationStatistics(*sums)
+        return statistics
     if not bool(keep.all()):
         z, y = z[:, keep], y[keep]
         boundary = boundary[keep] if boundary.numel() else boundary

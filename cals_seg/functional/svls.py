@@ -9,7 +9,8 @@ from typing import NamedTuple, Optional, Tuple, Union
 import torch
 from torch import Tensor
 
-from ..ops import kernels, use_kernel
+from .. import ops
+from ..ops import use_kernel
 from .neighbourhood import (ScaledProportions, boundary_mask, kernel_inputs,
                             neighbourhood_proportions)
 
@@ -53,8 +54,8 @@ def soft_label_shift(logits: Tensor, targets: ScaledProportions,
     if use_kernel(backend, logits.device.type == 'cpu', 'CPU tensors'):
         weight = logits.new_empty(0) if pixel_weight is None else (
             pixel_weight.float().reshape(len(logits), -1).contiguous())
-        direction, total = kernels.svls_shift(*kernel_inputs(logits, targets), weight)
-        return total, direction.view(logits.shape)
+        term = ops.svls_shift(**kernel_inputs(logits, targets), pixel_weight=weight)
+        return term.value, term.direction.view(logits.shape)
     label, valid, window = targets.label, targets.valid, targets.weights
     half = window.shape[0] // 2
     if half == 0:  # a 1 x 1 window: every target is one-hot
