@@ -43,17 +43,28 @@ def test_functional_core_runs_with_mmengine_mmcv_and_mmseg_blocked():
 
 
 def test_import_changes_neither_warning_filters_nor_torch_safe_globals():
+    # Libraries it imports (scipy, sympy) add filters of their own: record who
+    # calls the filter functions, and refuse only calls from cals_seg.
     result = _run('''
+        import sys
         import warnings
         import torch
-        import mmseg  # noqa: F401  (its own import may add filters)
-        filters = list(warnings.filters)
-        safe = list(torch.serialization.get_safe_globals())
+        callers = []
+        def recording(function):
+            def record(*args, **kwargs):
+                callers.append(sys._getframe(1).f_code.co_filename)
+                return function(*args, **kwargs)
+            return record
+        warnings.filterwarnings = recording(warnings.filterwarnings)
+        warnings.simplefilter = recording(warnings.simplefilter)
         import cals_seg
-        assert list(warnings.filters) == filters, 'import cals_seg changed warnings'
-        assert list(torch.serialization.get_safe_globals()) == safe, 'safe globals'
+        from mmengine.logging import HistoryBuffer
+        ours = [c for c in callers if '/cals_seg/' in c]
+        assert not ours, f'import cals_seg changed warning filters: {ours}'
+        # (torch.distributed, imported on the way, allows its own classes)
+        assert HistoryBuffer not in torch.serialization.get_safe_globals()
         import cals_seg.utils.mmengine_checkpoints  # the explicit opt-in
-        assert len(torch.serialization.get_safe_globals()) > len(safe)
+        assert HistoryBuffer in torch.serialization.get_safe_globals()
         print('ok')
         ''')
     assert result.returncode == 0, result.stderr
