@@ -156,11 +156,13 @@ def test_selective_scaling_refits_from_the_start():
     calibrator (each fit starts from identity()) gives the first one's
     parameters, not a continuation of its training."""
     logits, labels, _ = _mispredictions(pixels=4000)
-    calibrator = SelectiveScaling(C, iterations=30)
+    calibrator = SelectiveScaling(C, iterations=200)
     fresh = {k: v.clone() for k, v in calibrator.state_dict().items()}
     calibrator.fit(logits, labels, _ids(logits))
     first = {k: v.clone() for k, v in calibrator.state_dict().items()}
-    assert any(not torch.equal(first[k], fresh[k]) for k in fresh)
+    trained = [k for k in fresh if k.startswith('detector.')
+               and not torch.equal(first[k], fresh[k])]
+    assert trained  # the detector learned: a refit could start from it
     calibrator.identity()
     for key, value in calibrator.state_dict().items():
         torch.testing.assert_close(value, fresh[key])
