@@ -7,6 +7,7 @@ import struct
 
 import numpy as np
 import pytest
+import torch
 
 from helpers import REPO, run_tool
 
@@ -47,8 +48,11 @@ def test_benchmark_writes_table_figures_and_reuses_finished_runs(tmp_path):
     report = json.loads((run / 'report.json').read_text())
     assert set(report['figures']) == {'ECE', 'ECE_image', 'fg/ECE', 'overconfident',
                                       'train_aAcc', 'test_mIoU', 'distance_share'}
-    assert report['temperature'] > 0 and set(report['metrics_posthoc']) == {'ts'}
-    assert report['fits']['ts']['nll_after'] <= report['fits']['ts']['nll_before']
+    assert set(report['metrics_posthoc']) == {'ts'}
+    fit = report['fits']['ts']  # fitted on hold-out images, checked on others
+    assert fit['fit_images'] >= 1 and fit['check_images'] >= 1
+    assert fit['kept'] == (fit['check_nll_after'] <= fit['check_nll_before'])
+    assert (report['temperature'] != 1.0) == fit['kept']
 
     # A second call reads finished runs back instead of training again.
     result_file = run / 'result.json'
@@ -68,7 +72,7 @@ def test_benchmark_writes_table_figures_and_reuses_finished_runs(tmp_path):
     printed = run_tool([
         'tools/regime_report.py',
         'configs/demo/pspnet_r18tiny_1500it_demo-voc_ce.py', report['checkpoint'],
-        '--cfg-options'
+        '--device', 'cpu', '--cfg-options'
     ] + roots)
     assert printed.returncode == 0, printed.stderr[-3000:]
     for line in ('1. pooled ECE (%)', 'per-image ECE (%)', '2. foreground ECE',
@@ -102,3 +106,20 @@ def test_confidence_gaps_split_background_from_foreground_bins():
     for gap, keep in zip(gaps, (background, ~background)):
         assert gap == pytest.approx(100 * (correct[keep].mean() -
                                            confidence[keep].mean()))
+
+
+@pytest.mark.parametrize('device, message', [
+    ('gpu', "--device 'gpu' is not a device name"),
+    ('cuda:99', "--device 'cuda:99' is not available on this machine"),
+])
+def test_regime_report_refuses_a_bad_device(capsys, device, message):
+    spec = importlib.util.spec_from_file_location(
+        'regime_report', osp.join(REPO, 'tools', 'regime_report.py'))
+    regime_report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(regime_report)
+    with pytest.raises(SystemExit) as exit_info:
+        regime_report.main(['config.py', 'checkpoint.pth', '--device', device])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+    assert regime_report.parse_args(['c.py', 'k.pth', '--device', 'cpu']).device == \
+        torch.device('cpu')

@@ -123,13 +123,21 @@ def test_every_calibrator_fits_reports_and_applies(saved_logits, tmp_path):
     names = ['ts', 'cts', 'vs', 'dirichlet', 'lts', 'lts-image', 'selective']
     result = run_tool(['tools/calib_eval.py', saved_logits['logits_dir'],
                        '--fit-split', '0.5', '--calibrators', *names, '--out', out,
-                       '--max-fit-pixels', '20000'])
+                       '--max-fit-pixels', '20000', '--device', 'cpu'])
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.load(open(osp.join(out, 'metrics.json')))
     assert list(report['metrics']) == ['uncalibrated'] + names
     for name in names:
-        assert report['fits'][name]['nll_after'] <= report['fits'][name]['nll_before']
-        assert name in result.stdout
+        fit = report['fits'][name]
+        # The fitting images, split whole: some fit, at least one checks.
+        assert fit['check_images'] >= 1
+        assert fit['fit_images'] + fit['check_images'] == len(report['fit_images'])
+        assert fit['kept'] == (fit['check_nll_after'] <= fit['check_nll_before'])
+        state = 'kept' if fit['kept'] else 'UNDONE'
+        assert (f"on the {fit['check_images']} check images "
+                f"{fit['check_nll_before']:.4f} -> {fit['check_nll_after']:.4f}"
+                in result.stdout) and f'{name}: ' in result.stdout
+        assert state in result.stdout
         assert osp.isfile(osp.join(out, f'calibrator_{name}.pth'))
     assert osp.getsize(osp.join(out, 'reliability.png')) > 5000
 
@@ -286,3 +294,60 @@ def test_test_py_and_the_config_key_apply_a_saved_calibrator(saved_logits, tmp_p
                        f'test_dataloader.dataset.data_root={info["data_root"]}'])
     assert result.returncode != 0
     assert 'fitted for 3 classes, the logits have 6' in result.stderr
+
+
+def test_user_errors_exit_2_and_bugs_keep_their_traceback(saved_logits, tmp_path,
+                                                          capsys, monkeypatch):
+    calib_eval = _calib_eval_module()
+    out = str(tmp_path / 'out')
+    with pytest.raises(SystemExit) as exit_info:  # a class the manifest lacks
+        calib_eval.main([saved_logits['logits_dir'], '--exclude-classes',
+                         'no_such_class', '--out', out])
+    assert exit_info.value.code == 2
+    assert 'no_such_class' in capsys.readouterr().err
+    # A fit on one image has no image to check it on.
+    one = tmp_path / 'one.txt'
+    one.write_text(sorted(saved_logits['info']['val'])[0] + '\n')
+    with pytest.raises(SystemExit) as exit_info:
+        calib_eval.main([saved_logits['logits_dir'], '--fit-split', str(one),
+                         '--calibrators', 'ts', '--out', out])
+    assert exit_info.value.code == 2
+    assert 'come from 1 image(s)' in capsys.readouterr().err
+    assert not osp.exists(out)
+
+    def broken(*args, **kwargs):
+        raise ValueError('a bug in the streaming code')
+
+    monkeypatch.setattr(calib_eval, 'stream_statistics', broken)
+    with pytest.raises(ValueError, match='a bug in the streaming code'):
+        calib_eval.main([saved_logits['logits_dir'], '--out', out])
+
+
+@pytest.mark.parametrize('device, message', [
+    ('gpu', "--device 'gpu' is not a device name"),
+    ('cuda:99', "--device 'cuda:99' is not available on this machine"),
+])
+def test_a_bad_device_is_a_usage_error(tmp_path, capsys, device, message):
+    calib_eval = _calib_eval_module()
+    with pytest.raises(SystemExit) as exit_info:
+        calib_eval.main([str(tmp_path), '--device', device])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_save_logits_with_a_calibrator_records_the_configs_ignore_index(tmp_path):
+    """tools/test.py reads the ignore index before wrapping the model in
+    CalibratedSegmentor (whose config has no decode_head)."""
+    spec = importlib.util.spec_from_file_location(
+        'cals_test_tool', osp.join(REPO, 'tools', 'test.py'))
+    test_tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(test_tool)
+    calibrator = _temperature_file(str(tmp_path / 'ts.pth'), 2.0)
+    args = test_tool.parse_args([
+        osp.join(REPO, CONFIG), 'checkpoint.pth', '--calibrator', calibrator,
+        '--save-logits', str(tmp_path / 'logits'), '--cfg-options',
+        'model.decode_head.ignore_index=254'])
+    cfg = test_tool.configure(test_tool.load_config(args), args)
+    assert cfg.model.type == 'CalibratedSegmentor'
+    hook = cfg.custom_hooks[-1]
+    assert hook.type == 'SaveLogitsHook' and hook.ignore_index == 254

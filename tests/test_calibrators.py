@@ -1,38 +1,46 @@
 """Post-hoc calibrators: parameters recovered from labels drawn with them, the
-no-silent-failure rules, files, and application to image-shaped logits."""
+no-silent-failure rules (a fit is checked on images it was not fitted on),
+files, and application to image-shaped logits."""
+import math
+
 import pytest
 import torch
+import torch.nn.functional as F
 
 from cals_seg.calibrators import (Calibrator, CalibratorFileError,
-                                  ClassTemperatureScaling, DirichletScaling,
+                                  CalibratorInputError, ClassTemperatureScaling,
+                                  DirichletScaling, LocalTemperatureScaling,
                                   TemperatureScaling, VectorScaling,
-                                  load_calibrator)
+                                  load_calibrator, split_by_image)
 
 C = 4
+IMAGES = 8
 
 
 def _draw(calibrated_logits_of, pixels=60_000, seed=0):
-    """Raw logits and labels drawn from ``softmax(calibrated_logits_of(z))``."""
+    """Raw logits, labels drawn from ``softmax(calibrated_logits_of(z))``, the
+    image ids of the pixels (``IMAGES`` images, interleaved) and the
+    probabilities."""
     generator = torch.Generator().manual_seed(seed)
     logits = torch.randn(pixels, C, generator=generator, dtype=torch.float64) * 3
     prob = torch.softmax(calibrated_logits_of(logits), dim=1)
     labels = torch.multinomial(prob, 1, generator=generator).squeeze(1)
-    return logits, labels, prob
+    return logits, labels, torch.arange(pixels) % IMAGES, prob
 
 
 def test_temperature_is_recovered():
-    logits, labels, _ = _draw(lambda z: z / 2.5)
+    logits, labels, ids, _ = _draw(lambda z: z / 2.5)
     calibrator = TemperatureScaling(C)
-    record = calibrator.fit(logits, labels)
+    record = calibrator.fit(logits, labels, ids)
     assert calibrator.temperature == pytest.approx(2.5, rel=0.03)
-    assert record.kept and record.nll_after < record.nll_before
+    assert record.kept and record.check_nll_after < record.check_nll_before
 
 
 def test_class_temperatures_are_recovered():
     temperatures = torch.tensor([0.5, 1.0, 2.0, 3.0], dtype=torch.float64)
-    logits, labels, _ = _draw(lambda z: z / temperatures)
+    logits, labels, ids, _ = _draw(lambda z: z / temperatures)
     calibrator = ClassTemperatureScaling(C)
-    calibrator.fit(logits, labels)
+    calibrator.fit(logits, labels, ids)
     fitted = calibrator.log_temperature.detach().exp()
     torch.testing.assert_close(fitted, temperatures, rtol=0.1, atol=0)
 
@@ -40,9 +48,9 @@ def test_class_temperatures_are_recovered():
 def test_vector_scaling_recovers_scales_and_bias_differences():
     scale = torch.tensor([0.4, 0.8, 1.5, 0.6], dtype=torch.float64)
     bias = torch.tensor([0.5, -0.5, 0.0, 1.0], dtype=torch.float64)
-    logits, labels, _ = _draw(lambda z: z * scale + bias)
+    logits, labels, ids, _ = _draw(lambda z: z * scale + bias)
     calibrator = VectorScaling(C)
-    calibrator.fit(logits, labels)
+    calibrator.fit(logits, labels, ids)
     torch.testing.assert_close(calibrator.log_scale.detach().exp(), scale,
                                rtol=0.1, atol=0)
     # Softmax ignores a constant added to every bias: compare differences.
@@ -55,29 +63,30 @@ def test_dirichlet_scaling_recovers_the_calibrated_probabilities():
                            [0.1, 0.0, 0.9, 0.0], [0.0, 0.0, 0.4, 0.5]],
                           dtype=torch.float64)
     bias = torch.tensor([0.2, -0.3, 0.0, 0.4], dtype=torch.float64)
-    logits, labels, prob = _draw(
+    logits, labels, ids, prob = _draw(
         lambda z: torch.log_softmax(z, dim=1) @ weight.T + bias)
     calibrator = DirichletScaling(C, off_diagonal=0.0, intercept=0.0)
-    record = calibrator.fit(logits, labels)
+    record = calibrator.fit(logits, labels, ids)
     with torch.no_grad():
         fitted = torch.softmax(calibrator.transform(logits), dim=1)
     assert (fitted - prob).abs().mean() < 0.01
-    true_nll = float(torch.nn.functional.nll_loss(prob.log(), labels))
-    assert record.nll_after == pytest.approx(true_nll, abs=0.01)
+    check = split_by_image(ids)
+    true_nll = float(F.nll_loss(prob[check].log(), labels[check]))
+    assert record.check_nll_after == pytest.approx(true_nll, abs=0.01)
 
 
 def test_fit_works_under_no_grad():
-    logits, labels, _ = _draw(lambda z: z / 2.0, pixels=5000)
+    logits, labels, ids, _ = _draw(lambda z: z / 2.0, pixels=5000)
     with torch.no_grad():
-        record = VectorScaling(C).fit(logits, labels)
-    assert record.kept and record.nll_after < record.nll_before
+        record = VectorScaling(C).fit(logits, labels, ids)
+    assert record.kept and record.check_nll_after < record.check_nll_before
 
 
 def test_bounded_temperature_on_separable_pixels():
     logits = torch.eye(C, dtype=torch.float64).repeat(50, 1) * 5
     labels = logits.argmax(1)
     calibrator = TemperatureScaling(C)
-    calibrator.fit(logits, labels)
+    calibrator.fit(logits, labels, torch.arange(labels.numel()) % IMAGES)
     assert calibrator.temperature == pytest.approx(1e-3)
 
 
@@ -89,32 +98,126 @@ class _Broken(TemperatureScaling):
             self.log_temperature.fill_(6.0)
 
 
-def test_fit_that_raises_the_heldout_nll_is_undone_with_a_warning():
-    logits, labels, _ = _draw(lambda z: z)
+def test_fit_that_raises_the_check_nll_is_undone_with_a_warning():
+    logits, labels, ids, _ = _draw(lambda z: z)
     calibrator = _Broken(C)
-    with pytest.warns(UserWarning, match=r'did not lower the held-out NLL \('):
-        record = calibrator.fit(logits, labels)
+    with pytest.warns(UserWarning, match=r'raised the NLL of the 2 check images '
+                      r'it was not fitted on \(\d\.\d+ before, \d\.\d+ after'):
+        record = calibrator.fit(logits, labels, ids)
     assert not record.kept and calibrator.temperature == 1.0
-    assert record.nll_after == record.nll_before
+    assert record.check_nll_after > record.check_nll_before
 
 
-@pytest.mark.parametrize('logits, labels, message', [
-    (torch.zeros(0, C), torch.zeros(0, dtype=torch.long), 'no pixels'),
-    (torch.full((3, C), float('nan')), torch.zeros(3, dtype=torch.long), 'NaN'),
-    (torch.zeros(3, C), torch.tensor([0, 1, C]), 'labels must be in'),
-    (torch.zeros(3, C + 1), torch.zeros(3, dtype=torch.long), f'fitted for {C} classes'),
+def test_split_by_image_spreads_whole_images_and_is_deterministic():
+    # 8 images, a quarter checks: 2 images, at ranks floor((2j + 1) 8 / 4) = 2, 6.
+    ids = torch.tensor([7, 0, 2, 5, 1, 6, 3, 4, 2, 6, 6, 0])
+    check = split_by_image(ids, 0.25)
+    torch.testing.assert_close(check, (ids == 2) | (ids == 6))
+    # Ranks of the distinct sorted ids count, not their values or positions.
+    torch.testing.assert_close(split_by_image(ids * 10 + 3, 0.25), check)
+    # Two images: one fits and one checks, whatever the fraction.
+    for fraction in (0.01, 0.99):
+        assert split_by_image(torch.tensor([4, 9, 9]), fraction).tolist() == [
+            False, True, True]
+
+
+def test_a_check_split_without_an_image_is_refused():
+    logits, labels, _, _ = _draw(lambda z: z, pixels=500)
+    with pytest.raises(CalibratorInputError, match='come from 1 image.*two images'):
+        TemperatureScaling(C).fit(logits, labels, torch.zeros(500, dtype=torch.long))
+    with pytest.raises(CalibratorInputError,
+                       match=r'check_fraction must be in \(0, 1\)'):
+        TemperatureScaling(C).fit(logits, labels, torch.arange(500) % 2,
+                                  check_fraction=1.0)
+    # Two maps, the second (the check image) without a labelled pixel: a
+    # pixel-wise calibrator sees one image, a spatial one an empty check part.
+    maps = logits.reshape(2, 10, 25, C).permute(0, 3, 1, 2)
+    unlabelled = labels.reshape(2, 10, 25).clone()
+    unlabelled[1] = 255
+    with pytest.raises(CalibratorInputError, match='labelled held-out pixels come '
+                       'from 1 image'):
+        TemperatureScaling(C).fit(maps, unlabelled, torch.tensor([0, 1]))
+    with pytest.raises(CalibratorInputError,
+                       match='check part of the held-out images holds no labelled'):
+        LocalTemperatureScaling(C).fit(maps, unlabelled, torch.tensor([0, 1]))
+
+
+def test_well_specified_temperature_is_kept_and_recovered():
+    """Logits three times the true ones, labels drawn from the true softmax:
+    temperature scaling is the right model, the check images agree with the
+    fit images, the fit is kept and finds T = 3."""
+    generator = torch.Generator().manual_seed(5)
+    true_logits = torch.randn(6, C, 40, 40, generator=generator,
+                              dtype=torch.float64) * 2
+    labels = torch.multinomial(
+        torch.softmax(true_logits, dim=1).movedim(1, -1).reshape(-1, C), 1,
+        generator=generator).reshape(6, 40, 40)
+    calibrator = TemperatureScaling(C)
+    record = calibrator.fit(3 * true_logits, labels, torch.arange(6))
+    assert record.kept and calibrator.temperature == pytest.approx(3.0, rel=0.05)
+    assert (record.fit_images, record.check_images) == (4, 2)
+    assert (record.fit_pixels, record.check_pixels) == (4 * 1600, 2 * 1600)
+    check = split_by_image(torch.arange(6))
+    before = F.cross_entropy(3 * true_logits[check], labels[check])
+    assert record.check_nll_before == pytest.approx(float(before), rel=1e-9)
+    after = F.cross_entropy(3 * true_logits[check] / calibrator.temperature,
+                            labels[check])
+    assert record.check_nll_after == pytest.approx(float(after), rel=1e-9)
+    assert record.check_nll_after < record.check_nll_before
+
+
+def test_a_fit_that_overfits_its_images_is_undone():
+    """Four images: on the check image the labels are drawn from the logits'
+    softmax, on the three fit images they are such draws shifted by one class.
+    An unregularised Dirichlet map learns the shift: the fit images' NLL
+    falls, the check image's rises, and the fit is undone. (Checked on the
+    pixels it was fitted on, as before, the fit would have been kept.)"""
+    generator = torch.Generator().manual_seed(3)
+    logits = torch.randn(4, C, 20, 20, generator=generator, dtype=torch.float64) * 2
+    drawn = torch.multinomial(torch.softmax(logits, 1).movedim(1, -1).reshape(-1, C),
+                              1, generator=generator).reshape(4, 20, 20)
+    ids = torch.tensor([10, 11, 12, 13])
+    check = split_by_image(ids)
+    labels = torch.where(check.reshape(4, 1, 1), drawn, (drawn + 1) % C)
+    calibrator = DirichletScaling(C, off_diagonal=0.0, intercept=0.0)
+    with pytest.warns(UserWarning, match='raised the NLL of the 1 check images'):
+        record = calibrator.fit(logits, labels, ids)
+    assert not record.kept
+    assert record.fit_nll_after < record.fit_nll_before - 0.1
+    assert record.check_nll_after > record.check_nll_before + 0.1
+    assert math.isclose(record.check_nll_before, float(F.cross_entropy(
+        logits[check], labels[check])), rel_tol=1e-9)
+    pixels = logits.movedim(1, -1).reshape(-1, C)
+    with torch.no_grad():  # the identity again
+        torch.testing.assert_close(torch.softmax(calibrator.transform(pixels), 1),
+                                   torch.softmax(pixels, 1))
+
+
+@pytest.mark.parametrize('logits, labels, ids, message', [
+    (torch.zeros(0, C), torch.zeros(0, dtype=torch.long),
+     torch.zeros(0, dtype=torch.long), 'no pixels'),
+    (torch.full((3, C), float('nan')), torch.zeros(3, dtype=torch.long),
+     torch.arange(3), 'NaN'),
+    (torch.zeros(3, C), torch.tensor([0, 1, C]), torch.arange(3),
+     'labels must be in'),
+    (torch.zeros(3, C + 1), torch.zeros(3, dtype=torch.long), torch.arange(3),
+     f'fitted for {C} classes'),
+    (torch.zeros(3, C), torch.zeros(3, dtype=torch.long), torch.zeros(3),
+     r'image_ids must be integers of shape \(3, \), the image of each pixel'),
+    (torch.zeros(3, C), torch.zeros(3, dtype=torch.long), torch.arange(2),
+     r'image_ids must be integers of shape \(3, \)'),
 ])
-def test_bad_fit_input_is_named(logits, labels, message):
-    with pytest.raises(ValueError, match=message):
-        VectorScaling(C).fit(logits, labels)
+def test_bad_fit_input_is_named(logits, labels, ids, message):
+    with pytest.raises(CalibratorInputError, match=message):
+        VectorScaling(C).fit(logits, labels, ids)
 
 
 @pytest.mark.parametrize('kind', [TemperatureScaling, ClassTemperatureScaling,
                                   VectorScaling, DirichletScaling])
 def test_save_load_apply_to_image_logits(kind, tmp_path):
-    logits, labels, _ = _draw(lambda z: z / 2, pixels=4000)
+    logits, labels, ids, _ = _draw(lambda z: z / 2, pixels=4000)
     calibrator = kind(C)
-    calibrator.fit(logits, labels)
+    calibrator.fit(logits, labels, ids)
     path = str(tmp_path / 'calibrator.pth')
     calibrator.save(path)
     loaded = load_calibrator(path, num_classes=C)
@@ -127,6 +230,14 @@ def test_save_load_apply_to_image_logits(kind, tmp_path):
     torch.testing.assert_close(out, expected.float())
     with pytest.raises(ValueError, match='fitted for 4 classes'):
         loaded(torch.randn(1, C + 1, 2, 2))
+
+
+def _file(path, **content):
+    entries = dict(version=2, type='DirichletScaling', num_classes=C, options={},
+                   state_dict={}, fit_record=None)
+    entries.update(content)
+    torch.save(entries, str(path))
+    return str(path)
 
 
 def test_bad_files_are_named(tmp_path):
@@ -142,14 +253,39 @@ def test_bad_files_are_named(tmp_path):
         load_calibrator(str(corrupt))
     with pytest.raises(CalibratorFileError, match='no such calibrator file'):
         load_calibrator(str(tmp_path / 'missing.pth'))
-    foreign = tmp_path / 'foreign.pth'
-    torch.save(dict(version=1, type='CALSLoss', num_classes=C, state_dict={},
-                    fit_record=None), str(foreign))
+    foreign = _file(tmp_path / 'foreign.pth', type='CALSLoss')
     with pytest.raises(CalibratorFileError, match="'CALSLoss' is not a calibrator"):
-        load_calibrator(str(foreign))
+        load_calibrator(foreign)
+
+
+def test_unknown_type_and_bad_options_are_told_apart(tmp_path):
+    unknown = _file(tmp_path / 'unknown.pth', type='NoSuchScaling')
+    with pytest.raises(CalibratorFileError, match="unknown calibrator type "
+                       "'NoSuchScaling'; known: .*TemperatureScaling"):
+        load_calibrator(unknown)
+    for options, reason in ((dict(bogus=1), 'unexpected keyword'),
+                            (dict(off_diagonal=-1.0), 'off_diagonal')):
+        path = _file(tmp_path / 'options.pth', options=options)
+        with pytest.raises(CalibratorFileError,
+                           match=r'DirichletScaling does not take the options the '
+                           rf'file gives \(.*\): .*{reason}'):
+            load_calibrator(path)
+
+
+def test_version_1_files_load_without_their_fit_record(tmp_path):
+    fitted = TemperatureScaling(C)
+    with torch.no_grad():
+        fitted.log_temperature.fill_(math.log(2.0))
+    path = _file(tmp_path / 'old.pth', version=1, type='TemperatureScaling',
+                 state_dict=fitted.state_dict(), fit_record=[0.9, 0.7, 1000, True])
+    with pytest.warns(UserWarning, match='checked on the pixels it was fitted on'):
+        loaded = load_calibrator(path, num_classes=C)
+    assert loaded.temperature == pytest.approx(2.0) and loaded.fit_record is None
 
 
 def test_calibrators_are_registered_for_configs():
     from mmseg.registry import MODELS
     built = MODELS.build(dict(type='DirichletScaling', num_classes=3))
     assert isinstance(built, Calibrator)
+    scaling = MODELS.build(dict(type='TemperatureScaling', num_classes=3))
+    assert type(scaling).__module__ == 'cals_seg.calibrators.temperature'

@@ -125,6 +125,10 @@ def test_temperature_fitted_on_holdout_recovers_the_one_the_labels_came_from():
                                generator=generator).reshape(2, 64, 64)
     loader = [[(i, labels[i]) for i in range(2)]]
     fitted = fit_calibrators(FixedModel(logits), loader, ['ts', 'lts'], 5)
+    for calibrator in fitted.values():  # fitted on one image, checked on the other
+        record = calibrator.fit_record
+        assert record.kept and (record.fit_images, record.check_images) == (1, 1)
+        assert record.check_pixels == 64 * 64
     assert fitted['ts'].temperature == pytest.approx(true_temperature, rel=0.05)
     with torch.no_grad():
         local = fitted['lts'].temperature(logits.double())
@@ -133,25 +137,28 @@ def test_temperature_fitted_on_holdout_recovers_the_one_the_labels_came_from():
 
 def test_holdout_maps_crop_every_image_alike():
     logits, labels, loader = _data(4, images=3, size=12)
-    maps, crops = holdout_maps(FixedModel(logits), loader, crop=8)
+    maps, crops, ids = holdout_maps(FixedModel(logits), loader, crop=8)
     assert maps.shape == (3, 4, 8, 8) and crops.shape == (3, 8, 8)
-    for z, y in zip(maps, crops):  # each crop is a window of some image
+    for z, y, i in zip(maps, crops, ids):  # each crop is a window of its image
         found = any(torch.equal(z, logits[i, :, r:r + 8, c:c + 8]) and
                     torch.equal(y, labels[i, r:r + 8, c:c + 8])
-                    for i in range(3) for r in range(5) for c in range(5))
+                    for r in range(5) for c in range(5))
         assert found
 
 
 def test_holdout_pixels_keep_valid_pixels_and_cap_each_image():
     logits, labels, loader = _data(3, images=2, size=9)
-    z, y = holdout_pixels(FixedModel(logits), loader)
+    z, y, ids = holdout_pixels(FixedModel(logits), loader)
     valid = labels != IGNORE
     expected = logits.permute(0, 2, 3, 1)[valid]
     torch.testing.assert_close(z, expected)
     torch.testing.assert_close(y, labels[valid])
-    capped, capped_labels = holdout_pixels(FixedModel(logits), loader,
-                                           pixels_per_image=10)
+    image_of = torch.arange(2).reshape(2, 1, 1).expand_as(labels)
+    torch.testing.assert_close(ids, image_of[valid])
+    capped, capped_labels, capped_ids = holdout_pixels(FixedModel(logits), loader,
+                                                       pixels_per_image=10)
     assert capped.shape == (20, 4)
-    rows = {tuple(row.tolist()): label for row, label in zip(expected, labels[valid])}
-    for row, label in zip(capped, capped_labels):
-        assert rows[tuple(row.tolist())] == label
+    rows = {tuple(row.tolist()): (label, image)
+            for row, label, image in zip(expected, labels[valid], image_of[valid])}
+    for row, label, image in zip(capped, capped_labels, capped_ids):
+        assert rows[tuple(row.tolist())] == (label, image)

@@ -6,7 +6,10 @@
         --calibrators ts dirichlet lts selective                     # fit, compare
     python tools/calib_eval.py new_logits --apply OUT/calibrator_ts.pth  # apply
 
-Reads the logits and the manifest that --save-logits wrote, one image at a time,
+Each calibrator is fitted on three quarters of the --fit-split images and checked
+on the other quarter, whole images each (Calibrator.fit): a fit that raises the
+NLL of its check images is undone. Reads the logits and the manifest that
+--save-logits wrote, one image at a time,
 and writes OUT/metrics.json, the fitted calibrators and the pictures (PNG): the
 reliability diagrams with the share of pixels per bin, before/after each
 calibrator side by side, the risk-coverage curves and the worst-calibrated
@@ -23,7 +26,7 @@ import numpy as np
 from tqdm import tqdm
 
 from cals_seg.calibrators import (SHORT_NAMES, Calibrator, CalibratorFileError,
-                                  load_calibrator)
+                                  CalibratorInputError, load_calibrator)
 from cals_seg.evaluation.accumulator import (ERROR_BOUNDS, SCALAR_METRICS,
                                              CalibrationTotals)
 from cals_seg.functional.calibration import (DEFAULT_BOUNDARY_WIDTH,
@@ -35,6 +38,7 @@ from cals_seg.evaluation.offline import (CalibEvalError, load_image,
                                          split_for_fitting, stream_statistics)
 from cals_seg.visualization.reliability import (class_diagrams, compare_diagrams,
                                              image_panels, risk_coverage_figure)
+from cals_seg.utils.device import add_device_argument
 from cals_seg.utils.io import write_atomic
 
 UNCALIBRATED = 'uncalibrated'
@@ -83,6 +87,7 @@ def parse_args(argv=None):
                         help='panels of this many worst-calibrated images')
     parser.add_argument('--out', help='output directory (default: '
                         'LOGITS_DIR/calibration)')
+    add_device_argument(parser, 'fits and applies the calibrators')
     args = parser.parse_args(argv)
     if args.fit_temperature:
         if args.fit_split and args.fit_split != args.fit_temperature:
@@ -98,8 +103,11 @@ def parse_args(argv=None):
 
 
 def _classes(specs, class_names):
-    return resolve_classes([int(s) if s.isdigit() else s for s in specs],
-                           class_names)
+    try:
+        return resolve_classes([int(s) if s.isdigit() else s for s in specs],
+                               class_names)
+    except ValueError as error:  # a class name or index the manifest lacks
+        raise CalibEvalError(f'--exclude-classes: {error}') from None
 
 
 def _table(rows: Dict[str, dict]) -> str:
@@ -134,14 +142,16 @@ def _json_metrics(result, class_names, image_eces, worst: int) -> dict:
 
 
 def _fit(names: List[str], split, context) -> Dict[str, Calibrator]:
-    """Each named calibrator, fitted on the fitting images' pixels or crops."""
+    """Each named calibrator, fitted on part of the fitting images' pixels or
+    crops and checked on the others' (:meth:`Calibrator.fit`)."""
     num_classes = len(context['class_names'])
+    device = context['device']
     fitted = {}
     pixels = None
     for name in names:
         calibrator = SHORT_NAMES[name](num_classes)
         if calibrator.spatial:
-            logits, labels, images = sample_crops(
+            logits, labels, image_ids, images = sample_crops(
                 split['fit'], num_classes, context['dataset'],
                 context['ignore_index'], context['max_fit_pixels'],
                 images=context['images'] if calibrator.needs_images else None)
@@ -150,20 +160,26 @@ def _fit(names: List[str], split, context) -> Dict[str, Calibrator]:
                 pixels = sample_pixels(split['fit'], num_classes, context['dataset'],
                                        context['ignore_index'], context['excluded'],
                                        context['max_fit_pixels'])
-            (logits, labels), images = pixels, None
-        record = calibrator.fit(logits, labels, images=images,
+            (logits, labels, image_ids), images = pixels, None
+        record = calibrator.fit(logits.to(device), labels.to(device),
+                                image_ids.to(device),
+                                images=None if images is None else images.to(device),
                                 ignore_index=context['ignore_index'])
         state = 'kept' if record.kept else 'UNDONE (identity kept)'
-        print(f'{name}: held-out NLL {record.nll_before:.4f} -> '
-              f'{record.nll_after:.4f} on {record.num_pixels} pixels, {state}')
+        print(f'{name}: NLL on the {record.fit_images} fit images '
+              f'{record.fit_nll_before:.4f} -> {record.fit_nll_after:.4f} '
+              f'({record.fit_pixels} pixels), on the {record.check_images} check '
+              f'images {record.check_nll_before:.4f} -> '
+              f'{record.check_nll_after:.4f} ({record.check_pixels} pixels), {state}')
         fitted[name] = calibrator
     return fitted
 
 
-def _transform(calibrator: Calibrator):
+def _transform(calibrator: Calibrator, device):
+    """Calibrated logits ``(C, H, W)`` on the CPU, computed on ``device``."""
     def apply(logits, image):
-        images = None if image is None else image.unsqueeze(0)
-        return calibrator(logits.unsqueeze(0), images).squeeze(0)
+        images = None if image is None else image.unsqueeze(0).to(device)
+        return calibrator(logits.unsqueeze(0).to(device), images).squeeze(0).cpu()
     return apply
 
 
@@ -199,12 +215,12 @@ def run(args) -> dict:
         raise CalibEvalError(f'--boundary-width must be >= 1, got '
                              f'{args.boundary_width}')
     pairs = pair_files(args.logits_dir, manifest, args.gt_dir)
-    applied = {osp.basename(path): load_calibrator(path, num_classes)
+    applied = {osp.basename(path): load_calibrator(path, num_classes).to(args.device)
                for path in args.apply}
     context = dict(class_names=class_names, dataset=manifest['dataset'],
                    ignore_index=ignore_index, excluded=excluded,
                    max_fit_pixels=args.max_fit_pixels, manifest=manifest,
-                   images=manifest.get('images') or {})
+                   images=manifest.get('images') or {}, device=args.device)
     report = dict(
         logits_dir=osp.abspath(args.logits_dir),
         protocol=dict(bins=args.bins, reduction=args.reduction,
@@ -233,7 +249,8 @@ def run(args) -> dict:
     names = [UNCALIBRATED] + list(calibrators)
     results = stream_statistics(
         evaluated, num_classes, context['dataset'], totals,
-        [None] + [_transform(c) for c in calibrators.values()], ignore_index,
+        [None] + [_transform(c, args.device) for c in calibrators.values()],
+        ignore_index,
         excluded, boundary_width=args.boundary_width,
         images=context['images'] if needs_images else None,
         progress=lambda it: tqdm(it, desc='evaluating', unit='img'))
@@ -272,10 +289,11 @@ def run(args) -> dict:
 
 
 def main(argv=None):
+    args = parse_args(argv)
     try:
-        run(parse_args(argv))
-    except (CalibEvalError, CalibratorFileError, ValueError) as error:
-        # ValueError: a bad class name or calibrator input
+        run(args)
+    except (CalibEvalError, CalibratorFileError, CalibratorInputError) as error:
+        # Bad input only: anything else is a bug and keeps its traceback.
         print(f'error: {error}', file=sys.stderr)
         sys.exit(2)
 

@@ -36,6 +36,7 @@ from cals_seg.calibrators import SHORT_NAMES  # noqa: E402
 from cals_seg.evaluation.split_report import (  # noqa: E402
     RAW, evaluate_split, fit_calibrators, regime_figures, reliability_bins,
     split_loaders, summarize)
+from cals_seg.utils.device import add_device_argument  # noqa: E402
 from cals_seg.utils.io import write_atomic  # noqa: E402
 
 TARGETS = dict(ECE=5.0, ECE_image=5.0, fg_ECE=10.0, train_aAcc=97.0,
@@ -55,18 +56,21 @@ def parse_args(argv=None):
                         '(default: ts; none: no fitting)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config settings, as in tools/train.py')
+    add_device_argument(parser, 'runs the model and the calibrators')
     return parser.parse_args(argv)
 
 
-def load_model(cfg: Config, checkpoint: str):
+def load_model(cfg: Config, checkpoint: str, device: torch.device):
     from mmseg.apis import init_model
-    return init_model(cfg, checkpoint, device='cpu')
+    return init_model(cfg, checkpoint, device=str(device))
 
 
-def report(cfg: Config, checkpoint: str, calibrators=('ts', )) -> dict:
-    """Every number of one trained run (see the module docstring)."""
+def report(cfg: Config, checkpoint: str, calibrators=('ts', ),
+           device: torch.device = torch.device('cpu')) -> dict:
+    """Every number of one trained run (see the module docstring), with the
+    model and the calibrators on ``device``."""
     init_default_scope('mmseg')
-    model = load_model(cfg, checkpoint)
+    model = load_model(cfg, checkpoint, device)
     num_classes = model.decode_head.num_classes
     ignore_index = getattr(model.decode_head, 'ignore_index', 255)
     loaders = {name: Runner.build_dataloader(loader) if loader else None
@@ -130,12 +134,14 @@ def main(argv=None):
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
     torch.set_grad_enabled(False)
-    result = report(cfg, args.checkpoint, args.calibrators)
+    result = report(cfg, args.checkpoint, args.calibrators, args.device)
     print(format_figures(result['figures']))
     for name, metrics in result.get('metrics_posthoc', {}).items():
         fit = result['fits'][name]
-        print(f"{name} fitted on the hold-out part (NLL {fit['nll_before']:.3f} -> "
-              f"{fit['nll_after']:.3f}{'' if fit['kept'] else ', undone'}): test ECE "
+        print(f"{name} fitted on the hold-out part (NLL on its "
+              f"{fit['check_images']} check images {fit['check_nll_before']:.3f} -> "
+              f"{fit['check_nll_after']:.3f}{'' if fit['kept'] else ', undone'}): "
+              "test ECE "
               f"{result['metrics']['ECE']:.2f} -> {metrics['ECE']:.2f} %, NLL "
               f"{result['metrics']['NLL']:.3f} -> {metrics['NLL']:.3f}")
     if args.json:

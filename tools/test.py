@@ -1,4 +1,10 @@
-"""Test a segmentor: mmseg's tools/test.py, plus --save-logits for calib_eval."""
+"""Test a segmentor: mmseg's tools/test.py, plus --save-logits for calib_eval
+and --calibrator.
+
+The device is MMEngine's choice, as in mmseg's tool: the Runner puts the model
+on the GPU when there is one (``CUDA_VISIBLE_DEVICES=`` keeps it on the CPU),
+and a calibrator follows the logits' device.
+"""
 import argparse
 import os.path as osp
 import sys
@@ -11,7 +17,7 @@ from cals_seg.utils.saved_logits import LOGITS_DTYPES
 from cals_seg.utils.launch import finish_distributed, prepare_cpu_distributed
 
 
-def parse_args():
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description='Test (and evaluate) a segmentor')
     parser.add_argument('config', help='test config file path')
@@ -47,7 +53,7 @@ def parse_args():
     parser.add_argument(
         '--tta', action='store_true', help='Test time augmentation')
     add_common_arguments(parser)
-    return parser.parse_args()
+    return parser.parse_args(argv)
 
 
 def trigger_visualization_hook(cfg, args):
@@ -66,12 +72,11 @@ def trigger_visualization_hook(cfg, args):
     return cfg
 
 
-def main():
-    args = parse_args()
-    cfg = load_config(args)
-    cfg.load_from = args.checkpoint
-    if not osp.isfile(args.checkpoint):
-        sys.exit(f'error: checkpoint not found: {args.checkpoint}')
+def configure(cfg, args):
+    """The test config with the options applied: the calibrator and TTA
+    wrappers, the prediction output and the logits hook."""
+    # Read before the wrappers below hide the segmentor's decode head.
+    ignore_index = cfg.model.get('decode_head', {}).get('ignore_index', 255)
 
     if args.show or args.show_dir:
         cfg = trigger_visualization_hook(cfg, args)
@@ -95,11 +100,20 @@ def main():
                 evaluator.update(output_dir=args.out, keep_results=True)
 
     if args.save_logits:
-        ignore_index = cfg.model.get('decode_head', {}).get('ignore_index', 255)
         cfg.custom_hooks = list(cfg.get('custom_hooks', [])) + [
             dict(type='SaveLogitsHook', out_dir=args.save_logits,
                  dtype=args.logits_dtype, ignore_index=ignore_index)
         ]
+    return cfg
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    cfg = load_config(args)
+    cfg.load_from = args.checkpoint
+    if not osp.isfile(args.checkpoint):
+        sys.exit(f'error: checkpoint not found: {args.checkpoint}')
+    cfg = configure(cfg, args)
 
     exit_if_dataset_missing(cfg, ('test_dataloader', ))
     prepare_cpu_distributed(cfg, args.launcher)

@@ -1,12 +1,12 @@
 """Post-hoc calibrators: fit on held-out pixels, save, load, apply."""
 from functools import partial
 
-from .base import (Calibrator, CalibratorFileError, FitRecord,
-                   load_calibrator)
-from .linear import (ClassTemperatureScaling, DirichletScaling,
-                     TemperatureScaling, VectorScaling)
+from .base import (Calibrator, CalibratorFileError, CalibratorInputError,
+                   FitRecord, load_calibrator, split_by_image)
+from .linear import ClassTemperatureScaling, DirichletScaling, VectorScaling
 from .local import LocalTemperatureScaling
 from .selective import SelectiveScaling
+from .temperature import TemperatureScaling
 
 # Short names for the command line (tools/calib_eval.py --calibrators).
 SHORT_NAMES = {
@@ -20,7 +20,8 @@ SHORT_NAMES = {
 }
 
 __all__ = [
-    'Calibrator', 'CalibratorFileError', 'ClassTemperatureScaling',
-    'DirichletScaling', 'FitRecord', 'LocalTemperatureScaling', 'SHORT_NAMES',
-    'SelectiveScaling', 'TemperatureScaling', 'VectorScaling', 'load_calibrator'
+    'Calibrator', 'CalibratorFileError', 'CalibratorInputError',
+    'ClassTemperatureScaling', 'DirichletScaling', 'FitRecord',
+    'LocalTemperatureScaling', 'SHORT_NAMES', 'SelectiveScaling',
+    'TemperatureScaling', 'VectorScaling', 'load_calibrator', 'split_by_image'
 ]

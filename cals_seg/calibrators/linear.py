@@ -1,6 +1,6 @@
-"""Calibrators that rescale or linearly map each pixel's logits.
+"""Calibrators that rescale or linearly map each pixel's logits (temperature
+scaling, one ``T`` for all, is in temperature.py).
 
-- :class:`TemperatureScaling`: ``z / T`` (Guo et al., ICML 2017).
 - :class:`ClassTemperatureScaling`: ``z_k / T_k``, one temperature per class.
 - :class:`VectorScaling`: ``w_k z_k + b_k`` (Guo et al. 2017).
 - :class:`DirichletScaling`: ``W log softmax(z) + b`` with off-diagonal and
@@ -9,49 +9,14 @@
 Scales and temperatures are stored as logarithms clamped to [1e-3, 1e3], so no fit
 can drive them to 0 or to the 1e7 of gpleiss/temperature_scaling#23.
 """
-import math
-
 import torch
 import torch.nn as nn
 from torch import Tensor
 
 from mmseg.registry import MODELS
 
-from .temperature import LOG_MAX, LOG_MIN, fit_temperature
 from .base import Calibrator
-
-
-def _bounded_exp(log_value: Tensor) -> Tensor:
-    return log_value.clamp(LOG_MIN, LOG_MAX).exp()
-
-
-@MODELS.register_module()
-class TemperatureScaling(Calibrator):
-    """One temperature ``T`` for every logit: ``softmax(z / T)``.
-
-    Fitted by bisection on the sign of the NLL's slope (the NLL is convex in
-    ``1 / T``), exact to float precision and free of step sizes.
-    """
-
-    def __init__(self, num_classes: int):
-        super().__init__(num_classes)
-        self.log_temperature = nn.Parameter(torch.zeros((), dtype=torch.float64))
-
-    @property
-    def temperature(self) -> float:
-        return float(_bounded_exp(self.log_temperature.detach()))
-
-    def identity(self) -> None:
-        with torch.no_grad():
-            self.log_temperature.zero_()
-
-    def transform(self, logits: Tensor) -> Tensor:
-        return logits / _bounded_exp(self.log_temperature)
-
-    def _minimise(self, logits, labels, images, max_iterations) -> None:
-        temperature = fit_temperature(logits, labels)
-        with torch.no_grad():
-            self.log_temperature.fill_(math.log(temperature))
+from .temperature import bounded_exp
 
 
 @MODELS.register_module()
@@ -68,7 +33,7 @@ class ClassTemperatureScaling(Calibrator):
             self.log_temperature.zero_()
 
     def transform(self, logits: Tensor) -> Tensor:
-        return logits / _bounded_exp(self.log_temperature)
+        return logits / bounded_exp(self.log_temperature)
 
 
 @MODELS.register_module()
@@ -86,7 +51,7 @@ class VectorScaling(Calibrator):
             self.bias.zero_()
 
     def transform(self, logits: Tensor) -> Tensor:
-        return logits * _bounded_exp(self.log_scale) + self.bias
+        return logits * bounded_exp(self.log_scale) + self.bias
 
 
 @MODELS.register_module()
@@ -119,7 +84,7 @@ class DirichletScaling(Calibrator):
 
     def identity(self) -> None:
         with torch.no_grad():
-            self.weight.copy_(torch.eye(self.num_classes, dtype=self.weight.dtype))
+            nn.init.eye_(self.weight)
             self.bias.zero_()
 
     def transform(self, logits: Tensor) -> Tensor:

@@ -35,13 +35,18 @@ from torch import Tensor
 
 from mmseg.registry import MODELS
 
-from .base import IGNORE, Calibrator
+from .base import IGNORE, Calibrator, CalibratorInputError
 from .temperature import LOG_MAX, LOG_MIN, fit_temperature
+
+# Each map's reach: a 5 x 5 kernel with dilation 2 sees 4 pixels to each side,
+# padded by reflection, which needs more pixels than that on every side.
+PADDING = 4
+MIN_SIDE = PADDING + 1
 
 
 def _map(in_channels: int) -> nn.Conv2d:
     """One temperature or gate map, as the authors': 5 x 5, dilation 2."""
-    conv = nn.Conv2d(in_channels, 1, kernel_size=5, padding=4, dilation=2,
+    conv = nn.Conv2d(in_channels, 1, kernel_size=5, padding=PADDING, dilation=2,
                      padding_mode='reflect')
     nn.init.zeros_(conv.weight)
     nn.init.zeros_(conv.bias)
@@ -95,14 +100,17 @@ class LocalTemperatureScaling(Calibrator):
     def forward(self, logits: Tensor, images: Optional[Tensor] = None) -> Tensor:
         self._check_logits(logits)
         if logits.dim() != 4:
-            raise ValueError('LocalTemperatureScaling needs logit maps '
-                             f'(N, {self.num_classes}, H, W), got {tuple(logits.shape)}')
-        if min(logits.shape[2:]) <= 8:
-            raise ValueError('LocalTemperatureScaling needs maps larger than 8 x 8 '
-                             f'(its reflect padding), got {tuple(logits.shape[2:])}')
+            raise CalibratorInputError(
+                'LocalTemperatureScaling needs logit maps '
+                f'(N, {self.num_classes}, H, W), got {tuple(logits.shape)}')
+        if min(logits.shape[2:]) < MIN_SIDE:
+            raise CalibratorInputError(
+                f'LocalTemperatureScaling needs maps of at least {MIN_SIDE} x '
+                f'{MIN_SIDE} pixels (its reflect padding of {PADDING} needs more '
+                f'than {PADDING} on each side), got {tuple(logits.shape[2:])}')
         if self.use_image and images is None:
-            raise ValueError('this LocalTemperatureScaling uses the image; pass '
-                             'images (N, 3, H, W)')
+            raise CalibratorInputError('this LocalTemperatureScaling uses the '
+                                       'image; pass images (N, 3, H, W)')
         scaled = logits.to(self._dtype()) / self.temperature(logits, images)
         return scaled.to(logits.dtype)
 

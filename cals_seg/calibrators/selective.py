@@ -50,9 +50,8 @@ def _detector(num_classes: int) -> nn.Sequential:
 
 def _build_detector(num_classes: int) -> nn.Sequential:
     first = nn.Linear(num_classes, num_classes)
-    with torch.no_grad():
-        first.weight.copy_(torch.eye(num_classes))
-        first.bias.zero_()
+    nn.init.eye_(first.weight)
+    nn.init.zeros_(first.bias)
     return nn.Sequential(
         first, nn.BatchNorm1d(num_classes), nn.ReLU(),
         nn.Linear(num_classes, 2 * num_classes), nn.BatchNorm1d(2 * num_classes),
@@ -92,8 +91,11 @@ class SelectiveScaling(Calibrator):
         return math.exp(self.log_wrong_temperature.item())
 
     def identity(self) -> None:
+        """``T_wrong = 1``, and the detector back to its seeded start, so that
+        every fit starts from the same point."""
         with torch.no_grad():
             self.log_wrong_temperature.zero_()
+        self.detector.load_state_dict(_detector(self.num_classes).state_dict())
 
     def flagged(self, logits: Tensor) -> Tensor:
         """Whether the detector calls each pixel ``(P, C)`` wrong: ``(P, )`` bool."""
@@ -102,18 +104,21 @@ class SelectiveScaling(Calibrator):
 
     def transform(self, logits: Tensor) -> Tensor:
         temperature = torch.where(self.flagged(logits),
-                                  self.log_wrong_temperature.exp(),
-                                  torch.ones((), dtype=logits.dtype))
+                                  self.log_wrong_temperature.exp(), 1.0)
         return logits / temperature.unsqueeze(1)
 
     def _minimise(self, logits: Tensor, labels: Tensor, images, max_iterations) -> None:
+        # Indices are drawn on the CPU, whatever the device, so that a fit is
+        # the same on every device; they then follow the logits.
         generator = torch.Generator().manual_seed(0)
+        device = logits.device
         wrong = (logits.argmax(dim=1) != labels).long()
-        order = torch.randperm(logits.shape[0], generator=generator)
+        order = torch.randperm(logits.shape[0], generator=generator,
+                               device='cpu').to(device)
         aside = order[:max(1, logits.shape[0] // 5)]
         train = order[aside.numel():] if logits.shape[0] > 1 else order
         features = torch.log_softmax(logits.float(), dim=1)
-        weight = torch.tensor([1.0, WRONG_WEIGHT])
+        weight = torch.tensor([1.0, WRONG_WEIGHT], device=device)
         optimizer = torch.optim.AdamW(self.detector.parameters(),
                                       lr=self.learning_rate, weight_decay=1e-6)
 
@@ -126,9 +131,9 @@ class SelectiveScaling(Calibrator):
         best = (aside_loss(), copy.deepcopy(self.detector.state_dict()))
         for step in range(1, self.iterations + 1):
             self.detector.train()
-            batch = train[torch.randint(train.numel(), (min(self.batch_size,
-                                                            train.numel()), ),
-                                        generator=generator)]
+            batch = train[torch.randint(train.numel(),
+                                        (min(self.batch_size, train.numel()), ),
+                                        generator=generator, device='cpu').to(device)]
             if batch.numel() < 2:  # batch norm needs two pixels
                 break
             optimizer.zero_grad()

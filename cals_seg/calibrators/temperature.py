@@ -1,11 +1,26 @@
-"""Post-hoc temperature scaling (Guo et al., 2017): one scalar T for all logits."""
+"""Temperature scaling (Guo et al., ICML 2017): one scalar ``T`` for all logits,
+and the exact one-dimensional fit that LTS and selective scaling start from.
+
+Temperatures are stored as logarithms clamped to [1e-3, 1e3], so no fit can
+drive them to 0 or to the 1e7 of gpleiss/temperature_scaling#23.
+"""
 import math
 
 import torch
+import torch.nn as nn
 from torch import Tensor
+
+from mmseg.registry import MODELS
+
+from .base import Calibrator
 
 MIN_TEMPERATURE, MAX_TEMPERATURE = 1e-3, 1e3
 LOG_MIN, LOG_MAX = math.log(MIN_TEMPERATURE), math.log(MAX_TEMPERATURE)
+
+
+def bounded_exp(log_value: Tensor) -> Tensor:
+    """``exp`` of a log-temperature or log-scale clamped to [1e-3, 1e3]."""
+    return log_value.clamp(LOG_MIN, LOG_MAX).exp()
 
 
 def nll_slope(logits: Tensor, labels: Tensor, inverse_temperature: float) -> float:
@@ -45,3 +60,32 @@ def fit_temperature(logits: Tensor, labels: Tensor, iterations: int = 60) -> flo
         else:
             low = middle
     return 1 / math.exp((low + high) / 2)
+
+
+@MODELS.register_module()
+class TemperatureScaling(Calibrator):
+    """One temperature ``T`` for every logit: ``softmax(z / T)``.
+
+    Fitted by bisection on the sign of the NLL's slope (the NLL is convex in
+    ``1 / T``), exact to float precision and free of step sizes.
+    """
+
+    def __init__(self, num_classes: int):
+        super().__init__(num_classes)
+        self.log_temperature = nn.Parameter(torch.zeros((), dtype=torch.float64))
+
+    @property
+    def temperature(self) -> float:
+        return float(bounded_exp(self.log_temperature.detach()))
+
+    def identity(self) -> None:
+        with torch.no_grad():
+            self.log_temperature.zero_()
+
+    def transform(self, logits: Tensor) -> Tensor:
+        return logits / bounded_exp(self.log_temperature)
+
+    def _minimise(self, logits, labels, images, max_iterations) -> None:
+        temperature = fit_temperature(logits, labels)
+        with torch.no_grad():
+            self.log_temperature.fill_(math.log(temperature))

@@ -288,20 +288,25 @@ def _random_index(keep: torch.Tensor, limit: int, generator) -> torch.Tensor:
 def sample_pixels(pairs: Sequence[Pair], num_classes: int, dataset: dict,
                   ignore_index: int, exclude_classes: Sequence[int],
                   max_pixels: int, seed: int = 0, progress=iter):
-    """Kept pixels' logits ``(N, C)`` and labels ``(N, )`` from ``pairs``: all of
-    them, or an even, seeded random share when there are more than ``max_pixels``.
+    """Kept pixels from ``pairs``: all of them, or an even, seeded random share
+    when there are more than ``max_pixels``.
+
+    Returns:
+        tuple: logits ``(N, C)``, labels ``(N, )`` and image ids ``(N, )`` (the
+        index in ``pairs`` of each pixel's image, for :meth:`Calibrator.fit`).
     """
     generator = torch.Generator().manual_seed(seed)
     per_image = max(1, max_pixels // len(pairs))
-    logits_parts, label_parts = [], []
-    for pair in progress(pairs):
+    logits_parts, label_parts, id_parts = [], [], []
+    for image_id, pair in enumerate(progress(pairs)):
         logits, label = load_pair(pair, num_classes, dataset, ignore_index)
         keep = keep_mask(label.reshape(-1), num_classes, ignore_index,
                          exclude_classes)
         index = _random_index(keep, per_image, generator)
         logits_parts.append(logits.reshape(num_classes, -1)[:, index].T)
         label_parts.append(label.reshape(-1)[index])
-    return torch.cat(logits_parts), torch.cat(label_parts)
+        id_parts.append(torch.full((index.numel(), ), image_id))
+    return torch.cat(logits_parts), torch.cat(label_parts), torch.cat(id_parts)
 
 
 def sample_crops(pairs: Sequence[Pair], num_classes: int, dataset: dict,
@@ -317,7 +322,8 @@ def sample_crops(pairs: Sequence[Pair], num_classes: int, dataset: dict,
 
     Returns:
         tuple: logits ``(N, C, s, s)``, labels ``(N, s, s)`` (ignored pixels
-        keep ``ignore_index``), images ``(N, 3, s, s)`` or None.
+        keep ``ignore_index``), image ids ``(N, )`` (the index in ``pairs`` of
+        each crop's image) and images ``(N, 3, s, s)`` or None.
     """
     generator = torch.Generator().manual_seed(seed)
     loaded = []
@@ -328,17 +334,18 @@ def sample_crops(pairs: Sequence[Pair], num_classes: int, dataset: dict,
         loaded.append((logits, label, image))
     side = min([crop] + [min(label.shape) for _, label, _ in loaded])
     budget = max(1, max_pixels // (side * side * len(loaded)))
-    parts = ([], [], [])
-    for logits, label, image in loaded:
+    crops, labels, image_ids, image_crops = [], [], [], []
+    for image_id, (logits, label, image) in enumerate(loaded):
         height, width = label.shape
         covering = math.ceil(height / side) * math.ceil(width / side)
         for _ in range(min(budget, covering)):
             top = int(torch.randint(height - side + 1, (1, ), generator=generator))
             left = int(torch.randint(width - side + 1, (1, ), generator=generator))
             window = (slice(top, top + side), slice(left, left + side))
-            parts[0].append(logits[(slice(None), ) + window])
-            parts[1].append(label[window])
+            crops.append(logits[(slice(None), ) + window])
+            labels.append(label[window])
+            image_ids.append(image_id)
             if image is not None:
-                parts[2].append(image[(slice(None), ) + window])
-    return (torch.stack(parts[0]), torch.stack(parts[1]),
-            torch.stack(parts[2]) if images is not None else None)
+                image_crops.append(image[(slice(None), ) + window])
+    return (torch.stack(crops), torch.stack(labels), torch.tensor(image_ids),
+            torch.stack(image_crops) if images is not None else None)

@@ -39,28 +39,40 @@ def _logits_and_labels(model, loader):
 
 def holdout_pixels(model, loader, ignore_index: int = 255,
                    pixels_per_image: int = 100_000, seed: int = 0):
-    """Logits ``(N, C)`` and labels ``(N, )`` of a loader's valid pixels, for
-    fitting a temperature; at most ``pixels_per_image`` from each image (a seeded
-    random subset), so a large hold-out set fits in memory."""
+    """A loader's valid pixels, for fitting pixel-wise calibrators; at most
+    ``pixels_per_image`` from each image (a seeded random subset), so a large
+    hold-out set fits in memory.
+
+    Returns:
+        tuple: logits ``(N, C)``, labels ``(N, )`` and image ids ``(N, )`` (the
+        index of each pixel's image in the loader's order), on the model's
+        device.
+    """
     generator = torch.Generator().manual_seed(seed)
-    logits, labels = [], []
-    for _, z, y in _logits_and_labels(model, loader):
+    logits, labels, image_ids = [], [], []
+    for image_id, (_, z, y) in enumerate(_logits_and_labels(model, loader)):
         keep = keep_mask(y.reshape(-1), z.shape[0], ignore_index).nonzero()[:, 0]
         if keep.numel() > pixels_per_image:
-            keep = keep[torch.randperm(keep.numel(),
-                                       generator=generator)[:pixels_per_image]]
+            chosen = torch.randperm(keep.numel(), generator=generator)
+            keep = keep[chosen[:pixels_per_image].to(keep.device)]
         logits.append(z.reshape(z.shape[0], -1)[:, keep].T)
         labels.append(y.reshape(-1)[keep])
+        image_ids.append(torch.full_like(keep, image_id))
     if not logits:
         raise ValueError('the hold-out loader yielded no image')
-    return torch.cat(logits), torch.cat(labels)
+    return torch.cat(logits), torch.cat(labels), torch.cat(image_ids)
 
 
 def holdout_maps(model, loader, ignore_index: int = 255, crop: int = 128,
                  seed: int = 0):
     """One seeded random square crop of each hold-out image's logits and labels,
     ``crop`` pixels a side or the smallest image side if less, for calibrators
-    that see neighbourhoods: ``(N, C, s, s)`` and ``(N, s, s)``."""
+    that see neighbourhoods.
+
+    Returns:
+        tuple: logits ``(N, C, s, s)``, labels ``(N, s, s)`` and image ids
+        ``(N, )`` (``0 .. N-1``, one crop per image), on the model's device.
+    """
     generator = torch.Generator().manual_seed(seed)
     crops = []
     for _, z, y in _logits_and_labels(model, loader):
@@ -72,16 +84,18 @@ def holdout_maps(model, loader, ignore_index: int = 255, crop: int = 128,
     if not crops:
         raise ValueError('the hold-out loader yielded no image')
     side = min(y.shape[0] for _, y in crops)  # the smallest, for one batch
-    return (torch.stack([z[:, :side, :side] for z, _ in crops]),
-            torch.stack([y[:side, :side] for _, y in crops]))
+    maps = torch.stack([z[:, :side, :side] for z, _ in crops])
+    return (maps, torch.stack([y[:side, :side] for _, y in crops]),
+            torch.arange(len(crops), device=maps.device))
 
 
 def fit_calibrators(model, loader, names: Sequence[str], num_classes: int,
                     ignore_index: int = 255) -> Dict[str, Calibrator]:
     """Calibrators (short names of :data:`cals_seg.calibrators.SHORT_NAMES`)
     fitted on a hold-out loader: pixel-wise ones on its pixels, spatial ones on
-    crops of its maps. Calibrators that read the image are not supported here
-    (the model sees resized images)."""
+    crops of its maps, each checked on hold-out images it was not fitted on
+    (:meth:`Calibrator.fit`), on the model's device. Calibrators that read the
+    image are not supported here (the model sees resized images)."""
     fitted = {}
     pixels = maps = None
     for name in names:
@@ -151,15 +165,19 @@ def evaluate_split(model,
     names: List[str] = []
     for name, logits, labels in _logits_and_labels(model, loader):
         names.append(name)
+        # Calibrators run on the model's device, the sums are kept on the CPU.
+        labels = labels.cpu()
         flat_labels = labels.reshape(-1)
         keep = keep_mask(flat_labels, num_classes, ignore_index)
-        image_over, image_pairs = _distance_counts(logits, keep, distance_threshold)
+        image_over, image_pairs = _distance_counts(logits.cpu(), keep,
+                                                   distance_threshold)
         over, pairs = over + image_over, pairs + image_pairs
         for key, calibrator in transforms.items():
             sums = outputs[key]
             with torch.no_grad():
                 calibrated = logits if calibrator is None else calibrator(
                     logits.unsqueeze(0)).squeeze(0)
+            calibrated = calibrated.cpu()
             prediction = calibrated.reshape(num_classes, -1).argmax(dim=0)[keep]
             sums['confusion'] += torch.bincount(
                 flat_labels[keep] * num_classes + prediction,
