@@ -34,6 +34,7 @@ import torch
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+import cals_seg.utils.mmengine_checkpoints  # noqa: E402,F401  (torch.load of checkpoints)
 from cals_seg.datasets.demo_data import VOC_CLASSES, make_demo_dataset  # noqa: E402
 from cals_seg.utils.io import write_atomic  # noqa: E402
 from cals_seg.functional.groups import group_names  # noqa: E402
@@ -67,7 +68,7 @@ MODELS = ('deeplabv3', 'pspnet')
 METRICS = ('mIoU', 'ECE', 'ECE_image', 'fg/ECE', 'ECE_boundary', 'ECE_interior',
            'AECE', 'CECE', 'NLL', 'Brier', 'AURC')
 # What a result.json holds; older ones get a new report from their checkpoint.
-REPORT_VERSION = 4
+REPORT_VERSION = 5
 # Not a quality metric, so never ranked: the share of (pixel, non-winning class)
 # logit distances above 10 on the test split, how far a method moves the logit scale.
 DESCRIPTIVE = ('distance_share', )
