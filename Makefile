@@ -32,7 +32,7 @@ demo: setup
 benchmark: setup
 	$(PY) tools/benchmark_methods.py
 
-# Cost of CALS and of the metric, as ratios measured side by side (issue 6).
+# Cost of CALS and of the metric, as ratios measured side by side (docs/costs.md).
 bench: setup
 	cd bench && ../$(PY) run_all.py
 

@@ -1,5 +1,5 @@
 """CALSLoss, CRaCLoss, NACLLoss, SVLSLoss and CALS per label, forward+backward,
-against mmseg's CrossEntropyLoss (issue 6, 1-2; issue 11, 6).
+against mmseg's CrossEntropyLoss (targets: docs/costs.md).
 
 Labels are label maps as segmentation has them: 32 x 32 regions of random
 classes (about 12 % of pixels within one pixel of another label), the top 8
@@ -61,7 +61,7 @@ def main() -> bool:
                      100 * (t['stats'] / t['cals'] - 1), 10, '%')
         for name, loss_name in NEIGHBOURHOOD_LOSSES:
             figure = f'{loss_name} / CE, forward+backward, 8x21x{size}x{size}'
-            if size == 512:  # issue 11 sets the target at this size
+            if size == 512:  # the target is set at this size (docs/costs.md)
                 ok &= report(figure, t[name] / t['ce'], 1.6)
             else:
                 print(f'{figure:<62} {t[name] / t["ce"]:8.3f}   no target')

@@ -1,6 +1,6 @@
 """CalibrationMetric.process on a Cityscapes-sized image, with every statistic
-(issue 6, 3-4; issue 12, 6: boundary split, thresholded CECE, selective risk,
-per-image ECE)."""
+(boundary split, thresholded CECE, selective risk, per-image ECE); targets:
+docs/costs.md."""
 import torch
 
 from cals_seg.evaluation.metrics.calibration_metric import CalibrationMetric

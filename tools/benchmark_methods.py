@@ -234,7 +234,7 @@ def _ranking(results, model, methods) -> str:
 
 
 def _regime_table(results, model) -> list:
-    """The five regime figures of every CE run (issue 10's targets)."""
+    """The five regime figures of every CE run (the regime's targets, docs/results.md)."""
     runs = sorted((r for r in results if r['model'] == model and r['method'] == 'ce'),
                   key=lambda r: r['seed'])
     if not runs:

@@ -1,5 +1,5 @@
 """Is a trained model over-confident the way real networks are? Print the five
-figures of the benchmark regime (issue 10) and, with --json, everything the
+figures of the over-confidence regime (docs/results.md) and, with --json, everything the
 benchmark reports about the run.
 
     python tools/regime_report.py CONFIG CHECKPOINT [--json OUT] [--cfg-options ...]
