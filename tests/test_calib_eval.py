@@ -186,9 +186,10 @@ def test_gt_dir_and_protocol_options(saved_logits, tmp_path):
     report = calib_eval.run(calib_eval.parse_args([
         saved_logits['logits_dir'], '--gt-dir', str(gt_dir), '--bins', '10',
         '--reduction', 'image', '--exclude-classes', 'background', '--out',
-        str(tmp_path / 'out')
+        str(tmp_path / 'out'), '--cece-classes', 'present'
     ]))
     assert report['protocol'] == dict(bins=10, reduction='image',
+                                      cece_classes='present',
                                       exclude_classes=['background'],
                                       ignore_index=255, boundary_width=2)
     per_class = report['metrics']['uncalibrated']['per_class']

@@ -29,7 +29,7 @@ from cals_seg.calibrators import (SHORT_NAMES, Calibrator, CalibratorFileError,
                                   CalibratorInputError, load_calibrator)
 from cals_seg.evaluation.accumulator import (ERROR_BOUNDS, SCALAR_METRICS,
                                              CalibrationTotals)
-from cals_seg.functional.calibration import (DEFAULT_BOUNDARY_WIDTH,
+from cals_seg.functional.calibration import (CECE_CLASSES, DEFAULT_BOUNDARY_WIDTH,
                                              DEFAULT_NUM_BINS, DEFAULT_NUM_CELLS)
 from cals_seg.evaluation.metrics.calibration_metric import resolve_classes
 from cals_seg.evaluation.offline import (CalibEvalError, load_image,
@@ -58,6 +58,10 @@ def parse_args(argv=None):
     parser.add_argument('--bins', type=int, default=DEFAULT_NUM_BINS)
     parser.add_argument('--reduction', choices=('dataset', 'image'),
                         default='dataset')
+    parser.add_argument('--cece-classes', choices=CECE_CLASSES, default='all',
+                        help="classes CECE averages over: 'all', or 'present' "
+                        '(0..max label, per image with --reduction image; the '
+                        "CRaC and NACL authors' evaluators)")
     parser.add_argument('--exclude-classes', nargs='+', default=[],
                         metavar='CLASS', help='class names or indices whose '
                         'ground-truth pixels are left out, e.g. background')
@@ -224,6 +228,7 @@ def run(args) -> dict:
     report = dict(
         logits_dir=osp.abspath(args.logits_dir),
         protocol=dict(bins=args.bins, reduction=args.reduction,
+                      cece_classes=args.cece_classes,
                       exclude_classes=[class_names[k] for k in excluded],
                       ignore_index=ignore_index,
                       boundary_width=args.boundary_width))
@@ -245,7 +250,7 @@ def run(args) -> dict:
                              'none; save the logits again with tools/test.py')
 
     totals = CalibrationTotals(num_classes, args.bins, DEFAULT_NUM_CELLS,
-                               args.reduction)
+                               args.reduction, args.cece_classes)
     names = [UNCALIBRATED] + list(calibrators)
     results = stream_statistics(
         evaluated, num_classes, context['dataset'], totals,
