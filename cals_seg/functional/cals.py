@@ -12,6 +12,7 @@ from torch import Tensor
 from .groups import GroupLayout
 from .neighbourhood import ScaledProportions
 from ..ops import kernels, use_kernel
+from ..ops import triton as triton_kernels
 from .penalties import PenaltyFunction, phr
 
 
@@ -126,10 +127,11 @@ def _phr_class_values(squares: Tensor, num_valid: Tensor, multipliers: Tensor,
     return (squares - num_valid * lambd * lambd) / (2 * rho)
 
 
-def _phr_kernel(logits: Tensor, valid: Tensor, num_valid: Tensor, multipliers: Tensor,
-                rho: Tensor, margin: float, scale: float, need_grad: bool,
-                statistics_clip: Optional[Tuple[float, float]]):
-    """The PHR penalty through the fused CPU kernel (ops/csrc/phr_penalty.cpp).
+def _phr_kernel(kernel_module, logits: Tensor, valid: Tensor, num_valid: Tensor,
+                multipliers: Tensor, rho: Tensor, margin: float, scale: float,
+                need_grad: bool, statistics_clip: Optional[Tuple[float, float]]):
+    """The PHR penalty through the fused CPU kernel (ops/csrc/phr_penalty.cpp),
+    or its Triton port when ``kernel_module`` is :mod:`cals_seg.ops.triton`.
 
     Returns:
         tuple: per-class sums of ``P``, the gradient direction (or None) and the
@@ -138,7 +140,7 @@ def _phr_kernel(logits: Tensor, valid: Tensor, num_valid: Tensor, multipliers: T
     n, c = logits.shape[:2]
     lambd_min, lambd_max = statistics_clip or (0.0, 0.0)
     multipliers, rho = multipliers.view(-1), rho.view(-1)
-    direction, sums = kernels.phr_penalty(
+    direction, sums = kernel_module.phr_penalty(
         logits.reshape(n, c, -1).contiguous(), valid.reshape(n, -1).contiguous(),
         (multipliers - rho * (margin / scale)).contiguous(),
         (rho / scale).contiguous(), need_grad, statistics_clip is not None,
@@ -240,10 +242,12 @@ def constraint_penalty(logits: Tensor,
         statistics_clip (tuple[float, float], optional): ``(lambd_min,
             lambd_max)``, the clipping range of ``P'`` in the round sums; given,
             the batch's :class:`RoundStatistics` are computed as well.
-        backend (str): 'kernel' runs the fused CPU kernel (phr on CPU only),
-            'torch' the PyTorch operations that run on any device, 'auto' the
-            kernel where it applies. Both compute the same sums; they differ only
-            in float rounding and at ignored pixels with non-finite logits.
+        backend (str): 'kernel' runs the fused kernel of the logits' device
+            (phr only; C++ on CPU, Triton on CUDA), 'triton' the Triton kernel,
+            'torch' the PyTorch operations that run on any device, 'auto' the C++
+            kernel on CPU and PyTorch on CUDA (:mod:`cals_seg.ops.triton`). All
+            compute the same sums; they differ only in float rounding and at
+            ignored pixels with non-finite logits.
 
     Returns:
         ConstraintPenalty
@@ -254,10 +258,12 @@ def constraint_penalty(logits: Tensor,
     denominator = num_valid.clamp_min(1) * num_classes
     scale = margin if normalize else 1.0
     grad_scale = -1 / (scale * denominator) if need_grad else None
-    if use_kernel(backend, penalty is phr and logits.device.type == 'cpu',
-                  'the phr penalty, CPU tensors'):
+    triton = triton_kernels.use_triton(backend, logits, penalty is phr,
+                                       'the phr penalty')
+    if triton or use_kernel(backend, penalty is phr and logits.device.type == 'cpu',
+                            'the phr penalty, CPU tensors'):
         class_values, direction, statistics = _phr_kernel(
-            logits, valid, num_valid, multipliers.float(), rho.float(), margin,
+            triton_kernels if triton else kernels, logits, valid, num_valid, multipliers.float(), rho.float(), margin,
             scale, need_grad, statistics_clip)
         return ConstraintPenalty((class_values.sum() / denominator).float(),
                                  direction, grad_scale, statistics)
@@ -288,12 +294,13 @@ def constraint_penalty(logits: Tensor,
                              grad_scale, statistics)
 
 
-def _grouped_kernel(logits: Tensor, valid: Tensor, group: GroupLayout,
+def _grouped_kernel(kernel_module, logits: Tensor, valid: Tensor, group: GroupLayout,
                     multipliers: Tensor, rho: Tensor, margin: float, scale: float,
                     targets: Optional[ScaledProportions], need_grad: bool,
                     statistics_clip: Optional[Tuple[float, float]]):
     """The grouped PHR penalty through the fused CPU kernel
-    (ops/csrc/neighbourhood_penalties.cpp).
+    (ops/csrc/neighbourhood_penalties.cpp), or its Triton port when
+    ``kernel_module`` is :mod:`cals_seg.ops.triton`.
 
     Returns:
         tuple: the sum of ``P`` over valid pairs, the gradient direction (or
@@ -312,7 +319,7 @@ def _grouped_kernel(logits: Tensor, valid: Tensor, group: GroupLayout,
         target_scale = targets.scale
     empty = logits.new_empty(0)
     lambd_min, lambd_max = statistics_clip or (0.0, 0.0)
-    direction, sums = kernels.grouped_phr_penalty(
+    direction, sums = kernel_module.grouped_phr_penalty(
         logits.reshape(n, c, -1).contiguous(), label, height, width,
         group.base.reshape(n, -1).to(torch.int32), group.logit_stride,
         offset.contiguous(), (rho / scale).contiguous(), multipliers, rho,
@@ -364,10 +371,12 @@ def grouped_constraint_penalty(logits: Tensor,
             block inside the kernel).
         need_grad (bool), statistics_clip (tuple, optional): as
             :func:`constraint_penalty`.
-        backend (str): 'kernel' runs the fused CPU kernel (phr, CPU, no dense
-            reference), 'torch' the PyTorch operations, 'auto' the kernel where
-            it applies. They differ only in float rounding and at ignored pixels
-            with non-finite logits.
+        backend (str): 'kernel' runs the fused kernel of the logits' device
+            (phr, no dense reference; C++ on CPU, Triton on CUDA), 'triton' the
+            Triton kernel, 'torch' the PyTorch operations, 'auto' the C++ kernel
+            on CPU where it applies and PyTorch on CUDA (:mod:`cals_seg.ops.triton`).
+            They differ only in float rounding and at ignored pixels with
+            non-finite logits.
 
     Returns:
         ConstraintPenalty: statistics of ``G`` groups.
@@ -382,12 +391,14 @@ def grouped_constraint_penalty(logits: Tensor,
     if need_grad:
         # d h / d z carries -1/s for distances, +sign(z - r)/s for targets.
         grad_scale = (-1 if distance else 1) / (scale * denominator.double())
-    if use_kernel(backend, penalty is phr and logits.device.type == 'cpu' and (
-            distance or (isinstance(reference, ScaledProportions)
-                         and logits.dim() == 4)),
-                  'the phr penalty, CPU tensors, no dense reference'):
+    fused = penalty is phr and (distance or (isinstance(reference, ScaledProportions)
+                                             and logits.dim() == 4))
+    triton = triton_kernels.use_triton(backend, logits, fused,
+                                       'the phr penalty, no dense reference')
+    if triton or use_kernel(backend, fused and logits.device.type == 'cpu',
+                            'the phr penalty, CPU tensors, no dense reference'):
         total, direction, statistics = _grouped_kernel(
-            logits, valid, group, multipliers, rho, margin, scale, reference,
+            triton_kernels if triton else kernels, logits, valid, group, multipliers, rho, margin, scale, reference,
             need_grad, statistics_clip)
         return ConstraintPenalty((total / denominator).float(), direction, grad_scale,
                                  statistics)

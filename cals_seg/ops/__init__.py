@@ -8,14 +8,15 @@ try:
 except ImportError:
     kernels = None
 
-BACKENDS = ('auto', 'kernel', 'torch')
+BACKENDS = ('auto', 'kernel', 'torch', 'triton')
 
 
 def use_kernel(backend: str, applicable: bool, requirement: str) -> bool:
     """Whether a computation with a kernel and a PyTorch path takes the kernel.
 
     Args:
-        backend (str): 'kernel', 'torch', or 'auto' (the kernel where it applies).
+        backend (str): 'kernel', 'torch', or 'auto' (the kernel where it applies);
+            'triton' never takes it (:func:`cals_seg.ops.triton.use_triton`).
         applicable (bool): the inputs suit the kernel.
         requirement (str): what the kernel needs, for the error message.
 
@@ -28,4 +29,4 @@ def use_kernel(backend: str, applicable: bool, requirement: str) -> bool:
     if backend == 'kernel' and not fits:
         raise ValueError(f'the kernel backend needs {requirement} and the compiled '
                          'cals_seg.ops._kernels (pip install -e .)')
-    return fits and backend != 'torch'
+    return fits and backend in ('auto', 'kernel')
