@@ -41,6 +41,7 @@ from torch import Tensor
 from .labels import check_label_range
 from .neighbourhood import boundary_mask
 from ..ops import kernels, use_kernel
+from ..ops import triton as triton_kernels
 
 DEFAULT_NUM_BINS = 15
 DEFAULT_NUM_CELLS = 2**16
@@ -169,9 +170,12 @@ def calibration_statistics(logits: Tensor,
         num_cells (int): cells ``F`` of the fine confidence histogram.
         ignore_index (int): label of pixels to leave out.
         exclude_classes (sequence[int]): ground-truth classes to leave out.
-        backend (str): 'kernel' runs the one-pass CPU kernel, 'torch' the
-            PyTorch operations that run on any device, 'auto' the kernel on CPU
-            where it is built. Both compute the same sums up to float rounding.
+        backend (str): 'kernel' runs the one-pass kernel of the logits'
+            device (C++ on CPU, Triton on CUDA), 'triton' the Triton kernel,
+            'torch' the PyTorch operations that run on any device, 'auto' the
+            C++ kernel on CPU where it is built and PyTorch on CUDA
+            (:mod:`cals_seg.ops.triton`). All compute the same sums up to float
+            rounding.
         boundary_width (int, optional): fill the boundary sums with the pixels
             within this many pixels of a label boundary (``labels`` must be
             maps); None leaves them empty.
@@ -195,8 +199,10 @@ def calibration_statistics(logits: Tensor,
         boundary = torch.zeros(0, dtype=torch.bool, device=y.device)
     else:
         boundary = boundary_mask(labels, boundary_width).reshape(-1)
-    if use_kernel(backend, z.device.type == 'cpu', 'CPU tensors'):
-        *sums, num_nonfinite = kernels.calibration_statistics(
+    triton = triton_kernels.use_triton(backend, z, True, '')
+    if triton or use_kernel(backend, z.device.type == 'cpu', 'CPU tensors'):
+        kernel_module = triton_kernels if triton else kernels
+        *sums, num_nonfinite = kernel_module.calibration_statistics(
             z.contiguous(), y.contiguous(), keep.contiguous(), boundary.contiguous(),
             class_threshold, num_bins, num_cells)
         if num_nonfinite > 0:

@@ -58,7 +58,8 @@ def use_triton(backend: str, tensor: Tensor, applicable: bool,
         backend (str): 'auto', 'kernel', 'torch' or 'triton'.
         tensor (Tensor): the input whose device decides.
         applicable (bool): the computation has a Triton kernel for these inputs.
-        requirement (str): what the kernel needs, for the error message.
+        requirement (str): what the kernel needs besides triton and the device,
+            for the error message ('' for nothing).
 
     Raises:
         ValueError: an unknown backend, or 'triton' where it does not apply.
@@ -67,9 +68,10 @@ def use_triton(backend: str, tensor: Tensor, applicable: bool,
         raise ValueError(f'backend must be one of {BACKENDS}, got {backend!r}')
     if backend == 'triton':
         if not (applicable and available() and _runs_on(tensor)):
+            needs = f'{requirement}, ' if requirement else ''
             raise ValueError(
-                f'the triton backend needs {requirement}, triton installed and CUDA '
-                'tensors (CPU tensors only under TRITON_INTERPRET=1); got '
+                f'the triton backend needs {needs}triton installed and CUDA tensors '
+                '(CPU tensors only under TRITON_INTERPRET=1); got '
                 f'{tensor.device.type} tensors, triton '
                 f'{"installed" if available() else "not installed"}')
         return True
