@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from ..ops import kernels, use_kernel
+from ..ops import triton as triton_kernels
 from .neighbourhood import (ScaledProportions, boundary_mask, kernel_inputs,
                             neighbourhood_proportions)
 
@@ -40,9 +41,10 @@ def soft_label_shift(logits: Tensor, targets: ScaledProportions,
         logits (Tensor): ``(N, C, H, W)``.
         targets (ScaledProportions): ``q`` (its scale must be None).
         pixel_weight (Tensor, optional): ``w``, ``(N, H, W)``; None means 1.
-        backend (str): 'kernel' (CPU: one pass, a dense direction), 'torch'
-            (any device: ``q`` formed only at pixels near another label, the
-            direction as :class:`PixelRows`), or 'auto'.
+        backend (str): 'kernel' (one pass, a dense direction: C++ on CPU,
+            Triton on CUDA), 'triton', 'torch' (any device: ``q`` formed only at
+            pixels near another label, the direction as :class:`PixelRows`), or
+            'auto' (C++ on CPU, PyTorch on CUDA: :mod:`cals_seg.ops.triton`).
 
     Returns:
         tuple: the float64 sum, and the direction as an ``(N, C, H, W)``
@@ -50,10 +52,13 @@ def soft_label_shift(logits: Tensor, targets: ScaledProportions,
     """
     if targets.scale is not None:
         raise ValueError('soft_label_shift: soft targets are proportions, scale None')
-    if use_kernel(backend, logits.device.type == 'cpu', 'CPU tensors'):
+    triton = triton_kernels.use_triton(backend, logits, True, '')
+    if triton or use_kernel(backend, logits.device.type == 'cpu', 'CPU tensors'):
         weight = logits.new_empty(0) if pixel_weight is None else (
             pixel_weight.float().reshape(len(logits), -1).contiguous())
-        direction, total = kernels.svls_shift(*kernel_inputs(logits, targets), weight)
+        kernel_module = triton_kernels if triton else kernels
+        direction, total = kernel_module.svls_shift(*kernel_inputs(logits, targets),
+                                                    weight)
         return total, direction.view(logits.shape)
     label, valid, window = targets.label, targets.valid, targets.weights
     half = window.shape[0] // 2
