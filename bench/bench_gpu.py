@@ -129,8 +129,7 @@ def loss_costs(constraints, penalties, groups, label_maps, proportion_terms,
             term = constraints.grouped_constraint_penalty(
                 x.detach(), valid, group, torch.full((size, ), 0.1, device=device),
                 torch.ones(size, device=device), 1.0 if with_reference else 20.0,
-                not with_reference, penalties.phr, reference,
-                statistics_clip=(1e-6, 10.0), backend=backend)
+                not with_reference, penalties.phr, reference, backend=backend)
             if x.grad is not None:
                 x.grad.addcmul_(term.grad_direction, term.grad_scale)
         return run
