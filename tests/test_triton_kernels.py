@@ -21,6 +21,7 @@ from cals_seg.functional import (ScaledProportions, calibration_statistics,  # n
                                  constraint_penalty, grouped_constraint_penalty,
                                  kernel_weights, neighbourhood_deviation, p2, phr,
                                  soft_label_shift)
+from cals_seg.functional.calibration import CalibrationStatistics  # noqa: E402
 from cals_seg.functional.groups import GROUPINGS, group_layout, num_groups  # noqa: E402
 from cals_seg.ops import triton as triton_kernels  # noqa: E402
 from helpers import blocky_batch  # noqa: E402
@@ -220,7 +221,8 @@ def test_svls_kernel_equals_torch_path(with_weight):
 def test_neighbourhood_kernels_name_labels_beyond_the_classes():
     logits, label = _neighbourhood_batch(9)
     label[0, 0, 0] = 5  # one class too many for 5 logits
-    with pytest.raises(ValueError, match='label is >= the number of classes'):
+    with pytest.raises(ValueError, match=r'labels must be in \[0, C = 5\) or the '
+                       r'ignore value -1, got values in \[-1, 5\]'):
         neighbourhood_deviation(logits, ScaledProportions(
             label, label != 255, kernel_weights('mean', 3)), backend='triton')
 
@@ -268,19 +270,139 @@ def test_calibration_kernel_names_nonfinite_logits():
 
 
 def test_auto_keeps_torch_on_cuda_and_kernel_takes_triton():
-    # use_triton reads only the device: a stand-in for a CUDA tensor.
+    # use_kernel reads only the device: a stand-in for a CUDA tensor.
     cuda = type('CudaTensor', (), {'device': torch.device('cuda')})()
     cpu = torch.zeros(1)
     assert triton_kernels.AUTO_ON_CUDA is False
-    assert not triton_kernels.use_triton('auto', cuda, True, '')
-    assert not triton_kernels.use_triton('torch', cuda, True, '')
-    assert triton_kernels.use_triton('kernel', cuda, True,
-                                     '') is triton_kernels.available()
-    assert not triton_kernels.use_triton('kernel', cuda, False, '')
+    assert not ops.use_kernel('auto', cuda, True, '')
+    assert not ops.use_kernel('torch', cuda, True, '')
+    if triton_kernels.available():
+        assert ops.use_kernel('kernel', cuda, True, '')
+    else:
+        with pytest.raises(ValueError, match='kernel backend needs triton installed'):
+            ops.use_kernel('kernel', cuda, True, '')
+    with pytest.raises(ValueError, match='kernel backend needs the phr penalty'):
+        ops.use_kernel('kernel', cuda, False, 'the phr penalty')
     # On the CPU 'auto' and 'kernel' stay with the C++ kernel, even interpreted.
-    assert not triton_kernels.use_triton('auto', cpu, True, '')
-    assert not triton_kernels.use_triton('kernel', cpu, True, '')
-    assert not ops.use_kernel('triton', True, '')
+    assert ops._implementation(cpu, 'kernel') is ops.kernels
+    assert ops._implementation(cpu, 'auto') is ops.kernels
+    assert ops._implementation(cpu, 'triton') is triton_kernels
+    assert ops._implementation(cuda, 'kernel') is triton_kernels
+
+
+def _kernel_arguments():
+    """Arguments of every ops wrapper that make each output differ, (N, C, H, W)
+    = (2, 5, 9, 11): ignored pixels, a label proportion window, groups."""
+    n, c, h, w = 2, 5, 9, 11
+    generator = torch.Generator().manual_seed(11)
+    logits = torch.randn(n, c, h * w, generator=generator) * 3
+    label = torch.randint(-1, c, (n, h * w), dtype=torch.int32, generator=generator)
+    groups = 2 * c
+    base = torch.randint(0, 2, (n, h * w), dtype=torch.int32, generator=generator)
+
+    def positive(size):
+        return 0.5 + torch.rand(size, generator=generator)
+
+    grouped = dict(logits=logits, label=label, height=h, width=w, group_base=base,
+                   logit_stride=2, offset=positive(groups) - 1, slope=positive(groups),
+                   lambd=positive(groups), rho=positive(groups),
+                   weights=kernel_weights('gaussian', 3),
+                   target_scale=positive((n, h * w)), need_grad=True,
+                   need_statistics=True, lambd_min=0.1, lambd_max=1.0)
+    return dict(
+        phr_penalty=dict(logits=logits, valid=label >= 0, offset=positive(c) - 1,
+                         slope=positive(c), need_grad=True, need_statistics=True,
+                         lambd_min=0.1, lambd_max=1.0),
+        grouped_phr_penalty=grouped,
+        grouped_distances=dict(grouped, weights=torch.zeros(0),
+                               target_scale=torch.zeros(0)),
+        nacl_penalty=dict(logits=logits, label=label, height=h, width=w,
+                          weights=kernel_weights('mean', 3)),
+        svls_shift=dict(logits=logits, label=label, height=h, width=w,
+                        weights=kernel_weights('svls', 3),
+                        pixel_weight=positive((n, h * w))),
+        calibration_statistics=dict(
+            kind=CalibrationStatistics, logits=logits[0], labels=label[0].long().abs(),
+            keep=label[0] >= 0, boundary=label[0] > 1, low_threshold=0.05,
+            num_bins=7, num_cells=64))
+
+
+def _same_fields(got, want, kernel):
+    assert type(got) is type(want), kernel
+    for name, a, b in zip(want._fields, got, want):
+        if b is None:
+            assert a is None, (kernel, name)
+            continue
+        assert a.shape == b.shape and a.dtype == b.dtype, (kernel, name)
+        # Binned counts to a pixel: exp may differ by an ulp between numpy and
+        # C++, which can move a value on a bin edge to the next bin.
+        binned = kernel == 'calibration_statistics' and ('count' in name
+                                                         or 'hits' in name)
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1.0 if binned else 1e-5,
+                                   msg=f'{kernel}.{name}')
+
+
+@requires_triton
+@pytest.mark.skipif(ops.kernels is None, reason='the C++ kernels are not built')
+@pytest.mark.parametrize('kernel', ['phr_penalty', 'grouped_phr_penalty',
+                                    'grouped_distances', 'nacl_penalty', 'svls_shift',
+                                    'calibration_statistics'])
+def test_triton_kernels_return_the_cpp_kernels_outputs_by_name(kernel):
+    """Through the same ops wrapper (named_outputs): the same names, and each
+    field equal to the C++ kernel's, so that a sum returned under another
+    field's name fails; fields not asked for are None in both."""
+    arguments = _kernel_arguments()[kernel]
+    wrapper = getattr(ops, 'grouped_phr_penalty' if kernel == 'grouped_distances'
+                      else kernel)
+    runs = [dict(arguments)]
+    if 'need_grad' in arguments:
+        runs += [dict(arguments, need_grad=False),
+                 dict(arguments, need_statistics=False)]
+    for run in runs:
+        got, want = wrapper(**run, backend='triton'), wrapper(**run)
+        if kernel == 'calibration_statistics':  # (sums, num_nonfinite)
+            torch.testing.assert_close(got[1], want[1])
+            got, want = got[0], want[0]
+        _same_fields(got, want, kernel)
+
+
+TRITON_BAD_ARGUMENTS = [
+    ('phr_penalty', 'logits', lambda t: t.double(), r'logits \(N, C, P\) must be a '
+     r'contiguous torch.float32 tensor of shape \(\*, \*, \*\) on cpu, got a '
+     r'contiguous torch.float64'),
+    ('phr_penalty', 'valid', lambda t: t[:, 1:], r'valid \(N, P\) .* shape \(2, 99\) '
+     r'on cpu, got a non-contiguous torch.bool tensor of shape \(2, 98\)'),
+    ('phr_penalty', 'offset', lambda t: t.to('meta'), r'offset \(C\) .* on meta'),
+    ('grouped_phr_penalty', 'label', lambda t: t.long(),
+     r'label \(N, P\) .*torch.int32'),
+    ('grouped_phr_penalty', 'height', lambda h: h + 1, 'the map is 10 x 11 pixels '
+     'but the logits have P = 99'),
+    ('grouped_phr_penalty', 'group_base', lambda t: t[:1], r'group_base \(N, P\)'),
+    ('grouped_phr_penalty', 'logit_stride', lambda s: -1, 'logit_stride must be >= 0'),
+    ('grouped_phr_penalty', 'rho', lambda t: t[:2], r'rho \(G\) .* shape \(10,\)'),
+    ('grouped_phr_penalty', 'target_scale', lambda t: t.double(), 'target_scale'),
+    ('svls_shift', 'pixel_weight', lambda t: t[:, :3], r'pixel_weight \(N, P\)'),
+    ('calibration_statistics', 'labels', lambda t: t.int(),
+     r'labels \(P\) .*torch.int64'),
+    ('calibration_statistics', 'keep', lambda t: t[:5], r'keep \(P\) .* \(99,\)'),
+    ('calibration_statistics', 'boundary', lambda t: t.float(), r'boundary \(P\)'),
+    ('calibration_statistics', 'num_bins', lambda b: 0, 'num_bins and num_cells must '
+     'be >= 1'),
+    ('calibration_statistics', 'labels', lambda t: t + 5, r'labels of kept pixels '
+     r'must be in \[0, C = 5\)'),
+]
+
+
+@pytest.mark.parametrize('kernel, argument, spoil, message', TRITON_BAD_ARGUMENTS)
+def test_triton_kernels_check_every_argument_before_launching(kernel, argument, spoil,
+                                                              message):
+    # The checks run before triton is imported: they need no triton installed.
+    arguments = _kernel_arguments()[kernel]
+    if triton_kernels.available():
+        getattr(ops, kernel)(**arguments, backend='triton')  # unspoilt: fine
+    arguments[argument] = spoil(arguments[argument])
+    with pytest.raises(ValueError, match=f'{kernel}: {message}'):
+        getattr(ops, kernel)(**arguments, backend='triton')
 
 
 def test_triton_backend_is_refused_where_it_does_not_apply():

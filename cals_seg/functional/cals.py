@@ -11,8 +11,8 @@ from torch import Tensor
 
 from .groups import GroupLayout
 from .neighbourhood import ScaledProportions
-from ..ops import kernels, use_kernel
-from ..ops import triton as triton_kernels
+from .. import ops
+from ..ops import use_kernel
 from .penalties import PenaltyFunction, phr
 
 
@@ -127,11 +127,11 @@ def _phr_class_values(squares: Tensor, num_valid: Tensor, multipliers: Tensor,
     return (squares - num_valid * lambd * lambd) / (2 * rho)
 
 
-def _phr_kernel(kernel_module, logits: Tensor, valid: Tensor, num_valid: Tensor,
-                multipliers: Tensor, rho: Tensor, margin: float, scale: float,
-                need_grad: bool, statistics_clip: Optional[Tuple[float, float]]):
-    """The PHR penalty through the fused CPU kernel (ops/csrc/phr_penalty.cpp),
-    or its Triton port when ``kernel_module`` is :mod:`cals_seg.ops.triton`.
+def _phr_kernel(logits: Tensor, valid: Tensor, num_valid: Tensor, multipliers: Tensor,
+                rho: Tensor, margin: float, scale: float, need_grad: bool,
+                statistics_clip: Optional[Tuple[float, float]], backend: str):
+    """The PHR penalty through the fused kernel :func:`cals_seg.ops.phr_penalty`
+    (C++ on CPU, Triton on CUDA or for ``backend`` 'triton').
 
     Returns:
         tuple: per-class sums of ``P``, the gradient direction (or None) and the
@@ -140,20 +140,21 @@ def _phr_kernel(kernel_module, logits: Tensor, valid: Tensor, num_valid: Tensor,
     n, c = logits.shape[:2]
     lambd_min, lambd_max = statistics_clip or (0.0, 0.0)
     multipliers, rho = multipliers.view(-1), rho.view(-1)
-    direction, sums = kernel_module.phr_penalty(
-        logits.reshape(n, c, -1).contiguous(), valid.reshape(n, -1).contiguous(),
-        (multipliers - rho * (margin / scale)).contiguous(),
-        (rho / scale).contiguous(), need_grad, statistics_clip is not None,
-        lambd_min, lambd_max)
-    squares, clipped, distance = sums[:c], sums[c:2 * c], sums[2 * c:3 * c]
-    num_finite, num_nonfinite = sums[3 * c], sums[3 * c + 1]
+    sums = ops.phr_penalty(
+        logits=logits.reshape(n, c, -1).contiguous(),
+        valid=valid.reshape(n, -1).contiguous(),
+        offset=(multipliers - rho * (margin / scale)).contiguous(),
+        slope=(rho / scale).contiguous(), need_grad=need_grad,
+        need_statistics=statistics_clip is not None, lambd_min=lambd_min,
+        lambd_max=lambd_max, backend=backend)
     statistics = None
     if statistics_clip is not None:
-        statistics = RoundStatistics(clipped,
-                                     (distance - num_finite * margin) / scale,
-                                     num_finite.expand(c).clone(), num_nonfinite)
-    return (_phr_class_values(squares, num_valid, multipliers, rho),
-            direction.view(logits.shape) if need_grad else None, statistics)
+        statistics = RoundStatistics(sums.clipped,
+                                     (sums.distance - sums.num_finite * margin) / scale,
+                                     sums.num_finite.expand(c).clone(),
+                                     sums.num_nonfinite)
+    return (_phr_class_values(sums.squares, num_valid, multipliers, rho),
+            sums.direction.view(logits.shape) if need_grad else None, statistics)
 
 
 def _generic_terms(penalty: PenaltyFunction, logits: Tensor, top: Tensor,
@@ -245,8 +246,8 @@ def constraint_penalty(logits: Tensor,
         backend (str): 'kernel' runs the fused kernel of the logits' device
             (phr only; C++ on CPU, Triton on CUDA), 'triton' the Triton kernel,
             'torch' the PyTorch operations that run on any device, 'auto' the C++
-            kernel on CPU and PyTorch on CUDA (:mod:`cals_seg.ops.triton`). All
-            compute the same sums; they differ only in float rounding and at
+            kernel on CPU and PyTorch on CUDA (:func:`cals_seg.ops.use_kernel`).
+            All compute the same sums; they differ only in float rounding and at
             ignored pixels with non-finite logits.
 
     Returns:
@@ -258,13 +259,10 @@ def constraint_penalty(logits: Tensor,
     denominator = num_valid.clamp_min(1) * num_classes
     scale = margin if normalize else 1.0
     grad_scale = -1 / (scale * denominator) if need_grad else None
-    triton = triton_kernels.use_triton(backend, logits, penalty is phr,
-                                       'the phr penalty')
-    if triton or use_kernel(backend, penalty is phr and logits.device.type == 'cpu',
-                            'the phr penalty, CPU tensors'):
+    if use_kernel(backend, logits, penalty is phr, 'the phr penalty'):
         class_values, direction, statistics = _phr_kernel(
-            triton_kernels if triton else kernels, logits, valid, num_valid, multipliers.float(), rho.float(), margin,
-            scale, need_grad, statistics_clip)
+            logits, valid, num_valid, multipliers.float(), rho.float(), margin,
+            scale, need_grad, statistics_clip, backend)
         return ConstraintPenalty((class_values.sum() / denominator).float(),
                                  direction, grad_scale, statistics)
 
@@ -294,13 +292,13 @@ def constraint_penalty(logits: Tensor,
                              grad_scale, statistics)
 
 
-def _grouped_kernel(kernel_module, logits: Tensor, valid: Tensor, group: GroupLayout,
+def _grouped_kernel(logits: Tensor, valid: Tensor, group: GroupLayout,
                     multipliers: Tensor, rho: Tensor, margin: float, scale: float,
                     targets: Optional[ScaledProportions], need_grad: bool,
-                    statistics_clip: Optional[Tuple[float, float]]):
-    """The grouped PHR penalty through the fused CPU kernel
-    (ops/csrc/neighbourhood_penalties.cpp), or its Triton port when
-    ``kernel_module`` is :mod:`cals_seg.ops.triton`.
+                    statistics_clip: Optional[Tuple[float, float]], backend: str):
+    """The grouped PHR penalty through the fused kernel
+    :func:`cals_seg.ops.grouped_phr_penalty` (C++ on CPU, Triton on CUDA or for
+    ``backend`` 'triton').
 
     Returns:
         tuple: the sum of ``P`` over valid pairs, the gradient direction (or
@@ -309,7 +307,6 @@ def _grouped_kernel(kernel_module, logits: Tensor, valid: Tensor, group: GroupLa
     """
     n, c = logits.shape[:2]
     height, width = logits.shape[2:] if logits.dim() == 4 else (1, valid[0].numel())
-    num_groups = multipliers.numel()
     multipliers, rho = multipliers.float().contiguous(), rho.float().contiguous()
     if targets is None:
         label = torch.where(valid, 0, -1).to(torch.int32).reshape(n, -1)
@@ -319,22 +316,25 @@ def _grouped_kernel(kernel_module, logits: Tensor, valid: Tensor, group: GroupLa
         target_scale = targets.scale
     empty = logits.new_empty(0)
     lambd_min, lambd_max = statistics_clip or (0.0, 0.0)
-    direction, sums = kernel_module.grouped_phr_penalty(
-        logits.reshape(n, c, -1).contiguous(), label, height, width,
-        group.base.reshape(n, -1).to(torch.int32), group.logit_stride,
-        offset.contiguous(), (rho / scale).contiguous(), multipliers, rho,
-        empty if weights is None else weights.float().contiguous(),
-        empty if target_scale is None else target_scale.float().reshape(n, -1),
-        need_grad, statistics_clip is not None, lambd_min, lambd_max)
+    sums = ops.grouped_phr_penalty(
+        logits=logits.reshape(n, c, -1).contiguous(), label=label, height=height,
+        width=width, group_base=group.base.reshape(n, -1).to(torch.int32).contiguous(),
+        logit_stride=group.logit_stride, offset=offset.contiguous(),
+        slope=(rho / scale).contiguous(), lambd=multipliers, rho=rho,
+        weights=empty if weights is None else weights.float().contiguous(),
+        target_scale=(empty if target_scale is None else
+                      target_scale.float().reshape(n, -1).contiguous()),
+        need_grad=need_grad, need_statistics=statistics_clip is not None,
+        lambd_min=lambd_min, lambd_max=lambd_max, backend=backend)
     statistics = None
     if statistics_clip is not None:
-        count = sums[2 + 2 * num_groups:]
-        distance = sums[2 + num_groups:2 + 2 * num_groups]
+        distance = sums.distance
         if targets is None:
-            distance = distance - count * margin
-        statistics = RoundStatistics(sums[2:2 + num_groups], distance / scale,
-                                     count, sums[1])
-    return sums[0], direction.view(logits.shape) if need_grad else None, statistics
+            distance = distance - sums.count * margin
+        statistics = RoundStatistics(sums.clipped, distance / scale, sums.count,
+                                     sums.num_nonfinite)
+    return (sums.value, sums.direction.view(logits.shape) if need_grad else None,
+            statistics)
 
 
 @torch.no_grad()
@@ -374,9 +374,9 @@ def grouped_constraint_penalty(logits: Tensor,
         backend (str): 'kernel' runs the fused kernel of the logits' device
             (phr, no dense reference; C++ on CPU, Triton on CUDA), 'triton' the
             Triton kernel, 'torch' the PyTorch operations, 'auto' the C++ kernel
-            on CPU where it applies and PyTorch on CUDA (:mod:`cals_seg.ops.triton`).
-            They differ only in float rounding and at ignored pixels with
-            non-finite logits.
+            on CPU where it applies and PyTorch on CUDA
+            (:func:`cals_seg.ops.use_kernel`). They differ only in float rounding
+            and at ignored pixels with non-finite logits.
 
     Returns:
         ConstraintPenalty: statistics of ``G`` groups.
@@ -391,15 +391,13 @@ def grouped_constraint_penalty(logits: Tensor,
     if need_grad:
         # d h / d z carries -1/s for distances, +sign(z - r)/s for targets.
         grad_scale = (-1 if distance else 1) / (scale * denominator.double())
-    fused = penalty is phr and (distance or (isinstance(reference, ScaledProportions)
-                                             and logits.dim() == 4))
-    triton = triton_kernels.use_triton(backend, logits, fused,
-                                       'the phr penalty, no dense reference')
-    if triton or use_kernel(backend, fused and logits.device.type == 'cpu',
-                            'the phr penalty, CPU tensors, no dense reference'):
+    if use_kernel(backend, logits, penalty is phr and (
+            distance or (isinstance(reference, ScaledProportions)
+                         and logits.dim() == 4)),
+                  'the phr penalty, no dense reference'):
         total, direction, statistics = _grouped_kernel(
-            triton_kernels if triton else kernels, logits, valid, group, multipliers, rho, margin, scale, reference,
-            need_grad, statistics_clip)
+            logits, valid, group, multipliers, rho, margin, scale, reference,
+            need_grad, statistics_clip, backend)
         return ConstraintPenalty((total / denominator).float(), direction, grad_scale,
                                  statistics)
     if isinstance(reference, ScaledProportions):

@@ -10,8 +10,8 @@ from typing import Tuple
 import torch
 from torch import Tensor
 
-from ..ops import kernels, use_kernel
-from ..ops import triton as triton_kernels
+from .. import ops
+from ..ops import use_kernel
 from .neighbourhood import ScaledProportions, kernel_inputs
 
 
@@ -26,18 +26,16 @@ def neighbourhood_deviation(logits: Tensor, targets: ScaledProportions,
         targets (ScaledProportions): ``r``.
         backend (str): 'kernel' (fused, the proportions formed block by block:
             C++ on CPU, Triton on CUDA), 'triton', 'torch', or 'auto' (C++ on
-            CPU, PyTorch on CUDA: :mod:`cals_seg.ops.triton`). They differ only
-            in float rounding and in the sign of a NaN.
+            CPU, PyTorch on CUDA: :func:`cals_seg.ops.use_kernel`). They differ
+            only in float rounding and in the sign of a NaN.
 
     Returns:
         tuple[Tensor, Tensor]: the float64 sum and the ``(N, C, H, W)`` float32
         direction.
     """
-    triton = triton_kernels.use_triton(backend, logits, True, '')
-    if triton or use_kernel(backend, logits.device.type == 'cpu', 'CPU tensors'):
-        kernel_module = triton_kernels if triton else kernels
-        direction, total = kernel_module.nacl_penalty(*kernel_inputs(logits, targets))
-        return total, direction.view(logits.shape)
+    if use_kernel(backend, logits, True, ''):
+        term = ops.nacl_penalty(**kernel_inputs(logits, targets), backend=backend)
+        return term.value, term.direction.view(logits.shape)
     target = targets.dense(logits.shape[1])
     # z - r, zero at ignored pixels (their r is 0: subtract z there).
     difference = torch.sub(logits.float(), target, out=target)

@@ -9,8 +9,8 @@ from typing import NamedTuple, Optional, Tuple, Union
 import torch
 from torch import Tensor
 
-from ..ops import kernels, use_kernel
-from ..ops import triton as triton_kernels
+from .. import ops
+from ..ops import use_kernel
 from .neighbourhood import (ScaledProportions, boundary_mask, kernel_inputs,
                             neighbourhood_proportions)
 
@@ -44,7 +44,7 @@ def soft_label_shift(logits: Tensor, targets: ScaledProportions,
         backend (str): 'kernel' (one pass, a dense direction: C++ on CPU,
             Triton on CUDA), 'triton', 'torch' (any device: ``q`` formed only at
             pixels near another label, the direction as :class:`PixelRows`), or
-            'auto' (C++ on CPU, PyTorch on CUDA: :mod:`cals_seg.ops.triton`).
+            'auto' (C++ on CPU, PyTorch on CUDA: :func:`cals_seg.ops.use_kernel`).
 
     Returns:
         tuple: the float64 sum, and the direction as an ``(N, C, H, W)``
@@ -52,14 +52,12 @@ def soft_label_shift(logits: Tensor, targets: ScaledProportions,
     """
     if targets.scale is not None:
         raise ValueError('soft_label_shift: soft targets are proportions, scale None')
-    triton = triton_kernels.use_triton(backend, logits, True, '')
-    if triton or use_kernel(backend, logits.device.type == 'cpu', 'CPU tensors'):
+    if use_kernel(backend, logits, True, ''):
         weight = logits.new_empty(0) if pixel_weight is None else (
             pixel_weight.float().reshape(len(logits), -1).contiguous())
-        kernel_module = triton_kernels if triton else kernels
-        direction, total = kernel_module.svls_shift(*kernel_inputs(logits, targets),
-                                                    weight)
-        return total, direction.view(logits.shape)
+        term = ops.svls_shift(**kernel_inputs(logits, targets), pixel_weight=weight,
+                              backend=backend)
+        return term.value, term.direction.view(logits.shape)
     label, valid, window = targets.label, targets.valid, targets.weights
     half = window.shape[0] // 2
     if half == 0:  # a 1 x 1 window: every target is one-hot

@@ -9,6 +9,8 @@ then added to the output with one atomic per entry at the end; the fine
 confidence histogram (``num_cells`` cells, too many for registers) takes one
 atomic per pixel and sum.
 """
+import math
+
 import torch
 import triton
 import triton.language as tl
@@ -182,20 +184,37 @@ def _num_programs(device: torch.device, num_blocks: int) -> int:
     return max(1, min(num_blocks, _INTERPRETER_PROGRAMS))
 
 
+def _layout(num_classes: int, num_bins: int, num_cells: int):
+    """``(name, shape)`` of each sum in the flat output, in the order of the
+    offsets in ``_calibration_kernel``; the names are those of
+    ``CalibrationStatistics`` and ``num_nonfinite``, as calibration_statistics.cpp
+    returns them."""
+    c, b, f = num_classes, num_bins, num_cells
+    return [('bin_count', (b, )), ('bin_confidence', (b, )), ('bin_accuracy', (b, )),
+            ('cell_count', (f, )), ('cell_confidence', (f, )),
+            ('cell_accuracy', (f, )), ('class_count', (c, b)),
+            ('class_probability', (c, b)), ('class_hits', (c, b)),
+            ('class_pixels', (c, )), ('boundary_count', (b, )),
+            ('boundary_confidence', (b, )), ('boundary_accuracy', (b, )),
+            ('low_count', (c, )), ('low_probability', (c, )), ('low_hits', (c, )),
+            ('nll_sum', ()), ('brier_sum', ()), ('num_pixels', ()),
+            ('num_nonfinite', ())]
+
+
 def calibration_statistics(logits: torch.Tensor, labels: torch.Tensor,
                            keep: torch.Tensor, boundary: torch.Tensor,
                            low_threshold: float, num_bins: int, num_cells: int):
     """Args and Returns: as calibration_statistics.cpp: logits contiguous float32
     ``(C, P)``, labels int64 ``(P)`` in ``[0, C)`` wherever ``keep``, keep bool
-    ``(P)``, boundary bool ``(P)`` or empty (no boundary sums); the fields of
-    ``CalibrationStatistics`` in order, then the number of kept pixels whose
-    softmax is not finite (left out of the sums). Sums are float64; the order
-    of the atomic additions, and so the last bits of each sum, may vary from run
-    to run on a GPU."""
+    ``(P)``, boundary bool ``(P)`` or empty (no boundary sums); returns, by name,
+    the fields of ``CalibrationStatistics`` and ``num_nonfinite``, the kept
+    pixels whose softmax is not finite (left out of the sums). Sums are float64;
+    the order of the atomic additions, and so the last bits of each sum, may
+    vary from run to run on a GPU."""
     num_classes, num_pixels = logits.shape
     classes, block = class_tile(num_classes, _TILE_ELEMENTS)
-    sizes = [num_bins] * 3 + [num_cells] * 3 + [num_classes * num_bins] * 3 + [
-        num_classes] + [num_bins] * 3 + [num_classes] * 3 + [1] * 4
+    layout = _layout(num_classes, num_bins, num_cells)
+    sizes = [math.prod(shape) for _, shape in layout]
     out = torch.zeros(sum(sizes), dtype=torch.float64, device=logits.device)
     num_blocks = triton.cdiv(num_pixels, block)
     if num_blocks:
@@ -206,7 +225,5 @@ def calibration_statistics(logits: torch.Tensor, labels: torch.Tensor,
             out, num_classes, num_pixels, num_cells, float(low_threshold),
             NUM_BINS=num_bins, BINS=triton.next_power_of_2(num_bins),
             HAS_BOUNDARY=has_boundary, CLASSES=classes, BLOCK=block)
-    fields = list(torch.split(out, sizes))
-    for index in (6, 7, 8):  # the per-class bins
-        fields[index] = fields[index].view(num_classes, num_bins)
-    return [f.reshape(()) if size == 1 else f for f, size in zip(fields, sizes)]
+    return {name: field.view(shape)
+            for (name, shape), field in zip(layout, torch.split(out, sizes))}

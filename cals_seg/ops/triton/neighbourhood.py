@@ -177,16 +177,14 @@ def _proportion_terms_kernel(z_ptr, label_ptr, weights_ptr, pixel_weight_ptr,
     tl.store(partial_ptr + image * tl.num_programs(0) + block, total.to(tl.float64))
 
 
-def _check_labels(name: str, logits: torch.Tensor, label: torch.Tensor, height: int,
-                  width: int) -> None:
-    if height * width != logits.shape[2] or tuple(label.shape) != (logits.shape[0],
-                                                                   logits.shape[2]):
-        raise ValueError(f'{name}: label must be (N, P) with P = H * W, got '
-                         f'{tuple(label.shape)} for logits {tuple(logits.shape)} and '
-                         f'H, W = {height}, {width}')
-    if label.numel() and int(label.max()) >= logits.shape[1]:
-        raise ValueError(f'{name}: a label is >= the number of classes '
-                         f'({logits.shape[1]})')
+def _check_labels(name: str, logits: torch.Tensor, label: torch.Tensor) -> None:
+    """Every label in ``[0, C)`` or the ignore value -1 (the shapes are checked
+    by ``cals_seg.ops.triton``)."""
+    if label.numel() and (int(label.min()) < -1 or
+                          int(label.max()) >= logits.shape[1]):
+        raise ValueError(f'{name}: labels must be in [0, C = {logits.shape[1]}) or '
+                         f'the ignore value -1, got values in [{int(label.min())}, '
+                         f'{int(label.max())}]')
 
 
 def _window(weights: torch.Tensor) -> int:
@@ -205,16 +203,19 @@ def grouped_phr_penalty(logits, label, height, width, group_base, logit_stride,
     ignored, of ``H x W`` maps; group ``base_i + logit_stride * k`` from
     group_base int32 ``(N, P)``; offset, slope, lambd, rho float32 ``[G]``;
     weights float32 ``(k, k)`` for targets ``r_ik = target_scale_i tau_ik``, or
-    empty for distances; target_scale float32 ``(N, P)`` or empty (1). Returns
-    the direction (empty without ``need_grad``) and float64 ``[sum P, non-finite
-    valid pixels, sum clip(P') (G), sum d (G), pairs (G)]``.
+    empty for distances; target_scale float32 ``(N, P)`` or empty (1). Returns,
+    by name, float64 ``value`` (sum P); with ``need_grad`` the ``direction``;
+    with ``need_statistics``, over valid pixels whose logits are all finite,
+    ``clipped`` (sum clip(P'), ``[G]``), ``distance`` (sum d, ``[G]``),
+    ``count`` (pairs, ``[G]``), and ``num_nonfinite`` (the other valid pixels).
+    Names not asked for are absent.
 
     Raises:
         ValueError: a label or group index out of range, shapes that disagree.
     """
     num_images, num_classes, num_pixels = logits.shape
     num_groups = offset.numel()
-    _check_labels('grouped_phr_penalty', logits, label, height, width)
+    _check_labels('grouped_phr_penalty', logits, label)
     if group_base.numel() and (int(group_base.min()) < 0 or int(group_base.max()) +
                                logit_stride * (num_classes - 1) >= num_groups):
         raise ValueError('grouped_phr_penalty: a group index is outside [0, G), '
@@ -226,7 +227,7 @@ def grouped_phr_penalty(logits, label, height, width, group_base, logit_stride,
     partials = torch.zeros((num_images * blocks, 2), dtype=torch.float64,
                            device=logits.device)
     group_sums = torch.zeros(3 * num_groups, dtype=torch.float64, device=logits.device)
-    direction = torch.empty_like(logits) if need_grad else logits.new_empty(0)
+    direction = torch.empty_like(logits) if need_grad else None
     if partials.numel():
         _grouped_kernel[(blocks, num_images)](
             logits, label, group_base, offset, slope, lambd, rho,
@@ -237,13 +238,21 @@ def grouped_phr_penalty(logits, label, height, width, group_base, logit_stride,
             float(lambd_max), NEED_GRAD=need_grad, NEED_STATS=need_statistics,
             TARGETS=targets, HAS_SCALE=target_scale.numel() > 0,
             WINDOW=_window(weights) if targets else 1, CLASSES=classes, BLOCK=block)
-    return [direction, torch.cat([partials.sum(0), group_sums])]
+    sums = partials.sum(0)
+    out = {'value': sums[0]}
+    if need_grad:
+        out['direction'] = direction
+    if need_statistics:
+        clipped, distance, count = group_sums.view(3, num_groups)
+        out.update(clipped=clipped, distance=distance, count=count,
+                   num_nonfinite=sums[1])
+    return out
 
 
 def _proportion_terms(name, logits, label, height, width, weights, pixel_weight,
                       shift):
     num_images, num_classes, num_pixels = logits.shape
-    _check_labels(name, logits, label, height, width)
+    _check_labels(name, logits, label)
     weights = weights.to(logits.device)  # the CPU kernel's callers build it on the CPU
     classes, block = class_tile(num_classes)
     blocks = triton.cdiv(num_pixels, block)
@@ -256,7 +265,7 @@ def _proportion_terms(name, logits, label, height, width, weights, pixel_weight,
             logits, label, weights, pixel_weight if has_weight else logits, direction,
             partials, num_classes, height, width, SHIFT=shift, HAS_WEIGHT=has_weight,
             WINDOW=_window(weights), CLASSES=classes, BLOCK=block)
-    return [direction, partials.sum()]
+    return {'direction': direction, 'value': partials.sum()}
 
 
 def nacl_penalty(logits, label, height, width, weights):

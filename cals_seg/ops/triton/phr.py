@@ -77,22 +77,35 @@ def phr_penalty(logits: torch.Tensor, valid: torch.Tensor, offset: torch.Tensor,
             as phr_penalty.cpp.
 
     Returns:
-        list: the gradient direction ``P' - [k wins] sum_j P'_j / #winners``
-        (``(N, C, P)``, or empty without ``need_grad``) and the float64 sums
-        ``[sum P'^2 (C), sum clip(P') (C), sum of distances (C), finite valid
-        pixels, non-finite valid pixels]``, the last three over valid pixels whose
-        logits are all finite and only with ``need_statistics`` (else 0).
+        dict: by name, as phr_penalty.cpp: float64 ``squares``, ``[C]`` sum of
+        ``P'^2``; with ``need_grad`` the ``(N, C, P)`` ``direction`` ``P' - [k
+        wins] sum_j P'_j / #winners``; with ``need_statistics`` ``clipped``
+        (``[C]`` sum of ``clip(P')``), ``distance`` (``[C]`` sum of ``max_j z_j
+        - z_k``), both over valid pixels whose logits are all finite,
+        ``num_finite`` (those pixels) and ``num_nonfinite`` (the other valid
+        pixels). Names not asked for are absent.
     """
     num_images, num_classes, num_pixels = logits.shape
     classes, block = class_tile(num_classes)
     blocks = triton.cdiv(num_pixels, block)
     partials = torch.zeros((num_images * blocks, 3 * num_classes + 2),
                            dtype=torch.float64, device=logits.device)
-    direction = torch.empty_like(logits) if need_grad else logits.new_empty(0)
+    direction = torch.empty_like(logits) if need_grad else None
     if partials.numel():
         _phr_penalty_kernel[(blocks, num_images)](
             logits, valid.view(torch.uint8), offset, slope,
             direction if need_grad else logits, partials, num_classes, num_pixels,
             float(lambd_min), float(lambd_max), NEED_GRAD=need_grad,
             NEED_STATS=need_statistics, CLASSES=classes, BLOCK=block)
-    return [direction, partials.sum(0)]
+    # In the layout of a partials row: [sq (C), clipped (C), distance (C),
+    # finite, nonfinite].
+    sums = partials.sum(0)
+    out = {'squares': sums[:num_classes]}
+    if need_grad:
+        out['direction'] = direction
+    if need_statistics:
+        out.update(clipped=sums[num_classes:2 * num_classes],
+                   distance=sums[2 * num_classes:3 * num_classes],
+                   num_finite=sums[3 * num_classes],
+                   num_nonfinite=sums[3 * num_classes + 1])
+    return out
