@@ -525,7 +525,7 @@ def _reload_ops_capturing_warnings():
         warnings.simplefilter('always')
         module = importlib.reload(ops)
         for _ in range(3):
-            module.use_kernel('auto', True, 'CPU tensors')
+            module.use_kernel('auto', torch.zeros(1), True, '')
     return module, [w for w in caught if issubclass(w.category, RuntimeWarning)]
 
 
@@ -541,7 +541,7 @@ def test_missing_kernels_warn_once_with_the_fix(restore_ops):
     restore_ops.setitem(sys.modules, 'cals_seg.ops._kernels', None)
     module, caught = _reload_ops_capturing_warnings()
     assert module.kernels is None
-    assert not module.use_kernel('auto', True, 'CPU tensors')
+    assert not module.use_kernel('auto', torch.zeros(1), True, '')
     assert len(caught) == 1 and caught[0].category is module.KernelsUnavailableWarning
     text = str(caught[0].message)
     assert 'is not built' in text

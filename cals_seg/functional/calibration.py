@@ -170,9 +170,12 @@ def calibration_statistics(logits: Tensor,
         num_cells (int): cells ``F`` of the fine confidence histogram.
         ignore_index (int): label of pixels to leave out.
         exclude_classes (sequence[int]): ground-truth classes to leave out.
-        backend (str): 'kernel' runs the one-pass CPU kernel, 'torch' the
-            PyTorch operations that run on any device, 'auto' the kernel on CPU
-            where it is built. Both compute the same sums up to float rounding.
+        backend (str): 'kernel' runs the one-pass kernel of the logits'
+            device (C++ on CPU, Triton on CUDA), 'triton' the Triton kernel,
+            'torch' the PyTorch operations that run on any device, 'auto' the
+            C++ kernel on CPU where it is built and PyTorch on CUDA
+            (:func:`cals_seg.ops.use_kernel`). All compute the same sums up to
+            float rounding.
         boundary_width (int, optional): fill the boundary sums with the pixels
             within this many pixels of a label boundary (``labels`` must be
             maps); None leaves them empty.
@@ -196,10 +199,11 @@ def calibration_statistics(logits: Tensor,
         boundary = torch.zeros(0, dtype=torch.bool, device=y.device)
     else:
         boundary = boundary_mask(labels, boundary_width).reshape(-1)
-    if use_kernel(backend, z.device.type == 'cpu', 'CPU tensors'):
+    if use_kernel(backend, z, True, ''):
         statistics, num_nonfinite = ops.calibration_statistics(
             CalibrationStatistics, z.contiguous(), y.contiguous(), keep.contiguous(),
-            boundary.contiguous(), class_threshold, num_bins, num_cells)
+            boundary.contiguous(), class_threshold, num_bins, num_cells,
+            backend=backend)
         if num_nonfinite > 0:
             raise _nonfinite_error(int(num_nonfinite))
         return statistics

@@ -129,8 +129,9 @@ def _phr_class_values(squares: Tensor, num_valid: Tensor, multipliers: Tensor,
 
 def _phr_kernel(logits: Tensor, valid: Tensor, num_valid: Tensor, multipliers: Tensor,
                 rho: Tensor, margin: float, scale: float, need_grad: bool,
-                statistics_clip: Optional[Tuple[float, float]]):
-    """The PHR penalty through the fused CPU kernel (ops/csrc/phr_penalty.cpp).
+                statistics_clip: Optional[Tuple[float, float]], backend: str):
+    """The PHR penalty through the fused kernel :func:`cals_seg.ops.phr_penalty`
+    (C++ on CPU, Triton on CUDA or for ``backend`` 'triton').
 
     Returns:
         tuple: per-class sums of ``P``, the gradient direction (or None) and the
@@ -145,7 +146,7 @@ def _phr_kernel(logits: Tensor, valid: Tensor, num_valid: Tensor, multipliers: T
         offset=(multipliers - rho * (margin / scale)).contiguous(),
         slope=(rho / scale).contiguous(), need_grad=need_grad,
         need_statistics=statistics_clip is not None, lambd_min=lambd_min,
-        lambd_max=lambd_max)
+        lambd_max=lambd_max, backend=backend)
     statistics = None
     if statistics_clip is not None:
         statistics = RoundStatistics(sums.clipped,
@@ -242,10 +243,12 @@ def constraint_penalty(logits: Tensor,
         statistics_clip (tuple[float, float], optional): ``(lambd_min,
             lambd_max)``, the clipping range of ``P'`` in the round sums; given,
             the batch's :class:`RoundStatistics` are computed as well.
-        backend (str): 'kernel' runs the fused CPU kernel (phr on CPU only),
-            'torch' the PyTorch operations that run on any device, 'auto' the
-            kernel where it applies. Both compute the same sums; they differ only
-            in float rounding and at ignored pixels with non-finite logits.
+        backend (str): 'kernel' runs the fused kernel of the logits' device
+            (phr only; C++ on CPU, Triton on CUDA), 'triton' the Triton kernel,
+            'torch' the PyTorch operations that run on any device, 'auto' the C++
+            kernel on CPU and PyTorch on CUDA (:func:`cals_seg.ops.use_kernel`).
+            All compute the same sums; they differ only in float rounding and at
+            ignored pixels with non-finite logits.
 
     Returns:
         ConstraintPenalty
@@ -256,11 +259,10 @@ def constraint_penalty(logits: Tensor,
     denominator = num_valid.clamp_min(1) * num_classes
     scale = margin if normalize else 1.0
     grad_scale = -1 / (scale * denominator) if need_grad else None
-    if use_kernel(backend, penalty is phr and logits.device.type == 'cpu',
-                  'the phr penalty, CPU tensors'):
+    if use_kernel(backend, logits, penalty is phr, 'the phr penalty'):
         class_values, direction, statistics = _phr_kernel(
             logits, valid, num_valid, multipliers.float(), rho.float(), margin,
-            scale, need_grad, statistics_clip)
+            scale, need_grad, statistics_clip, backend)
         return ConstraintPenalty((class_values.sum() / denominator).float(),
                                  direction, grad_scale, statistics)
 
@@ -293,9 +295,10 @@ def constraint_penalty(logits: Tensor,
 def _grouped_kernel(logits: Tensor, valid: Tensor, group: GroupLayout,
                     multipliers: Tensor, rho: Tensor, margin: float, scale: float,
                     targets: Optional[ScaledProportions], need_grad: bool,
-                    statistics_clip: Optional[Tuple[float, float]]):
-    """The grouped PHR penalty through the fused CPU kernel
-    (ops/csrc/neighbourhood_penalties.cpp).
+                    statistics_clip: Optional[Tuple[float, float]], backend: str):
+    """The grouped PHR penalty through the fused kernel
+    :func:`cals_seg.ops.grouped_phr_penalty` (C++ on CPU, Triton on CUDA or for
+    ``backend`` 'triton').
 
     Returns:
         tuple: the sum of ``P`` over valid pairs, the gradient direction (or
@@ -322,7 +325,7 @@ def _grouped_kernel(logits: Tensor, valid: Tensor, group: GroupLayout,
         target_scale=(empty if target_scale is None else
                       target_scale.float().reshape(n, -1).contiguous()),
         need_grad=need_grad, need_statistics=statistics_clip is not None,
-        lambd_min=lambd_min, lambd_max=lambd_max)
+        lambd_min=lambd_min, lambd_max=lambd_max, backend=backend)
     statistics = None
     if statistics_clip is not None:
         distance = sums.distance
@@ -368,10 +371,12 @@ def grouped_constraint_penalty(logits: Tensor,
             block inside the kernel).
         need_grad (bool), statistics_clip (tuple, optional): as
             :func:`constraint_penalty`.
-        backend (str): 'kernel' runs the fused CPU kernel (phr, CPU, no dense
-            reference), 'torch' the PyTorch operations, 'auto' the kernel where
-            it applies. They differ only in float rounding and at ignored pixels
-            with non-finite logits.
+        backend (str): 'kernel' runs the fused kernel of the logits' device
+            (phr, no dense reference; C++ on CPU, Triton on CUDA), 'triton' the
+            Triton kernel, 'torch' the PyTorch operations, 'auto' the C++ kernel
+            on CPU where it applies and PyTorch on CUDA
+            (:func:`cals_seg.ops.use_kernel`). They differ only in float rounding
+            and at ignored pixels with non-finite logits.
 
     Returns:
         ConstraintPenalty: statistics of ``G`` groups.
@@ -386,13 +391,13 @@ def grouped_constraint_penalty(logits: Tensor,
     if need_grad:
         # d h / d z carries -1/s for distances, +sign(z - r)/s for targets.
         grad_scale = (-1 if distance else 1) / (scale * denominator.double())
-    if use_kernel(backend, penalty is phr and logits.device.type == 'cpu' and (
+    if use_kernel(backend, logits, penalty is phr and (
             distance or (isinstance(reference, ScaledProportions)
                          and logits.dim() == 4)),
-                  'the phr penalty, CPU tensors, no dense reference'):
+                  'the phr penalty, no dense reference'):
         total, direction, statistics = _grouped_kernel(
             logits, valid, group, multipliers, rho, margin, scale, reference,
-            need_grad, statistics_clip)
+            need_grad, statistics_clip, backend)
         return ConstraintPenalty((total / denominator).float(), direction, grad_scale,
                                  statistics)
     if isinstance(reference, ScaledProportions):

@@ -24,16 +24,17 @@ def neighbourhood_deviation(logits: Tensor, targets: ScaledProportions,
     Args:
         logits (Tensor): ``(N, C, H, W)``, any float dtype.
         targets (ScaledProportions): ``r``.
-        backend (str): 'kernel' (CPU, fused: the proportions formed block by
-            block), 'torch', or 'auto'. They differ only in float rounding and
-            in the sign of a NaN.
+        backend (str): 'kernel' (fused, the proportions formed block by block:
+            C++ on CPU, Triton on CUDA), 'triton', 'torch', or 'auto' (C++ on
+            CPU, PyTorch on CUDA: :func:`cals_seg.ops.use_kernel`). They differ
+            only in float rounding and in the sign of a NaN.
 
     Returns:
         tuple[Tensor, Tensor]: the float64 sum and the ``(N, C, H, W)`` float32
         direction.
     """
-    if use_kernel(backend, logits.device.type == 'cpu', 'CPU tensors'):
-        term = ops.nacl_penalty(**kernel_inputs(logits, targets))
+    if use_kernel(backend, logits, True, ''):
+        term = ops.nacl_penalty(**kernel_inputs(logits, targets), backend=backend)
         return term.value, term.direction.view(logits.shape)
     target = targets.dense(logits.shape[1])
     # z - r, zero at ignored pixels (their r is 0: subtract z there).

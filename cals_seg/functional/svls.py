@@ -41,9 +41,10 @@ def soft_label_shift(logits: Tensor, targets: ScaledProportions,
         logits (Tensor): ``(N, C, H, W)``.
         targets (ScaledProportions): ``q`` (its scale must be None).
         pixel_weight (Tensor, optional): ``w``, ``(N, H, W)``; None means 1.
-        backend (str): 'kernel' (CPU: one pass, a dense direction), 'torch'
-            (any device: ``q`` formed only at pixels near another label, the
-            direction as :class:`PixelRows`), or 'auto'.
+        backend (str): 'kernel' (one pass, a dense direction: C++ on CPU,
+            Triton on CUDA), 'triton', 'torch' (any device: ``q`` formed only at
+            pixels near another label, the direction as :class:`PixelRows`), or
+            'auto' (C++ on CPU, PyTorch on CUDA: :func:`cals_seg.ops.use_kernel`).
 
     Returns:
         tuple: the float64 sum, and the direction as an ``(N, C, H, W)``
@@ -51,10 +52,11 @@ def soft_label_shift(logits: Tensor, targets: ScaledProportions,
     """
     if targets.scale is not None:
         raise ValueError('soft_label_shift: soft targets are proportions, scale None')
-    if use_kernel(backend, logits.device.type == 'cpu', 'CPU tensors'):
+    if use_kernel(backend, logits, True, ''):
         weight = logits.new_empty(0) if pixel_weight is None else (
             pixel_weight.float().reshape(len(logits), -1).contiguous())
-        term = ops.svls_shift(**kernel_inputs(logits, targets), pixel_weight=weight)
+        term = ops.svls_shift(**kernel_inputs(logits, targets), pixel_weight=weight,
+                              backend=backend)
         return term.value, term.direction.view(logits.shape)
     label, valid, window = targets.label, targets.valid, targets.weights
     half = window.shape[0] // 2

@@ -1,13 +1,16 @@
-"""The compiled CPU kernels (``cals_seg/ops/csrc``) and thin wrappers that
-return their outputs as named tuples.
+"""The compiled kernels and thin wrappers that return their outputs as named
+tuples: the C++ kernels for CPU tensors (``cals_seg/ops/csrc``) and their Triton
+ports for CUDA tensors (:mod:`cals_seg.ops.triton`).
 
-``pip install --no-build-isolation -e .`` (``make setup``) builds them. Without
-them every computation still runs, through PyTorch operations, only slower; a
-:class:`KernelsUnavailableWarning` says so once, at import.
+``pip install --no-build-isolation -e .`` (``make setup``) builds the C++
+kernels. Without them every computation still runs, through PyTorch operations,
+only slower; a :class:`KernelsUnavailableWarning` says so once, at import.
 
-Each kernel returns its outputs by name (a dict); the wrappers here build named
-tuples from those names and fail on a missing or unexpected one, so that no
-number is matched to its meaning by position. This package imports only torch.
+Each kernel returns its outputs by name (a dict); the wrappers here pick the
+implementation for the tensors' device (:func:`use_kernel` decides whether a
+kernel runs at all), build named tuples from those names and fail on a missing
+or unexpected one, so that no number is matched to its meaning by position.
+This package imports only torch; triton is imported when a Triton kernel runs.
 """
 import importlib
 import warnings
@@ -15,7 +18,9 @@ from typing import Mapping, NamedTuple, Optional, Sequence, Tuple, Type, TypeVar
 
 from torch import Tensor
 
-BACKENDS = ('auto', 'kernel', 'torch')
+from . import triton
+
+BACKENDS = ('auto', 'kernel', 'torch', 'triton')
 _MODULE = __name__ + '._kernels'
 _BUILD = 'pip install --no-build-isolation -e . (or make setup)'
 
@@ -46,24 +51,59 @@ def _load_kernels():
 kernels = _load_kernels()
 
 
-def use_kernel(backend: str, applicable: bool, requirement: str) -> bool:
-    """Whether a computation with a kernel and a PyTorch path takes the kernel.
+def use_kernel(backend: str, tensor: Tensor, applicable: bool,
+               requirement: str) -> bool:
+    """Whether a computation with a kernel and a PyTorch path takes the kernel:
+    the C++ kernel for CPU tensors, the Triton kernel for CUDA tensors and for
+    backend 'triton' (the wrappers of this module run the one chosen here).
 
     Args:
-        backend (str): 'kernel', 'torch', or 'auto' (the kernel where it applies).
-        applicable (bool): the inputs suit the kernel.
-        requirement (str): what the kernel needs, for the error message.
+        backend (str): 'kernel' (the compiled kernel of the tensors' device),
+            'triton' (the Triton kernel: CUDA tensors, or CPU tensors under
+            ``TRITON_INTERPRET=1``), 'torch', or 'auto': the C++ kernel on CPU
+            where it applies; on CUDA the PyTorch path while
+            :data:`cals_seg.ops.triton.AUTO_ON_CUDA` is False.
+        tensor (Tensor): the input whose device decides.
+        applicable (bool): the computation has a kernel for these inputs.
+        requirement (str): what the kernel needs besides the device, for the
+            error message ('' for nothing).
 
     Raises:
-        ValueError: an unknown backend, or 'kernel' where it does not apply.
+        ValueError: an unknown backend, or 'kernel' or 'triton' where it does
+            not apply.
     """
     if backend not in BACKENDS:
         raise ValueError(f'backend must be one of {BACKENDS}, got {backend!r}')
-    fits = applicable and kernels is not None
+    if backend == 'torch':
+        return False
+    device = tensor.device.type
+    needs = f'{requirement}, ' if requirement else ''
+    if backend == 'triton':
+        if not (applicable and triton.available() and triton.runs_on(tensor)):
+            raise ValueError(
+                f'the triton backend needs {needs}triton installed and CUDA tensors '
+                f'(CPU tensors only under TRITON_INTERPRET=1); got {device} tensors, '
+                f'triton {"installed" if triton.available() else "not installed"}')
+        return True
+    if device == 'cuda':
+        fits = applicable and triton.available()
+        if backend == 'kernel' and not fits:
+            raise ValueError(f'the kernel backend needs {needs}triton installed for '
+                             'CUDA tensors')
+        return fits and (backend == 'kernel' or triton.AUTO_ON_CUDA)
+    fits = applicable and device == 'cpu' and kernels is not None
     if backend == 'kernel' and not fits:
-        raise ValueError(f'the kernel backend needs {requirement} and the compiled '
-                         f'{_MODULE} ({_BUILD})')
-    return fits and backend != 'torch'
+        raise ValueError(f'the kernel backend needs {needs}CPU or CUDA tensors (got '
+                         f'{device}) and, for CPU tensors, the compiled {_MODULE} '
+                         f'({_BUILD})')
+    return fits
+
+
+def _implementation(tensor: Tensor, backend: str):
+    """The kernels that run for ``tensor`` once :func:`use_kernel` chose a kernel:
+    the Triton ports for CUDA tensors and for backend 'triton', else the C++
+    kernels (which name any other device in their argument checks)."""
+    return triton if backend == 'triton' or tensor.device.type == 'cuda' else kernels
 
 
 Named = TypeVar('Named', bound=tuple)
@@ -128,8 +168,8 @@ def _absent(need_grad: bool, need_statistics: bool,
 
 def phr_penalty(logits: Tensor, valid: Tensor, offset: Tensor, slope: Tensor,
                 need_grad: bool, need_statistics: bool, lambd_min: float,
-                lambd_max: float) -> PHRPenaltySums:
-    """The CALS PHR penalty in one pass (csrc/phr_penalty.cpp):
+                lambd_max: float, backend: str = 'kernel') -> PHRPenaltySums:
+    """The CALS PHR penalty in one pass (csrc/phr_penalty.cpp, triton/phr.py):
     ``P' = max(0, offset_k + slope_k (max_j z_j - z_k))`` at valid pixels.
 
     Args:
@@ -139,12 +179,15 @@ def phr_penalty(logits: Tensor, valid: Tensor, offset: Tensor, slope: Tensor,
         need_grad (bool), need_statistics (bool): which outputs to compute.
         lambd_min (float), lambd_max (float): the clipping range of ``P'`` in
             the statistics.
+        backend (str): the functional API's backend, once :func:`use_kernel`
+            took a kernel: the Triton port runs for CUDA tensors and for
+            'triton', the C++ kernel otherwise.
 
     Returns:
         PHRPenaltySums
     """
-    outputs = kernels.phr_penalty(logits, valid, offset, slope, need_grad,
-                                  need_statistics, lambd_min, lambd_max)
+    outputs = _implementation(logits, backend).phr_penalty(
+        logits, valid, offset, slope, need_grad, need_statistics, lambd_min, lambd_max)
     return named_outputs(PHRPenaltySums, outputs, 'phr_penalty',
                          _absent(need_grad, need_statistics, _PHR_STATISTICS))
 
@@ -179,9 +222,11 @@ def grouped_phr_penalty(logits: Tensor, label: Tensor, height: int, width: int,
                         group_base: Tensor, logit_stride: int, offset: Tensor,
                         slope: Tensor, lambd: Tensor, rho: Tensor, weights: Tensor,
                         target_scale: Tensor, need_grad: bool, need_statistics: bool,
-                        lambd_min: float, lambd_max: float) -> GroupedPenaltySums:
+                        lambd_min: float, lambd_max: float,
+                        backend: str = 'kernel') -> GroupedPenaltySums:
     """The PHR penalty with a multiplier per group of (pixel, logit)
-    constraints, in one pass (csrc/neighbourhood_penalties.cpp).
+    constraints, in one pass (csrc/neighbourhood_penalties.cpp,
+    triton/neighbourhood.py).
 
     Args:
         logits (Tensor): ``(N, C, P)`` float32, contiguous, of ``height x
@@ -193,15 +238,15 @@ def grouped_phr_penalty(logits: Tensor, label: Tensor, height: int, width: int,
         weights (Tensor): ``(k, k)`` float32, the window of the targets'
             label proportions, or empty for distance constraints.
         target_scale (Tensor): ``(N, P)`` float32 scale of the targets, or empty.
-        need_grad, need_statistics, lambd_min, lambd_max: as :func:`phr_penalty`.
+        need_grad, need_statistics, lambd_min, lambd_max, backend: as
+            :func:`phr_penalty`.
 
     Returns:
         GroupedPenaltySums
     """
-    outputs = kernels.grouped_phr_penalty(logits, label, height, width, group_base,
-                                          logit_stride, offset, slope, lambd, rho,
-                                          weights, target_scale, need_grad,
-                                          need_statistics, lambd_min, lambd_max)
+    outputs = _implementation(logits, backend).grouped_phr_penalty(
+        logits, label, height, width, group_base, logit_stride, offset, slope, lambd,
+        rho, weights, target_scale, need_grad, need_statistics, lambd_min, lambd_max)
     return named_outputs(GroupedPenaltySums, outputs, 'grouped_phr_penalty',
                          _absent(need_grad, need_statistics, _GROUPED_STATISTICS))
 
@@ -218,24 +263,28 @@ class ProportionTerm(NamedTuple):
 
 
 def nacl_penalty(logits: Tensor, label: Tensor, height: int, width: int,
-                 weights: Tensor) -> ProportionTerm:
+                 weights: Tensor, backend: str = 'kernel') -> ProportionTerm:
     """NACL's ``sum |z - tau|`` and ``sign(z - tau)``, ``tau`` the label
-    proportions of a ``(k, k)`` window (csrc/neighbourhood_penalties.cpp).
+    proportions of a ``(k, k)`` window (csrc/neighbourhood_penalties.cpp,
+    triton/neighbourhood.py).
 
     Args: as :func:`grouped_phr_penalty`; ``weights`` must be given.
 
     Returns:
         ProportionTerm
     """
-    return named_outputs(ProportionTerm,
-                         kernels.nacl_penalty(logits, label, height, width, weights),
-                         'nacl_penalty')
+    return named_outputs(
+        ProportionTerm,
+        _implementation(logits, backend).nacl_penalty(logits, label, height, width,
+                                                      weights), 'nacl_penalty')
 
 
 def svls_shift(logits: Tensor, label: Tensor, height: int, width: int,
-               weights: Tensor, pixel_weight: Tensor) -> ProportionTerm:
+               weights: Tensor, pixel_weight: Tensor,
+               backend: str = 'kernel') -> ProportionTerm:
     """SVLS's correction to hard-label cross-entropy, ``sum w (onehot - tau)
-    . z``, and its gradient ``w (onehot - tau)`` (csrc/neighbourhood_penalties.cpp).
+    . z``, and its gradient ``w (onehot - tau)`` (csrc/neighbourhood_penalties.cpp,
+    triton/neighbourhood.py).
 
     Args: as :func:`nacl_penalty`, and ``pixel_weight`` ``(N, P)`` float32 or
         empty (1).
@@ -245,15 +294,17 @@ def svls_shift(logits: Tensor, label: Tensor, height: int, width: int,
     """
     return named_outputs(
         ProportionTerm,
-        kernels.svls_shift(logits, label, height, width, weights, pixel_weight),
+        _implementation(logits, backend).svls_shift(logits, label, height, width,
+                                                    weights, pixel_weight),
         'svls_shift')
 
 
 def calibration_statistics(kind: Type[Named], logits: Tensor, labels: Tensor,
                            keep: Tensor, boundary: Tensor, low_threshold: float,
-                           num_bins: int, num_cells: int) -> Tuple[Named, Tensor]:
+                           num_bins: int, num_cells: int,
+                           backend: str = 'kernel') -> Tuple[Named, Tensor]:
     """Per-bin calibration sums of one image in one pass
-    (csrc/calibration_statistics.cpp).
+    (csrc/calibration_statistics.cpp, triton/calibration.py).
 
     Args:
         kind (type): the named tuple of the sums,
@@ -265,14 +316,15 @@ def calibration_statistics(kind: Type[Named], logits: Tensor, labels: Tensor,
         boundary (Tensor): ``(P)`` bool, or empty for no boundary sums.
         low_threshold (float), num_bins (int), num_cells (int): as
             :func:`cals_seg.functional.calibration.calibration_statistics`.
+        backend (str): as :func:`phr_penalty`.
 
     Returns:
         tuple: the sums as ``kind``, and the kept pixels whose softmax is not
         finite (float64 scalar, left out of the sums).
     """
     outputs = dict(
-        kernels.calibration_statistics(logits, labels, keep, boundary, low_threshold,
-                                       num_bins, num_cells))
+        _implementation(logits, backend).calibration_statistics(
+            logits, labels, keep, boundary, low_threshold, num_bins, num_cells))
     num_nonfinite = outputs.pop('num_nonfinite', None)
     sums = named_outputs(kind, outputs, 'calibration_statistics')
     if num_nonfinite is None:
