@@ -268,7 +268,7 @@ class CALSLoss(nn.Module):
             self.accumulate_round_statistics(result.statistics)
         # The penalty functions average the class means over the valid pixels;
         # mmseg's reduction divides their sum by its own divisor.
-        rescale = max(int(valid.sum()), 1) / reduction.divisor
+        rescale = valid.sum().clamp_min(1) / reduction.divisor
         value = result.value * rescale
         if need_grad:
             objective = PenaltyObjective.apply(cls_score, (base_input, base), value,

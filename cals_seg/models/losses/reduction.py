@@ -33,11 +33,12 @@ class Reduction(NamedTuple):
 
     Attributes:
         mode (str): 'none', 'mean' or 'sum'.
-        divisor (float): what the summed loss is divided by (1 for 'sum' and
-            'none').
+        divisor (float | Tensor): what the summed loss is divided by (1 for
+            'sum' and 'none'); a tensor on the labels' device when it counts
+            pixels, so that forming it does not wait for the device.
     """
     mode: str
-    divisor: float
+    divisor: Union[float, Tensor]
 
 
 def resolve_reduction(label: Tensor, valid: Tensor, avg_non_ignore: bool,
@@ -69,7 +70,7 @@ def resolve_reduction(label: Tensor, valid: Tensor, avg_non_ignore: bool,
     if avg_factor is not None:
         return Reduction(mode, avg_factor + _EPS)
     if avg_non_ignore:
-        return Reduction(mode, int(valid.sum()) + _EPS)
+        return Reduction(mode, valid.sum() + _EPS)
     return Reduction(mode, float(label.numel()))
 
 

@@ -94,5 +94,5 @@ class SVLSLoss(PixelwiseLoss):
             return self.loss_weight * (hard + correction)
         objective = PenaltyObjective.apply(cls_score, (base_input, hard), correction,
                                            direction,
-                                           torch.tensor(1.0 / reduction.divisor), 1.0)
+                                           1.0 / torch.as_tensor(reduction.divisor), 1.0)
         return self.loss_weight * objective
