@@ -103,15 +103,14 @@ def loss_costs(constraints, penalties, groups, label_maps, proportion_terms,
                                                                 backend='torch')
         x.grad.add_(direction, alpha=0.1 / (valid.sum().item() * 21))
 
-    def svls():  # hard CE plus the soft targets' shift at pixels near a boundary
+    def svls():  # hard CE plus the soft targets' shift
         x = logits.clone().requires_grad_(True)
         F.cross_entropy(x, label, ignore_index=255).backward()
         targets = label_maps.ScaledProportions(label, valid,
                                                label_maps.kernel_weights('svls', 3))
-        _, rows = proportion_terms.soft_label_shift(x.detach(), targets,
-                                                    backend='torch')
-        x.grad.movedim(1, -1).index_put_(rows.pixels, rows.rows / valid.sum(),
-                                         accumulate=True)
+        _, direction = proportion_terms.soft_label_shift(x.detach(), targets,
+                                                         backend='torch')
+        x.grad.addcmul_(direction, 1 / valid.sum())
 
     return dict(ce_ms=_time(ce), cals_ms=_time(cals), nacl_ms=_time(nacl),
                 svls_ms=_time(svls),
