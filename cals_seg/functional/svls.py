@@ -65,5 +65,9 @@ def soft_label_shift(logits: Tensor, targets: ScaledProportions,
                        valid.unsqueeze(1).to(shift.dtype))
     if pixel_weight is not None:
         shift.mul_(pixel_weight.unsqueeze(1).float())
-    total = (shift * logits.float()).sum(dtype=torch.float64)
+    # A class at a time: on CPU a float64 sum of the whole product would first
+    # copy it to float64, twice the logits' size.
+    logits = logits.float()
+    total = sum((shift[:, k] * logits[:, k]).sum(dtype=torch.float64)
+                for k in range(logits.shape[1]))
     return total, shift
