@@ -19,7 +19,7 @@ setup(
             # it enables the kernels' `omp simd` loops. -fno-trapping-math lets the
             # compiler turn their selects into vector blends (3x faster); results,
             # NaN and infinity included, are unchanged.
-            depends=['cals_seg/ops/csrc/block_ops.h'],
+            depends=['cals_seg/ops/csrc/block_ops.h', 'cals_seg/ops/csrc/checks.h'],
             extra_compile_args=['-O3', '-fopenmp', '-fno-trapping-math'],
             extra_link_args=['-fopenmp'])
     ],

@@ -7,7 +7,7 @@ hold on a noisy machine; absolute seconds are not targets.
 """
 import sys
 
-import cals_seg  # noqa: F401  (first: quiets mmengine's import)
+import cals_seg  # noqa: F401  (registers the plugin)
 
 import bench_loss  # noqa: E402
 import bench_memory  # noqa: E402

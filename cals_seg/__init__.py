@@ -6,16 +6,21 @@ MMEngine's checkpoints under torch's ``weights_only`` default is the explicit
 import of :mod:`cals_seg.utils.mmengine_checkpoints`. The maths alone is
 :mod:`cals_seg.functional`, which needs neither mmengine, mmcv nor mmseg.
 """
-from . import calibrators, datasets, engine, evaluation, models  # noqa: F401
-from .datasets import HashSplitDataset
-from .engine.hooks import CALSMultiplierHook, SaveLogitsHook
-from .evaluation import CalibrationMetric
-from .models.losses import CALSLoss
-from .models.segmentors import CalibratedSegmentor
+from importlib.util import find_spec
 
 __version__ = '0.1.0'
 
-__all__ = [
-    'CALSLoss', 'CALSMultiplierHook', 'CalibratedSegmentor', 'CalibrationMetric',
-    'HashSplitDataset', 'SaveLogitsHook'
-]
+# Without mmseg installed only the framework-free core (functional, ops) is
+# there to use; with it, a failing adapter import is a real error and raises.
+if find_spec('mmseg') is not None:
+    from . import calibrators, datasets, engine, evaluation, models  # noqa: F401
+    from .datasets import HashSplitDataset
+    from .engine.hooks import CALSMultiplierHook, SaveLogitsHook
+    from .evaluation import CalibrationMetric
+    from .models.losses import CALSLoss
+    from .models.segmentors import CalibratedSegmentor
+
+    __all__ = [
+        'CALSLoss', 'CALSMultiplierHook', 'CalibratedSegmentor',
+        'CalibrationMetric', 'HashSplitDataset', 'SaveLogitsHook'
+    ]

@@ -56,7 +56,10 @@ def test_penalty_equals_plain_loop(penalty):
     loss = _loss(penalty=penalty, penalty_weight=0.7, loss_weight=2.0)
     ce = CrossEntropyLoss()(logits.float(), label, ignore_index=IGNORE)
     value = loss(logits.float(), label, ignore_index=IGNORE)
-    expected = 2.0 * (ce + 0.7 * _plain_penalty(loss, logits, label))
+    # Without avg_non_ignore, mmseg averages over all pixels: the penalty's
+    # class means too.
+    valid_share = (label != IGNORE).sum() / label.numel()
+    expected = 2.0 * (ce + 0.7 * valid_share * _plain_penalty(loss, logits, label))
     assert value.item() == pytest.approx(expected.item(), rel=1e-5)
 
 
@@ -77,7 +80,8 @@ def test_gradient_matches_autograd(penalty, normalize):
     value, _ = get_penalty(penalty)(h, loss.multipliers.double().view(shape),
                                     loss.rho.double().view(shape))
     valid = (label != IGNORE).unsqueeze(1)
-    penalty_value = value[valid.expand_as(value)].mean()
+    # mmseg's mean over all pixels (avg_non_ignore=False) of the class means.
+    penalty_value = value[valid.expand_as(value)].sum() / value.numel()
     ce = CrossEntropyLoss()(reference_logits, label, ignore_index=IGNORE)
     (ce + 1.5 * penalty_value).backward()
     torch.testing.assert_close(logits.grad.double(), reference_logits.grad,

@@ -131,5 +131,5 @@ def test_svls_value_and_gradient_match_soft_targets_by_autograd(avg_non_ignore,
 def test_bad_options_are_named():
     with pytest.raises(ValueError, match='odd int'):
         MODELS.build(dict(type='SVLSLoss', kernel_size=4))
-    with pytest.raises(ValueError, match="'mean' or 'gaussian'"):
+    with pytest.raises(ValueError, match="'mean' or 'svls'"):
         MODELS.build(dict(type='NACLLoss', kernel='bilateral'))

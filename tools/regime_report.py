@@ -31,7 +31,7 @@ from mmengine.runner import Runner
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-import cals_seg  # noqa: E402,F401
+import cals_seg.utils.mmengine_checkpoints  # noqa: E402,F401  (plugin + MMEngine checkpoints)
 from cals_seg.calibrators import SHORT_NAMES  # noqa: E402
 from cals_seg.evaluation.split_report import (  # noqa: E402
     RAW, evaluate_split, fit_calibrators, regime_figures, reliability_bins,

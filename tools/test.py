@@ -3,7 +3,7 @@ import argparse
 import os.path as osp
 import sys
 
-import cals_seg  # noqa: F401  (first: registers the plugin, quiets mmengine's import)
+import cals_seg.utils.mmengine_checkpoints  # noqa: F401  (plugin + MMEngine checkpoints)
 from mmengine.runner import Runner
 
 from cals_seg.utils.cli import add_common_arguments, exit_if_dataset_missing, load_config

@@ -4,7 +4,7 @@ import argparse
 import logging
 import sys
 
-import cals_seg  # noqa: F401  (first: registers the plugin, quiets mmengine's import)
+import cals_seg.utils.mmengine_checkpoints  # noqa: F401  (plugin + MMEngine checkpoints)
 from mmengine.logging import print_log
 from mmengine.runner import Runner
 

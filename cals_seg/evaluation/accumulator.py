@@ -6,8 +6,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..functional.calibration import (COVERAGES, CalibrationStatistics, calibration_errors,
-                          image_ece)
+from ..functional.calibration import (CECE_CLASSES, COVERAGES, CalibrationStatistics,
+                                      calibration_errors, image_ece)
 
 # The numbers CalibrationMetric reports, in its log's order.
 SCALAR_METRICS = ('ECE', 'MCE', 'AECE', 'CECE', 'NLL', 'Brier', 'ECE_boundary',
@@ -56,13 +56,19 @@ class CalibrationTotals:
     Args:
         num_classes (int), num_bins (int), num_cells (int): statistics' sizes.
         reduction (str): 'dataset' or 'image'.
+        cece_classes (str): 'all' or 'present', the classes CECE averages over
+            (:func:`~cals_seg.functional.calibration.cece_class_count`).
     """
 
     def __init__(self, num_classes: int, num_bins: int, num_cells: int,
-                 reduction: str = 'dataset'):
+                 reduction: str = 'dataset', cece_classes: str = 'all'):
         if reduction not in REDUCTIONS:
             raise ValueError(f'reduction must be one of {REDUCTIONS}, got '
                              f'{reduction!r}')
+        if cece_classes not in CECE_CLASSES:
+            raise ValueError(f'cece_classes must be one of {CECE_CLASSES}, got '
+                             f'{cece_classes!r}')
+        self.cece_classes = cece_classes
         self.num_classes = num_classes
         self.num_bins = num_bins
         self.num_cells = num_cells
@@ -86,7 +92,7 @@ class CalibrationTotals:
         if self.reduction == 'dataset':
             total[:self._protocol_size()] = stats.flatten().cpu()
         else:
-            errors = calibration_errors(stats)
+            errors = calibration_errors(stats, self.cece_classes)
             values = torch.tensor([errors[k] for k in _IMAGE_MEANS],
                                   dtype=torch.float64)
             defined = torch.isfinite(values)
@@ -115,7 +121,7 @@ class CalibrationTotals:
         if self.reduction == 'dataset':
             stats = CalibrationStatistics.unflatten(protocol, self.num_classes,
                                                     self.num_bins, self.num_cells)
-            result = calibration_errors(stats)
+            result = calibration_errors(stats, self.cece_classes)
             result['class_pixels'] = stats.class_pixels.numpy()
         else:
             values = protocol.numpy()

@@ -40,7 +40,8 @@ from torch import Tensor
 
 from .labels import check_label_range
 from .neighbourhood import boundary_mask
-from ..ops import kernels, use_kernel
+from .. import ops
+from ..ops import use_kernel
 
 DEFAULT_NUM_BINS = 15
 DEFAULT_NUM_CELLS = 2**16
@@ -196,12 +197,12 @@ def calibration_statistics(logits: Tensor,
     else:
         boundary = boundary_mask(labels, boundary_width).reshape(-1)
     if use_kernel(backend, z.device.type == 'cpu', 'CPU tensors'):
-        *sums, num_nonfinite = kernels.calibration_statistics(
-            z.contiguous(), y.contiguous(), keep.contiguous(), boundary.contiguous(),
-            class_threshold, num_bins, num_cells)
+        statistics, num_nonfinite = ops.calibration_statistics(
+            CalibrationStatistics, z.contiguous(), y.contiguous(), keep.contiguous(),
+            boundary.contiguous(), class_threshold, num_bins, num_cells)
         if num_nonfinite > 0:
             raise _nonfinite_error(int(num_nonfinite))
-        return CalibrationStatistics(*sums)
+        return statistics
     if not bool(keep.all()):
         z, y = z[:, keep], y[keep]
         boundary = boundary[keep] if boundary.numel() else boundary
@@ -360,11 +361,37 @@ def image_ece(stats: CalibrationStatistics) -> float:
                        float(stats.num_pixels))
 
 
-def calibration_errors(stats: CalibrationStatistics) -> Dict[str, object]:
+CECE_CLASSES = ('all', 'present')
+
+
+def cece_class_count(stats: CalibrationStatistics, cece_classes: str = 'all') -> int:
+    """How many classes, from class 0 on, class-wise ECE averages over.
+
+    'all': every class ``C`` (a class absent from the labels still counts: the
+    probability put on it is miscalibration). 'present': classes ``0..max(y)``
+    of the kept pixels, the protocol of the CRaC and NACL authors' evaluators,
+    which average each image's class-wise ECE over ``range(max(label) + 1)``;
+    with the 'image' reduction that is per image, as theirs.
+    """
+    if cece_classes not in CECE_CLASSES:
+        raise ValueError(f'cece_classes must be one of {CECE_CLASSES}, got '
+                         f'{cece_classes!r}')
+    num_classes = stats.class_pixels.shape[0]
+    if cece_classes == 'all':
+        return num_classes
+    present = np.flatnonzero(np.asarray(stats.class_pixels) > 0)
+    return int(present[-1]) + 1 if len(present) else num_classes
+
+
+def calibration_errors(stats: CalibrationStatistics,
+                       cece_classes: str = 'all') -> Dict[str, object]:
     """Calibration errors of pooled sums (definitions: docs/metrics.md).
 
     Args:
         stats (CalibrationStatistics): sums of the pixels to evaluate.
+        cece_classes (str): the classes CECE and thresholded CECE average over,
+            'all' or 'present' (:func:`cece_class_count`); ``CECE_per_class``
+            always lists every class.
 
     Returns:
         dict: in percent, ``ECE``, ``MCE``, ``AECE``, ``CECE``,
@@ -376,6 +403,7 @@ def calibration_errors(stats: CalibrationStatistics) -> Dict[str, object]:
         there is no pixel to measure.
     """
     s = CalibrationStatistics(*(t.double().cpu().numpy() for t in stats))
+    averaged = cece_class_count(s, cece_classes)
     n = float(s.num_pixels)
     num_classes, num_bins = s.class_count.shape
     nan = float('nan')
@@ -412,8 +440,8 @@ def calibration_errors(stats: CalibrationStatistics) -> Dict[str, object]:
         ECE=_binned_gap(s.bin_count, s.bin_confidence, s.bin_accuracy, n),
         MCE=100 * mce,
         AECE=100 * np.abs(acc_sums - conf_sums).sum() / n,
-        CECE=100 * cece_per_class.mean(),
-        CECE_thresholded=100 * thresholded.mean(),
+        CECE=100 * cece_per_class[:averaged].mean(),
+        CECE_thresholded=100 * thresholded[:averaged].mean(),
         NLL=float(s.nll_sum) / n,
         Brier=float(s.brier_sum) / n,
         aece_error_bound=100 * bound / n,

@@ -11,7 +11,8 @@ from torch import Tensor
 
 from .groups import GroupLayout
 from .neighbourhood import ScaledProportions
-from ..ops import kernels, use_kernel
+from .. import ops
+from ..ops import use_kernel
 from .penalties import PenaltyFunction, phr
 
 
@@ -134,20 +135,21 @@ def _phr_kernel(logits: Tensor, valid: Tensor, num_valid: Tensor, multipliers: T
     n, c = logits.shape[:2]
     lambd_min, lambd_max = statistics_clip or (0.0, 0.0)
     multipliers, rho = multipliers.view(-1), rho.view(-1)
-    direction, sums = kernels.phr_penalty(
-        logits.reshape(n, c, -1).contiguous(), valid.reshape(n, -1).contiguous(),
-        (multipliers - rho * (margin / scale)).contiguous(),
-        (rho / scale).contiguous(), need_grad, statistics_clip is not None,
-        lambd_min, lambd_max)
-    squares, clipped, distance = sums[:c], sums[c:2 * c], sums[2 * c:3 * c]
-    num_finite, num_nonfinite = sums[3 * c], sums[3 * c + 1]
+    sums = ops.phr_penalty(
+        logits=logits.reshape(n, c, -1).contiguous(),
+        valid=valid.reshape(n, -1).contiguous(),
+        offset=(multipliers - rho * (margin / scale)).contiguous(),
+        slope=(rho / scale).contiguous(), need_grad=need_grad,
+        need_statistics=statistics_clip is not None, lambd_min=lambd_min,
+        lambd_max=lambd_max)
     statistics = None
     if statistics_clip is not None:
-        statistics = RoundStatistics(clipped,
-                                     (distance - num_finite * margin) / scale,
-                                     num_finite.expand(c).clone(), num_nonfinite)
-    return (_phr_class_values(squares, num_valid, multipliers, rho),
-            direction.view(logits.shape) if need_grad else None, statistics)
+        statistics = RoundStatistics(sums.clipped,
+                                     (sums.distance - sums.num_finite * margin) / scale,
+                                     sums.num_finite.expand(c).clone(),
+                                     sums.num_nonfinite)
+    return (_phr_class_values(sums.squares, num_valid, multipliers, rho),
+            sums.direction.view(logits.shape) if need_grad else None, statistics)
 
 
 def _generic_terms(penalty: PenaltyFunction, logits: Tensor, top: Tensor,
@@ -285,7 +287,6 @@ def _grouped_kernel(logits: Tensor, valid: Tensor, group: GroupLayout,
     """
     n, c = logits.shape[:2]
     height, width = logits.shape[2:] if logits.dim() == 4 else (1, valid[0].numel())
-    num_groups = multipliers.numel()
     multipliers, rho = multipliers.float().contiguous(), rho.float().contiguous()
     if targets is None:
         label = torch.where(valid, 0, -1).to(torch.int32).reshape(n, -1)
@@ -295,22 +296,25 @@ def _grouped_kernel(logits: Tensor, valid: Tensor, group: GroupLayout,
         target_scale = targets.scale
     empty = logits.new_empty(0)
     lambd_min, lambd_max = statistics_clip or (0.0, 0.0)
-    direction, sums = kernels.grouped_phr_penalty(
-        logits.reshape(n, c, -1).contiguous(), label, height, width,
-        group.base.reshape(n, -1).to(torch.int32), group.logit_stride,
-        offset.contiguous(), (rho / scale).contiguous(), multipliers, rho,
-        empty if weights is None else weights.float().contiguous(),
-        empty if target_scale is None else target_scale.float().reshape(n, -1),
-        need_grad, statistics_clip is not None, lambd_min, lambd_max)
+    sums = ops.grouped_phr_penalty(
+        logits=logits.reshape(n, c, -1).contiguous(), label=label, height=height,
+        width=width, group_base=group.base.reshape(n, -1).to(torch.int32).contiguous(),
+        logit_stride=group.logit_stride, offset=offset.contiguous(),
+        slope=(rho / scale).contiguous(), lambd=multipliers, rho=rho,
+        weights=empty if weights is None else weights.float().contiguous(),
+        target_scale=(empty if target_scale is None else
+                      target_scale.float().reshape(n, -1).contiguous()),
+        need_grad=need_grad, need_statistics=statistics_clip is not None,
+        lambd_min=lambd_min, lambd_max=lambd_max)
     statistics = None
     if statistics_clip is not None:
-        count = sums[2 + 2 * num_groups:]
-        distance = sums[2 + num_groups:2 + 2 * num_groups]
+        distance = sums.distance
         if targets is None:
-            distance = distance - count * margin
-        statistics = RoundStatistics(sums[2:2 + num_groups], distance / scale,
-                                     count, sums[1])
-    return sums[0], direction.view(logits.shape) if need_grad else None, statistics
+            distance = distance - sums.count * margin
+        statistics = RoundStatistics(sums.clipped, distance / scale, sums.count,
+                                     sums.num_nonfinite)
+    return (sums.value, sums.direction.view(logits.shape) if need_grad else None,
+            statistics)
 
 
 class _RowSegments(NamedTuple):

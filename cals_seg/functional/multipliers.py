@@ -1,6 +1,6 @@
 """The class-adaptive update of the ALM multipliers and penalty parameters."""
 import math
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import torch
 from torch import Tensor
@@ -22,7 +22,8 @@ class MultiplierState(NamedTuple):
 def update_multipliers(stats: RoundStatistics, state: MultiplierState,
                        round_index: int, *, lambd_min: float, lambd_max: float,
                        rho_max: float, gamma: float, tau: float,
-                       rho_step: int) -> MultiplierState:
+                       rho_step: int,
+                       entries: Optional[Tensor] = None) -> MultiplierState:
     """One update round of the class-adaptive ALM (Liu et al., CVPR 2023), from
     already all-reduced sums.
 
@@ -32,21 +33,45 @@ def update_multipliers(stats: RoundStatistics, state: MultiplierState,
       ``tau * max(c_prev_k, 0)``;
     - at every round: ``c_prev_k <- c_k`` (the authors' ``update_rho``).
 
-    A class with no pixel in the round keeps all of its state.
+    The means run over each group's members (``stats.count``); a group with
+    no member in the round keeps all of its state.
+
+    ``entries`` gives the means ``E_g`` entries per group instead, of which
+    the ``E_g - n_g`` that are not members enter with ``h = 0``: with ``P'(0;
+    lambd, rho) = lambd`` for every penalty here,
+    ``lambd_g <- clip((S_g + (E_g - n_g) lambd_g) / E_g)`` and ``c_g =
+    sum h / E_g``. This is the update of CRaC's authors (github.com/Bala93/CRac,
+    calibrate/lagrangian/aug_lagrangian_spatial_cls_bndry.py ``update_lambd``,
+    ``set_lambd``, ``update_rho``), where each of the ``2C`` groups is a column
+    with one entry per pixel of the round: a step of ``n_g / E_g`` from the
+    old multiplier towards the members' mean, with the same fixed point. A
+    group with no entry keeps its state.
 
     Args:
         stats (RoundStatistics): summed over every batch and rank of the round.
         state (MultiplierState): current values.
         round_index (int): 1-based number of this round.
         lambd_min, lambd_max, rho_max, gamma, tau, rho_step: the ALM parameters.
+        entries (Tensor, optional): ``[G]`` entries of each group's means, at
+            least its members; None: its members.
 
     Returns:
         MultiplierState: new tensors with the dtype and device of ``state``.
     """
     multipliers, rho, prev_constraint = state
-    seen = stats.count > 0
-    count = stats.count.clamp_min(1)
-    new_multipliers = (stats.grad_sum / count).clamp(lambd_min, lambd_max)
+    grad_sum = stats.grad_sum
+    if entries is None:
+        entries = stats.count
+    else:
+        if bool((entries < stats.count).any()):
+            raise ValueError('entries must be at least the number of members of '
+                             'each group')
+        non_members = (entries - stats.count).to(grad_sum)
+        grad_sum = grad_sum + non_members * multipliers.to(grad_sum).clamp(
+            lambd_min, lambd_max)
+    seen = entries > 0
+    count = entries.clamp_min(1)
+    new_multipliers = (grad_sum / count).clamp(lambd_min, lambd_max)
     new_multipliers = torch.where(seen, new_multipliers.to(multipliers), multipliers)
     constraint = (stats.constraint_sum / count).to(prev_constraint)
     new_rho = rho

@@ -10,7 +10,8 @@ from typing import Tuple
 import torch
 from torch import Tensor
 
-from ..ops import kernels, use_kernel
+from .. import ops
+from ..ops import use_kernel
 from .neighbourhood import ScaledProportions, kernel_inputs
 
 
@@ -32,8 +33,8 @@ def neighbourhood_deviation(logits: Tensor, targets: ScaledProportions,
         direction.
     """
     if use_kernel(backend, logits.device.type == 'cpu', 'CPU tensors'):
-        direction, total = kernels.nacl_penalty(*kernel_inputs(logits, targets))
-        return total, direction.view(logits.shape)
+        term = ops.nacl_penalty(**kernel_inputs(logits, targets))
+        return term.value, term.direction.view(logits.shape)
     target = targets.dense(logits.shape[1])
     # z - r, zero at ignored pixels (their r is 0: subtract z there).
     difference = torch.sub(logits.float(), target, out=target)

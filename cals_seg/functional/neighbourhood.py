@@ -175,9 +175,11 @@ def boundary_mask(labels: Tensor, width: int) -> Tensor:
     return ~interior
 
 
-def kernel_inputs(logits: Tensor, targets: ScaledProportions) -> tuple:
-    """The arguments the neighbourhood kernels (ops/csrc/neighbourhood_penalties.cpp)
-    share: float32 ``(N, C, H*W)`` logits, int32 labels, the map size, the window."""
+def kernel_inputs(logits: Tensor, targets: ScaledProportions) -> dict:
+    """The keyword arguments the neighbourhood kernels share
+    (:func:`cals_seg.ops.nacl_penalty`, :func:`cals_seg.ops.svls_shift`):
+    float32 ``(N, C, H*W)`` logits, int32 labels, the map size, the window."""
     n, c, height, width = logits.shape
-    return (logits.float().reshape(n, c, -1).contiguous(), targets.kernel_labels(),
-            height, width, targets.weights.float().contiguous())
+    return dict(logits=logits.float().reshape(n, c, -1).contiguous(),
+                label=targets.kernel_labels().contiguous(), height=height, width=width,
+                weights=targets.weights.float().contiguous())

@@ -9,7 +9,8 @@ from typing import NamedTuple, Optional, Tuple
 import torch
 from torch import Tensor
 
-from ..ops import kernels, use_kernel
+from .. import ops
+from ..ops import use_kernel
 from .neighbourhood import ScaledProportions, kernel_inputs
 
 
@@ -54,8 +55,8 @@ def soft_label_shift(logits: Tensor, targets: ScaledProportions,
     if use_kernel(backend, logits.device.type == 'cpu', 'CPU tensors'):
         weight = logits.new_empty(0) if pixel_weight is None else (
             pixel_weight.float().reshape(len(logits), -1).contiguous())
-        direction, total = kernels.svls_shift(*kernel_inputs(logits, targets), weight)
-        return total, direction.view(logits.shape)
+        term = ops.svls_shift(**kernel_inputs(logits, targets), pixel_weight=weight)
+        return term.value, term.direction.view(logits.shape)
     label, valid = targets.label, targets.valid
     # onehot - q in q's buffer. Wherever the window holds only the pixel's own
     # label q is exactly one-hot (the class's weights and the window's mass are

@@ -11,11 +11,12 @@ from prettytable import PrettyTable
 
 from mmseg.registry import METRICS
 
+from ...functional.calibration import (CECE_CLASSES, DEFAULT_BOUNDARY_WIDTH,
+                                       DEFAULT_CLASS_THRESHOLD, DEFAULT_NUM_BINS,
+                                       DEFAULT_NUM_CELLS, calibration_statistics,
+                                       image_ece)
 from ..accumulator import (ERROR_BOUNDS, REDUCTIONS, SCALAR_METRICS,
-                          CalibrationTotals)
-from ...functional.calibration import (DEFAULT_BOUNDARY_WIDTH, DEFAULT_CLASS_THRESHOLD,
-                          DEFAULT_NUM_BINS, DEFAULT_NUM_CELLS,
-                          calibration_statistics, image_ece)
+                           CalibrationTotals)
 
 
 def resolve_classes(classes: Sequence[Union[int, str]],
@@ -46,7 +47,7 @@ class CalibrationMetric(BaseMetric):
     the top-label confidence; the median and 90th percentile of per-image ECE.
     And NLL, Brier. The log also names the worst-calibrated images and states the
     error bound of every histogram-based number. Definitions: docs/metrics.md
-    and :mod:`cals_seg.evaluation.calibration`. Works beside IoUMetric::
+    and :mod:`cals_seg.functional.calibration`. Works beside IoUMetric::
 
         val_evaluator = [dict(type='IoUMetric', iou_metrics=['mIoU']),
                          dict(type='CalibrationMetric')]
@@ -74,6 +75,10 @@ class CalibrationMetric(BaseMetric):
             split. Default: 2 (LTS's boundary areas).
         class_threshold (float): class probabilities at or below it are left
             out of ``CECE_thresholded``. Default: 1e-3.
+        cece_classes (str): the classes CECE and thresholded CECE average
+            over: 'all' ``C`` classes, or 'present', classes ``0..max(label)``
+            (per image with ``reduction='image'``), as the CRaC and NACL
+            authors' evaluators do. Default: 'all'.
         worst_images (int): how many of the worst-calibrated images (highest
             ECE) the log names; after ``evaluate`` they are also in
             ``last_worst_images`` as ``(ECE, img_path)``, worst first. Default: 5.
@@ -89,6 +94,7 @@ class CalibrationMetric(BaseMetric):
                  num_cells: int = DEFAULT_NUM_CELLS,
                  boundary_width: Optional[int] = DEFAULT_BOUNDARY_WIDTH,
                  class_threshold: float = DEFAULT_CLASS_THRESHOLD,
+                 cece_classes: str = 'all',
                  worst_images: int = 5,
                  collect_device: str = 'cpu',
                  prefix: Optional[str] = None):
@@ -114,6 +120,10 @@ class CalibrationMetric(BaseMetric):
                              f'{class_threshold!r}')
         if not (isinstance(worst_images, int) and worst_images >= 0):
             raise ValueError(f'worst_images must be an int >= 0, got {worst_images!r}')
+        if cece_classes not in CECE_CLASSES:
+            raise ValueError(f'cece_classes must be one of {CECE_CLASSES}, got '
+                             f'{cece_classes!r}')
+        self.cece_classes = cece_classes
         self.exclude_classes = tuple(exclude_classes)
         self.boundary_width = boundary_width
         self.class_threshold = class_threshold
@@ -147,7 +157,7 @@ class CalibrationMetric(BaseMetric):
 
     def _totals(self) -> CalibrationTotals:
         return CalibrationTotals(self.num_classes, self.num_bins, self.num_cells,
-                                 self.reduction)
+                                 self.reduction, self.cece_classes)
 
     def process(self, data_batch, data_samples: Sequence[dict]) -> None:
         """Fold each sample's per-bin sums into this rank's running total.

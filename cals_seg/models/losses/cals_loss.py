@@ -15,7 +15,9 @@ from ...functional.neighbourhood import ScaledProportions
 from ...functional.multipliers import (NO_PREVIOUS_CONSTRAINT, MultiplierState,
                            update_multipliers)
 from ...functional.penalties import get_penalty
+from ...functional.pixel_penalty import constraint_penalty_map
 from .penalty_objective import PenaltyObjective
+from .reduction import check_pixel_weight, reduce_pixel_losses, resolve_reduction
 
 
 @MODELS.register_module()
@@ -30,9 +32,16 @@ class CALSLoss(nn.Module):
     (:meth:`statistics_from_logits`). Ignored pixels get no penalty and give no
     statistics. The penalty is computed in float32 whatever the logits' dtype.
 
+    ``forward`` keeps mmseg's ``CrossEntropyLoss`` contract for the whole
+    per-pixel loss ``CE_i + penalty_weight * mean_k P(h_ik)`` (see
+    :meth:`forward`): the 'mean' reduction divides the penalty, like the
+    cross-entropy, by the number of all pixels, of the non-ignored ones
+    (``avg_non_ignore``) or by ``avg_factor``.
+
     Like the authors' code (by-liu/CALS, ``AugLagrangianClass.get``: ``p.mean()``),
     the penalty is averaged over pixels AND classes, so ``penalty_weight=1``
-    reproduces their objective; do not scale it by ``C``. Differences from it:
+    with ``avg_non_ignore=True`` reproduces their objective; do not scale it
+    by ``C``. Differences from it:
     ignored and padded pixels get no penalty and give no statistics (theirs keeps
     them), and the statistics of a round are summed over ranks before dividing
     (theirs averages per-rank means).
@@ -74,6 +83,10 @@ class CALSLoss(nn.Module):
         loss_name (str): key in the loss dict; must start with ``loss_`` for mmseg
             to back-propagate it. Default: 'loss_cals'.
     """
+
+    # Factor of the penalty's per-pixel class mean (CRaCLoss offers its
+    # authors' normalisation).
+    penalty_scale = 1.0
 
     def __init__(self,
                  num_classes: int,
@@ -134,6 +147,9 @@ class CALSLoss(nn.Module):
             raise ValueError('class_weight and avg_non_ignore configure the default '
                              'cross-entropy; with base_loss, set them inside it')
         self.base_loss = MODELS.build(base_loss)
+        # The penalty is reduced as the base loss is: over the non-ignored
+        # pixels when the base loss averages over them.
+        self.avg_non_ignore = bool(getattr(self.base_loss, 'avg_non_ignore', False))
 
         size = (self.num_groups, )
         self.register_buffer('multipliers', torch.full(size, lambd_min))
@@ -200,37 +216,78 @@ class CALSLoss(nn.Module):
                 cls_score: Tensor,
                 label: Tensor,
                 weight: Optional[Tensor] = None,
-                ignore_index: int = 255,
-                **kwargs) -> Tensor:
-        """Compute the loss.
+                avg_factor: Optional[float] = None,
+                reduction_override: Optional[str] = None,
+                ignore_index: int = 255) -> Tensor:
+        """Compute the loss, with mmseg's ``CrossEntropyLoss.forward`` contract
+        (:mod:`cals_seg.models.losses.reduction`) for the whole per-pixel loss
+        ``base_i + penalty_weight * mean_k P(h_ik)``: the arguments reach the
+        base loss as they are, and act on the penalty as mmseg's cross-entropy
+        lets them act on its own per-pixel loss.
 
         Args:
             cls_score (Tensor): logits ``(N, C, H, W)`` (or ``(N, C)``).
             label (Tensor): class indices ``(N, H, W)`` (or ``(N, )``).
-            weight (Tensor, optional): per-pixel weights from a sampler; they weigh
-                the base loss only.
+            weight (Tensor, optional): per-pixel weights ``(N, H, W)``.
+            avg_factor (float, optional): divisor of the 'mean' reduction.
+            reduction_override (str, optional): 'none', 'mean' or 'sum'.
             ignore_index (int): label of pixels to ignore. Default: 255.
 
         Returns:
-            Tensor: scalar loss.
+            Tensor: scalar, or the ``(N, H, W)`` map for ``'none'``.
         """
         self._check_inputs(cls_score, label, ignore_index)
+        check_pixel_weight(weight, label)
+        valid = label != ignore_index
+        reduction = resolve_reduction(label, valid, self.avg_non_ignore, avg_factor,
+                                      reduction_override)
+        base_args = dict(avg_factor=avg_factor, reduction_override=reduction_override,
+                         ignore_index=ignore_index)
+        penalty_weight = self.penalty_weight * self.penalty_scale
+        collect = self.training and self.collect_round_statistics
+        if weight is not None or reduction.mode == 'none':
+            if collect:
+                self.accumulate_round_statistics(self._penalty(
+                    cls_score, label, ignore_index, need_grad=False,
+                    need_statistics=True).statistics)
+            base = self.base_loss(cls_score, label, weight, **base_args)
+            penalty = reduce_pixel_losses(self._penalty_map(cls_score, label, valid),
+                                          weight, reduction)
+            if base.shape != penalty.shape:
+                raise ValueError(
+                    f'{type(self).__name__}: with reduction_override='
+                    f'{reduction_override!r} the base loss returned shape '
+                    f'{tuple(base.shape)}, the penalty {tuple(penalty.shape)}')
+            return self.loss_weight * (base + penalty_weight * penalty)
         need_grad = cls_score.requires_grad and torch.is_grad_enabled()
         base_input = cls_score.detach().requires_grad_() if need_grad else cls_score
-        base = self.base_loss(base_input, label, weight, ignore_index=ignore_index,
-                              **kwargs)
-        result = self._penalty(
-            cls_score, label, ignore_index, need_grad=need_grad,
-            need_statistics=self.training and self.collect_round_statistics)
+        base = self.base_loss(base_input, label, None, **base_args)
+        result = self._penalty(cls_score, label, ignore_index, need_grad=need_grad,
+                               need_statistics=collect)
         if result.statistics is not None:
             self.accumulate_round_statistics(result.statistics)
+        # The penalty functions average the class means over the valid pixels;
+        # mmseg's reduction divides their sum by its own divisor.
+        rescale = max(int(valid.sum()), 1) / reduction.divisor
+        value = result.value * rescale
         if need_grad:
-            objective = PenaltyObjective.apply(cls_score, (base_input, base), result.value,
-                                         result.grad_direction, result.grad_scale,
-                                         self.penalty_weight)
+            objective = PenaltyObjective.apply(cls_score, (base_input, base), value,
+                                               result.grad_direction,
+                                               result.grad_scale * rescale,
+                                               penalty_weight)
         else:
-            objective = base + self.penalty_weight * result.value
+            objective = base + penalty_weight * value
         return self.loss_weight * objective
+
+    def _penalty_map(self, logits: Tensor, label: Tensor, valid: Tensor) -> Tensor:
+        """``mean_k P(h_ik)`` at every pixel, ``(N, *S)``, by autograd."""
+        reference = self.reference(label, valid)
+        group = group_layout(self.groups, label, valid, self.num_classes,
+                             self.region_width)
+        return constraint_penalty_map(
+            logits, valid, group, self.multipliers, self.rho, self.margin,
+            self.normalize, self.penalty_fn,
+            None if reference is None else reference.dense(self.num_classes))
 
     @torch.no_grad()
     def statistics_from_logits(self, logits: Tensor, label: Tensor,
@@ -262,6 +319,11 @@ class CALSLoss(nn.Module):
             stats = RoundStatistics.zeros(self.num_groups, self.multipliers.device)
         return stats
 
+    def update_entries(self, stats: RoundStatistics) -> Optional[Tensor]:
+        """How many entries each group's round means run over; None: its
+        members (CRaCLoss offers its authors' update)."""
+        return None
+
     @torch.no_grad()
     def apply_round(self, stats: RoundStatistics):
         """Update ``multipliers``, ``rho`` and ``prev_constraint`` from a round.
@@ -275,6 +337,7 @@ class CALSLoss(nn.Module):
         new_state = update_multipliers(
             stats, state, int(self.num_rounds), lambd_min=self.lambd_min,
             lambd_max=self.lambd_max, rho_max=self.rho_max, gamma=self.gamma,
-            tau=self.tau, rho_step=self.rho_step)
+            tau=self.tau, rho_step=self.rho_step,
+            entries=self.update_entries(stats))
         for buffer, value in zip(state, new_state):
             buffer.copy_(value)

@@ -1,4 +1,6 @@
 """Confidence penalty (ECP): cross-entropy minus a weighted entropy."""
+from typing import Optional, Union
+
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -18,13 +20,16 @@ class ConfidencePenaltyLoss(PixelwiseLoss):
 
     Args:
         beta (float): weight of the entropy ``>= 0``. Default: 0.1.
-        avg_non_ignore (bool), loss_weight (float), loss_name (str): see
-            :class:`PixelwiseLoss`.
+        avg_non_ignore (bool), loss_weight (float), loss_name (str),
+            class_weight (list[float] | str, optional): see
+            :class:`PixelwiseLoss`; a class weight multiplies the whole loss
+            of a pixel of that class.
     """
 
     def __init__(self, beta: float = 0.1, avg_non_ignore: bool = False,
-                 loss_weight: float = 1.0, loss_name: str = 'loss_ecp'):
-        super().__init__(avg_non_ignore, loss_weight, loss_name)
+                 loss_weight: float = 1.0, loss_name: str = 'loss_ecp',
+                 class_weight: Optional[Union[list, str]] = None):
+        super().__init__(avg_non_ignore, loss_weight, loss_name, class_weight)
         if beta < 0:
             raise ValueError(f'beta must be >= 0, got {beta}')
         self.beta = beta

@@ -1,4 +1,6 @@
 """Label smoothing (LS) for segmentation."""
+from typing import Optional, Union
+
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -18,13 +20,16 @@ class LabelSmoothingLoss(PixelwiseLoss):
 
     Args:
         smoothing (float): ``eps`` in [0, 1). Default: 0.1.
-        avg_non_ignore (bool), loss_weight (float), loss_name (str): see
-            :class:`PixelwiseLoss`.
+        avg_non_ignore (bool), loss_weight (float), loss_name (str),
+            class_weight (list[float] | str, optional): see
+            :class:`PixelwiseLoss`; a class weight multiplies the whole loss
+            of a pixel of that class.
     """
 
     def __init__(self, smoothing: float = 0.1, avg_non_ignore: bool = False,
-                 loss_weight: float = 1.0, loss_name: str = 'loss_ls'):
-        super().__init__(avg_non_ignore, loss_weight, loss_name)
+                 loss_weight: float = 1.0, loss_name: str = 'loss_ls',
+                 class_weight: Optional[Union[list, str]] = None):
+        super().__init__(avg_non_ignore, loss_weight, loss_name, class_weight)
         if not 0 <= smoothing < 1:
             raise ValueError(f'smoothing must be in [0, 1), got {smoothing}')
         self.smoothing = smoothing

@@ -1,4 +1,6 @@
 """Margin-based label smoothing (MbLS)."""
+from typing import Optional, Union
+
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -20,14 +22,17 @@ class MarginLabelSmoothingLoss(PixelwiseLoss):
     Args:
         margin (float): margin ``m > 0``. Default: 10.
         lambd (float): weight of the hinge ``>= 0``. Default: 0.1.
-        avg_non_ignore (bool), loss_weight (float), loss_name (str): see
-            :class:`PixelwiseLoss`.
+        avg_non_ignore (bool), loss_weight (float), loss_name (str),
+            class_weight (list[float] | str, optional): see
+            :class:`PixelwiseLoss`; a class weight multiplies the whole loss
+            of a pixel of that class.
     """
 
     def __init__(self, margin: float = 10.0, lambd: float = 0.1,
                  avg_non_ignore: bool = False, loss_weight: float = 1.0,
-                 loss_name: str = 'loss_mbls'):
-        super().__init__(avg_non_ignore, loss_weight, loss_name)
+                 loss_name: str = 'loss_mbls',
+                 class_weight: Optional[Union[list, str]] = None):
+        super().__init__(avg_non_ignore, loss_weight, loss_name, class_weight)
         if margin <= 0 or lambd < 0:
             raise ValueError(f'need margin > 0 and lambd >= 0, got margin='
                              f'{margin}, lambd={lambd}')

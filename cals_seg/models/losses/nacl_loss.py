@@ -12,6 +12,7 @@ from ...functional.neighbourhood import ScaledProportions, kernel_weights
 from ...functional.nacl import neighbourhood_deviation
 from .penalty_objective import PenaltyObjective
 from .pixelwise import PixelwiseLoss
+from .reduction import check_pixel_weight, reduce_pixel_losses, resolve_reduction
 
 
 @MODELS.register_module()
@@ -32,21 +33,30 @@ class NACLLoss(PixelwiseLoss):
       label map with zero padding, so beyond the border every neighbour is class
       0, and they have no ignore label. Ours normalises by the valid neighbours
       (:mod:`cals_seg.functional.neighbourhood`), and ignored pixels get no penalty.
-    - **mmseg's reduction** (``avg_non_ignore``, class weights); a sampler's
-      pixel weights weigh the cross-entropy only, as in CALSLoss.
+    - **mmseg's contract** (:mod:`.reduction`): the per-pixel loss is
+      ``CE_i + alpha * mean_k |tau_ik - z_ik|``; ``weight``, ``avg_factor``,
+      ``reduction_override`` and ``avg_non_ignore`` act on all of it, as
+      mmseg's cross-entropy acts on its own; ``class_weight`` weighs the
+      cross-entropy term (it configures mmseg's ``CrossEntropyLoss``).
     - **No image kernels.** The authors' 'bilateral' and image-proportion
       kernels read the image, which an mmseg loss does not receive; 'mean' and
-      'gaussian' are the label-only ones.
+      'svls' are the label-only ones. The authors' ``kernel_ops='gaussian'``
+      is not a gaussian: it is the SVLS filter (centre weight 1/2,
+      calibrate/losses/utils.py ``get_svls_filter_2d``), which is ours with
+      ``kernel='svls'`` (up to the border: they replicate it, ours leaves it
+      out); asking for 'gaussian' is an error that says so.
     - **One gradient pass.** The penalty's gradient ``alpha sign(z - tau) /
       (C n)`` is formed in the forward pass and added into the cross-entropy's
       (:class:`PenaltyObjective`); on CPU one fused kernel forms the targets
-      block by block, reads the logits once and writes the sign once.
+      block by block, reads the logits once and writes the sign once. With a
+      per-pixel ``weight`` or ``reduction_override='none'`` the targets are
+      formed densely and autograd differentiates the map.
 
     Args:
         alpha (float): weight of the neighbourhood term. Default: 0.1.
         kernel_size (int): odd window size. Default: 3.
-        kernel (str): 'mean' or 'gaussian'. Default: 'mean'.
-        sigma (float): the gaussian's standard deviation. Default: 1.
+        kernel (str): 'mean' or 'svls'. Default: 'mean'.
+        sigma (float): the standard deviation of the 'svls' kernel. Default: 1.
         class_weight (list[float] | str, optional), avg_non_ignore (bool): of
             the cross-entropy, mmseg semantics.
         loss_weight (float): weight of the whole loss. Default: 1.0.
@@ -58,8 +68,13 @@ class NACLLoss(PixelwiseLoss):
                  avg_non_ignore: bool = False, loss_weight: float = 1.0,
                  loss_name: str = 'loss_nacl'):
         super().__init__(avg_non_ignore, loss_weight, loss_name)
-        if kernel not in ('mean', 'gaussian'):
-            raise ValueError(f"NACLLoss kernel must be 'mean' or 'gaussian', got "
+        if kernel == 'gaussian':
+            raise ValueError(
+                "NACLLoss kernel='gaussian': the authors' kernel_ops='gaussian' "
+                '(Bala93/MarginLoss) is the SVLS filter, centre weight 1/2; use '
+                "kernel='svls' for it")
+        if kernel not in ('mean', 'svls'):
+            raise ValueError(f"NACLLoss kernel must be 'mean' or 'svls', got "
                              f'{kernel!r}')
         if alpha < 0:
             raise ValueError(f'alpha must be >= 0, got {alpha}')
@@ -70,22 +85,33 @@ class NACLLoss(PixelwiseLoss):
                  avg_non_ignore=avg_non_ignore, loss_weight=1.0))
 
     def forward(self, cls_score: Tensor, label: Tensor,
-                weight: Optional[Tensor] = None, ignore_index: int = 255,
-                **kwargs) -> Tensor:
-        """Args: logits ``(N, C, H, W)``, labels ``(N, H, W)``, as every mmseg loss.
+                weight: Optional[Tensor] = None, avg_factor: Optional[float] = None,
+                reduction_override: Optional[str] = None,
+                ignore_index: int = 255) -> Tensor:
+        """Args: as :meth:`PixelwiseLoss.forward`; logits ``(N, C, H, W)``.
 
         Returns:
-            Tensor: scalar loss.
+            Tensor: scalar, or the ``(N, H, W)`` map for ``'none'``.
         """
         num_classes = cls_score.shape[1]
         check_label_range(label, num_classes, ignore_index)
+        check_pixel_weight(weight, label)
         valid = label != ignore_index
+        reduction = resolve_reduction(label, valid, self.avg_non_ignore, avg_factor,
+                                      reduction_override)
+        targets = ScaledProportions(label, valid, self.weights)
+        base_args = dict(avg_factor=avg_factor, reduction_override=reduction_override,
+                         ignore_index=ignore_index)
+        if weight is not None or reduction.mode == 'none':
+            base = self.base_loss(cls_score, label, weight, **base_args)
+            deviation = (cls_score.float() - targets.dense(num_classes)).abs()
+            deviation = deviation.mean(dim=1).where(valid, 0)
+            penalty = reduce_pixel_losses(deviation, weight, reduction)
+            return self.loss_weight * (base + self.alpha * penalty)
         need_grad = cls_score.requires_grad and torch.is_grad_enabled()
         base_input = cls_score.detach().requires_grad_() if need_grad else cls_score
-        base = self.base_loss(base_input, label, weight, ignore_index=ignore_index,
-                              **kwargs)
-        denominator = self.denominator(label, valid) * num_classes
-        targets = ScaledProportions(label, valid, self.weights)
+        base = self.base_loss(base_input, label, None, **base_args)
+        denominator = reduction.divisor * num_classes
         total, direction = neighbourhood_deviation(cls_score.detach(), targets)
         penalty = (total / denominator).float()
         if not need_grad:

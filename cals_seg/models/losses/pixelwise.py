@@ -1,31 +1,43 @@
 """What the calibration baselines share: a per-pixel loss map reduced the way
 mmseg's CrossEntropyLoss reduces its own."""
-from typing import Optional
+from typing import Optional, Union
 
 import torch.nn as nn
 from torch import Tensor
 
+from ...functional.labels import check_label_range
+from .reduction import (class_weight_tensor, combined_pixel_weight,
+                        reduce_pixel_losses, resolve_reduction)
+
 
 class PixelwiseLoss(nn.Module):
-    """A loss defined per pixel, with mmseg's reduction and head contract.
+    """A loss defined per pixel, with mmseg's head contract.
 
-    Subclasses implement :meth:`pixel_loss`. ``forward(cls_score, label, weight,
-    ignore_index)`` masks ignored pixels, applies a sampler's ``weight``, and
-    averages over all pixels (mmseg's default) or, with ``avg_non_ignore``, over
-    the valid ones (:meth:`denominator`). Losses that need more than one pixel
-    at a time (NACL, SVLS) override ``forward`` and keep the same reduction.
+    Subclasses implement :meth:`pixel_loss`. :meth:`forward` takes the
+    arguments of mmseg's ``CrossEntropyLoss.forward`` with its semantics
+    (:mod:`.reduction`): ignored pixels get no loss, each pixel's loss is
+    multiplied by ``class_weight[y_i]`` (mmseg's weighted cross-entropy) and by
+    a sampler's ``weight``, and the map is returned (``'none'``), summed, or
+    averaged over all pixels, the non-ignored ones (``avg_non_ignore``) or
+    ``avg_factor``. Losses that need more than one pixel at a time (NACL, SVLS)
+    override ``forward`` and keep the same contract.
 
     Args:
         avg_non_ignore (bool): average over non-ignored pixels only.
         loss_weight (float): weight of the loss.
         loss_name (str): key in mmseg's loss dict.
+        class_weight (list[float] | str, optional): per-class weights, or the
+            path of a .npy / pickle file holding them (mmseg's
+            ``get_class_weight``). Default: None.
     """
 
-    def __init__(self, avg_non_ignore: bool, loss_weight: float, loss_name: str):
+    def __init__(self, avg_non_ignore: bool, loss_weight: float, loss_name: str,
+                 class_weight: Optional[Union[list, str]] = None):
         super().__init__()
         self.avg_non_ignore = avg_non_ignore
         self.loss_weight = loss_weight
         self._loss_name = loss_name
+        self.class_weight = class_weight_tensor(class_weight)
 
     @property
     def loss_name(self) -> str:
@@ -47,15 +59,24 @@ class PixelwiseLoss(nn.Module):
                 cls_score: Tensor,
                 label: Tensor,
                 weight: Optional[Tensor] = None,
-                ignore_index: int = 255,
-                **kwargs) -> Tensor:
+                avg_factor: Optional[float] = None,
+                reduction_override: Optional[str] = None,
+                ignore_index: int = 255) -> Tensor:
+        """Args as mmseg's ``CrossEntropyLoss.forward``: logits ``(N, C, *S)``,
+        labels ``(N, *S)``, per-pixel ``weight`` ``(N, *S)``, ``avg_factor``,
+        ``reduction_override`` ('none' | 'mean' | 'sum'), ``ignore_index``
+        (default 255, the ignore label of mmseg's datasets; mmseg's decode
+        heads always pass theirs).
+
+        Returns:
+            Tensor: scalar, or the ``(N, *S)`` map for ``'none'``.
+        """
+        check_label_range(label, cls_score.shape[1], ignore_index)
         valid = label != ignore_index
+        reduction = resolve_reduction(label, valid, self.avg_non_ignore, avg_factor,
+                                      reduction_override)
+        pixel_weight = combined_pixel_weight(weight, self.class_weight, label, valid)
         per_pixel = self.pixel_loss(cls_score.float(), label.where(valid, 0))
         per_pixel = per_pixel.where(valid, 0)
-        if weight is not None:
-            per_pixel = per_pixel * weight
-        return self.loss_weight * per_pixel.sum() / self.denominator(label, valid)
-
-    def denominator(self, label: Tensor, valid: Tensor) -> int:
-        """What the summed loss is divided by: all pixels, or the valid ones."""
-        return max(int(valid.sum()) if self.avg_non_ignore else label.numel(), 1)
+        return self.loss_weight * reduce_pixel_losses(per_pixel, pixel_weight,
+                                                      reduction)

@@ -1,4 +1,6 @@
 """Softmax focal loss (FL) for calibration."""
+from typing import Optional, Union
+
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -19,13 +21,16 @@ class SoftmaxFocalLoss(PixelwiseLoss):
     Args:
         gamma (float): focusing parameter ``>= 0``; 0 is cross-entropy.
             Default: 3.0.
-        avg_non_ignore (bool), loss_weight (float), loss_name (str): see
-            :class:`PixelwiseLoss`.
+        avg_non_ignore (bool), loss_weight (float), loss_name (str),
+            class_weight (list[float] | str, optional): see
+            :class:`PixelwiseLoss`; a class weight multiplies the whole loss
+            of a pixel of that class.
     """
 
     def __init__(self, gamma: float = 3.0, avg_non_ignore: bool = False,
-                 loss_weight: float = 1.0, loss_name: str = 'loss_focal'):
-        super().__init__(avg_non_ignore, loss_weight, loss_name)
+                 loss_weight: float = 1.0, loss_name: str = 'loss_focal',
+                 class_weight: Optional[Union[list, str]] = None):
+        super().__init__(avg_non_ignore, loss_weight, loss_name, class_weight)
         if gamma < 0:
             raise ValueError(f'gamma must be >= 0, got {gamma}')
         self.gamma = gamma

@@ -1,6 +1,6 @@
 """SVLS: spatially varying label smoothing (Islam and Glocker, "Spatially Varying
 Label Smoothing: Capturing Uncertainty from Expert Annotations", IPMI 2021)."""
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -13,6 +13,8 @@ from ...functional.neighbourhood import ScaledProportions, kernel_weights
 from ...functional.svls import soft_label_shift
 from .penalty_objective import PenaltyObjective
 from .pixelwise import PixelwiseLoss
+from .reduction import (combined_pixel_weight, reduce_pixel_losses,
+                        resolve_reduction)
 
 
 @MODELS.register_module()
@@ -30,15 +32,16 @@ class SVLSLoss(PixelwiseLoss):
     Where ours differs, and why: the authors pad the one-hot labels by
     replicating the border and have no ignore label; ours leaves ignored and
     beyond-border pixels out and renormalises the kernel over the remaining
-    ones (:mod:`cals_seg.functional.neighbourhood`). Reduction as mmseg's
-    cross-entropy: the mean over all pixels, or over the valid ones with
-    ``avg_non_ignore``; a sampler's pixel weights multiply each pixel's loss.
+    ones (:mod:`cals_seg.functional.neighbourhood`). The reduction and the
+    arguments of ``forward`` are mmseg's cross-entropy's (:mod:`.reduction`):
+    ``weight`` and ``class_weight[y_i]`` multiply each pixel's loss.
 
     Computed as PyTorch's hard-label cross-entropy plus ``sum_k (onehot_ik -
     q_ik) z_ik`` (:func:`cals_seg.functional.svls.soft_label_shift`), the
     same loss and gradient, since ``q`` sums to 1: on CPU in one fused pass,
     elsewhere with ``q`` formed only at pixels near another label. The loss
-    costs little more than cross-entropy.
+    costs little more than cross-entropy. ``reduction_override='none'`` forms
+    the per-pixel map with ``q`` dense and autograd.
 
     Args:
         kernel_size (int): odd window size. Default: 3.
@@ -46,39 +49,50 @@ class SVLSLoss(PixelwiseLoss):
         avg_non_ignore (bool): average over non-ignored pixels only.
         loss_weight (float): weight of the loss. Default: 1.0.
         loss_name (str): key in mmseg's loss dict. Default: 'loss_svls'.
+        class_weight (list[float] | str, optional): per-class weights of the
+            pixels (mmseg's ``get_class_weight``). Default: None.
     """
 
     def __init__(self, kernel_size: int = 3, sigma: float = 1.0,
                  avg_non_ignore: bool = False, loss_weight: float = 1.0,
-                 loss_name: str = 'loss_svls'):
-        super().__init__(avg_non_ignore, loss_weight, loss_name)
+                 loss_name: str = 'loss_svls',
+                 class_weight: Optional[Union[list, str]] = None):
+        super().__init__(avg_non_ignore, loss_weight, loss_name, class_weight)
         self.weights = kernel_weights('svls', kernel_size, sigma)
 
     def forward(self, cls_score: Tensor, label: Tensor,
-                weight: Optional[Tensor] = None, ignore_index: int = 255,
-                **kwargs) -> Tensor:
-        """Args: logits ``(N, C, H, W)``, labels ``(N, H, W)``, as every mmseg loss.
+                weight: Optional[Tensor] = None, avg_factor: Optional[float] = None,
+                reduction_override: Optional[str] = None,
+                ignore_index: int = 255) -> Tensor:
+        """Args: as :meth:`PixelwiseLoss.forward`; logits ``(N, C, H, W)``.
 
         Returns:
-            Tensor: scalar loss.
+            Tensor: scalar, or the ``(N, H, W)`` map for ``'none'``.
         """
         num_classes = cls_score.shape[1]
         check_label_range(label, num_classes, ignore_index)
         valid = label != ignore_index
-        denominator = self.denominator(label, valid)
+        reduction = resolve_reduction(label, valid, self.avg_non_ignore, avg_factor,
+                                      reduction_override)
+        pixel_weight = combined_pixel_weight(weight, self.class_weight, label, valid)
+        targets = ScaledProportions(label, valid, self.weights)
+        if reduction.mode == 'none':
+            soft = targets.dense(num_classes)
+            per_pixel = -(soft * F.log_softmax(cls_score.float(), dim=1)).sum(dim=1)
+            return self.loss_weight * reduce_pixel_losses(per_pixel, pixel_weight,
+                                                          reduction)
         need_grad = cls_score.requires_grad and torch.is_grad_enabled()
         base_input = cls_score.detach().requires_grad_() if need_grad else cls_score
         hard = F.cross_entropy(base_input.float(), label, ignore_index=ignore_index,
-                               reduction='sum' if weight is None else 'none')
-        if weight is not None:
-            hard = (hard * weight).sum()
-        hard = hard / denominator
-        total, direction = soft_label_shift(
-            cls_score.detach(), ScaledProportions(label, valid, self.weights), weight)
-        correction = (total / denominator).float()
+                               reduction='sum' if pixel_weight is None else 'none')
+        if pixel_weight is not None:
+            hard = (hard * pixel_weight).sum()
+        hard = hard / reduction.divisor
+        total, direction = soft_label_shift(cls_score.detach(), targets, pixel_weight)
+        correction = (total / reduction.divisor).float()
         if not need_grad:
             return self.loss_weight * (hard + correction)
         objective = PenaltyObjective.apply(cls_score, (base_input, hard), correction,
-                                           direction, torch.tensor(1.0 / denominator),
-                                           1.0)
+                                           direction,
+                                           torch.tensor(1.0 / reduction.divisor), 1.0)
         return self.loss_weight * objective

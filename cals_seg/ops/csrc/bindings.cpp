@@ -1,35 +1,36 @@
-// Python bindings of the CPU kernels: cals_seg.ops._kernels.
+// Python bindings of the CPU kernels: cals_seg.ops._kernels. Each returns its
+// outputs by name (a dict in Python); cals_seg/ops/__init__.py reads them into
+// named tuples.
 #include <torch/extension.h>
 
-#include <vector>
+#include <map>
+#include <string>
 
-std::vector<at::Tensor> phr_penalty(const at::Tensor& logits, const at::Tensor& valid,
-                                    const at::Tensor& offset, const at::Tensor& slope,
-                                    bool need_grad, bool need_statistics,
-                                    double lambd_min, double lambd_max);
+using Outputs = std::map<std::string, at::Tensor>;
 
-std::vector<at::Tensor> grouped_phr_penalty(
-    const at::Tensor& logits, const at::Tensor& label, int64_t height, int64_t width,
-    const at::Tensor& group_base, int64_t logit_stride, const at::Tensor& offset,
-    const at::Tensor& slope, const at::Tensor& lambd, const at::Tensor& rho,
-    const at::Tensor& weights, const at::Tensor& target_scale, bool need_grad,
-    bool need_statistics, double lambd_min, double lambd_max);
+Outputs phr_penalty(const at::Tensor& logits, const at::Tensor& valid,
+                    const at::Tensor& offset, const at::Tensor& slope, bool need_grad,
+                    bool need_statistics, double lambd_min, double lambd_max);
 
-std::vector<at::Tensor> nacl_penalty(const at::Tensor& logits, const at::Tensor& label,
-                                     int64_t height, int64_t width,
-                                     const at::Tensor& weights);
+Outputs grouped_phr_penalty(const at::Tensor& logits, const at::Tensor& label,
+                            int64_t height, int64_t width, const at::Tensor& group_base,
+                            int64_t logit_stride, const at::Tensor& offset,
+                            const at::Tensor& slope, const at::Tensor& lambd,
+                            const at::Tensor& rho, const at::Tensor& weights,
+                            const at::Tensor& target_scale, bool need_grad,
+                            bool need_statistics, double lambd_min, double lambd_max);
 
-std::vector<at::Tensor> svls_shift(const at::Tensor& logits, const at::Tensor& label,
-                                   int64_t height, int64_t width,
-                                   const at::Tensor& weights,
-                                   const at::Tensor& pixel_weight);
+Outputs nacl_penalty(const at::Tensor& logits, const at::Tensor& label, int64_t height,
+                     int64_t width, const at::Tensor& weights);
 
-std::vector<at::Tensor> calibration_statistics(const at::Tensor& logits,
-                                               const at::Tensor& labels,
-                                               const at::Tensor& keep,
-                                               const at::Tensor& boundary,
-                                               double low_threshold,
-                                               int64_t num_bins, int64_t num_cells);
+Outputs svls_shift(const at::Tensor& logits, const at::Tensor& label, int64_t height,
+                   int64_t width, const at::Tensor& weights,
+                   const at::Tensor& pixel_weight);
+
+Outputs calibration_statistics(const at::Tensor& logits, const at::Tensor& labels,
+                               const at::Tensor& keep, const at::Tensor& boundary,
+                               double low_threshold, int64_t num_bins,
+                               int64_t num_cells);
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("phr_penalty", &phr_penalty,

@@ -5,6 +5,8 @@
 // restrict pointers (otherwise GCC leaves these loops scalar).
 #pragma once
 
+#include <ATen/ATen.h>
+
 #include <cstdint>
 
 namespace cals_kernels {
@@ -48,6 +50,19 @@ __attribute__((always_inline)) inline void subtract_winner_share(
       gk[i] -= zk[i] == top[i] ? s : 0.f;
     }
   }
+}
+
+// The rows of per-task sums (tasks, R) float64 added in task order, into (R):
+// tasks cover fixed ranges of pixels, so the result does not depend on how many
+// threads ran them (at::sum may split a long reduction among threads).
+inline at::Tensor sum_in_task_order(const at::Tensor& partials) {
+  const int64_t tasks = partials.size(0), row = partials.size(1);
+  at::Tensor total = at::zeros({row}, partials.options());
+  double* into = total.data_ptr<double>();
+  const double* from = partials.data_ptr<double>();
+  for (int64_t task = 0; task < tasks; ++task)
+    for (int64_t j = 0; j < row; ++j) into[j] += from[task * row + j];
+  return total;
 }
 
 }  // namespace cals_kernels

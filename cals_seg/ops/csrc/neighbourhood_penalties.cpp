@@ -3,8 +3,8 @@
 // (CRaC's class x region, CALS per label) and targets formed from the labels
 // around each pixel (NACL, CRaC).
 //
-// The same mathematics as cals_seg/constraints.py (grouped_constraint_penalty)
-// and cals_seg/label_maps.py (neighbourhood_proportions), which stay the
+// The same mathematics as cals_seg/functional/cals.py (grouped_constraint_penalty)
+// and cals_seg/functional/neighbourhood.py (neighbourhood_proportions), which stay the
 // reference and the path for other devices. In PyTorch operations the targets
 // are an (N, C, H, W) tensor written and read again, and a group index another
 // one, in int64; here a block of pixels forms its label proportions in cache
@@ -15,9 +15,13 @@
 #include <ATen/Parallel.h>
 
 #include "block_ops.h"
+#include "checks.h"
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
+#include <map>
+#include <string>
 #include <type_traits>
 #include <vector>
 
@@ -120,22 +124,38 @@ int64_t num_tasks(int64_t num_images, int64_t height, int64_t width) {
   return std::max<int64_t>(1, (blocks + kChunkBlocks - 1) / kChunkBlocks);
 }
 
-void check_inputs(const char* name, const at::Tensor& logits, const at::Tensor& label,
+// Checks the arguments every neighbourhood kernel takes; returns whether a
+// window (label proportions) is given. The labels' values are checked by the
+// pass that reads them (pad_labels, grouped_block).
+bool check_inputs(const char* name, const at::Tensor& logits, const at::Tensor& label,
                   int64_t height, int64_t width, const at::Tensor& weights) {
-  TORCH_CHECK(logits.device().is_cpu() && logits.scalar_type() == at::kFloat &&
-                  logits.dim() == 3 && logits.is_contiguous(),
-              name, ": logits must be a contiguous (N, C, P) float32 CPU tensor");
-  TORCH_CHECK(label.scalar_type() == at::kInt && label.is_contiguous() &&
-                  label.dim() == 2 && label.size(0) == logits.size(0) &&
-                  label.size(1) == logits.size(2) && height * width == logits.size(2),
-              name, ": label must be a contiguous (N, P) int32 tensor, P = H * W");
-  TORCH_CHECK(label.numel() == 0 || label.max().item<int32_t>() < logits.size(1), name,
-              ": a label is >= the number of classes");
-  TORCH_CHECK(!weights.defined() || weights.numel() == 0 ||
-                  (weights.scalar_type() == at::kFloat && weights.is_contiguous() &&
-                   weights.dim() == 2 && weights.size(0) == weights.size(1) &&
-                   weights.size(0) % 2 == 1),
-              name, ": weights must be a contiguous odd (k, k) float32 tensor");
+  check_tensor(name, "logits (N, C, P)", logits, at::kFloat,
+               {kAnySize, kAnySize, kAnySize});
+  TORCH_CHECK(logits.size(1) > 0, name, ": logits have no classes");
+  TORCH_CHECK(height >= 0 && width >= 0 && height * width == logits.size(2), name,
+              ": the map is ", height, " x ", width, " pixels but the logits have P = ",
+              logits.size(2));
+  check_tensor(name, "label (N, P)", label, at::kInt, {logits.size(0), logits.size(2)});
+  const bool window = check_optional_tensor(name, "weights (k, k)", weights, at::kFloat,
+                                            {kAnySize, kAnySize});
+  TORCH_CHECK(!window || (weights.size(0) == weights.size(1) && weights.size(0) % 2 == 1),
+              name, ": the window must be square with an odd side, got ",
+              weights.sizes());
+  return window;
+}
+
+// Throws, naming the first label outside [0, C) other than the ignore value -1.
+void check_labels(const char* name, const at::Tensor& label, const FirstIndex& bad,
+                  int64_t num_classes) {
+  if (!bad.found()) return;
+  const int64_t index = bad.get(), num_pixels = label.size(1);
+  TORCH_CHECK(false, name, ": label ", label.data_ptr<int32_t>()[index], " of pixel ",
+              index % num_pixels, " in image ", index / num_pixels,
+              " is outside [0, C = ", num_classes, ") and is not the ignore value -1");
+}
+
+inline bool label_in_range(int32_t label, int64_t num_classes) {
+  return label >= -1 && label < num_classes;
 }
 
 // Per-task partial sums: [value, non-finite valid pixels, clip(P') (G), distances
@@ -152,26 +172,69 @@ struct GroupedInputs {
   const float* z;        // (N, C, P)
   const int32_t* label;  // (N, P), -1 where ignored
   const int32_t* base;   // (N, P): group(i, k) = base_i + logit_stride * k
-  int64_t logit_stride;
+  int64_t logit_stride;  // >= 0
+  int64_t num_groups;
   const float *offset, *slope, *lambd_squared, *half_inverse_rho;  // (G)
   const Neighbourhood* targets;  // null: distance constraints
   int64_t padded_size;           // elements of one image's padded labels
   const float* target_scale;     // (N, P) or null
   int64_t num_classes, num_pixels, width;
   float lambd_min, lambd_max;
+  bool group_in_range(int32_t base_i) const {
+    return base_i >= 0 && base_i + logit_stride * (num_classes - 1) < num_groups;
+  }
 };
+
+// The first pixels, by index in (N, P), whose group or label is out of range.
+struct OutOfRange {
+  FirstIndex group, label;
+};
+
+// Whether every pixel of a block has its groups in [0, G) and, where the padding
+// pass has not checked them (no targets), a label in [-1, C); otherwise notes
+// the pixels that do not. Min and max in one vectorised pass over the block's
+// two int32 rows, which the block reads next anyway.
+template <bool kTargets>
+bool block_in_range(const GroupedInputs& in, const int32_t* label,
+                    const int32_t* base, int64_t len, int64_t start,
+                    OutOfRange& out_of_range) {
+  int32_t base_lo = std::numeric_limits<int32_t>::max();
+  int32_t base_hi = std::numeric_limits<int32_t>::min();
+  int32_t label_lo = -1, label_hi = -1;
+#pragma omp simd reduction(min : base_lo, label_lo) reduction(max : base_hi, label_hi)
+  for (int64_t i = 0; i < len; ++i) {
+    base_lo = std::min(base_lo, base[i]);
+    base_hi = std::max(base_hi, base[i]);
+    if (!kTargets) {
+      label_lo = std::min(label_lo, label[i]);
+      label_hi = std::max(label_hi, label[i]);
+    }
+  }
+  if (len == 0 || (in.group_in_range(base_lo) && in.group_in_range(base_hi) &&
+                   label_in_range(label_lo, in.num_classes) &&
+                   label_in_range(label_hi, in.num_classes)))
+    return true;
+  for (int64_t i = 0; i < len; ++i) {
+    if (!in.group_in_range(base[i])) out_of_range.group.note(start + i);
+    if (!kTargets && !label_in_range(label[i], in.num_classes))
+      out_of_range.label.note(start + i);
+  }
+  return false;
+}
 
 // P' = max(0, offset_g + slope_g * d) with d = max_j z_j - z_k (distances) or
 // |r_k - z_k| (targets), P = (P'^2 - lambd_g^2) / (2 rho_g) at valid pixels.
 template <bool kGrad, bool kStats, bool kTargets>
 void grouped_block(const GroupedInputs& in, const Block& block, float* tau,
-                   float* direction, const GroupedSums& out) {
+                   float* direction, const GroupedSums& out, OutOfRange& out_of_range) {
   const int64_t c_count = in.num_classes, stride = in.num_pixels, len = block.len;
   const int64_t start = block.n * stride + block.start(in.width);  // in (N, P)
   const int64_t logit_start = start + block.n * (c_count - 1) * stride;  // (N, C, P)
   const float* z = in.z + logit_start;
   const int32_t* label = in.label + start;
   const int32_t* base = in.base + start;
+  // Skipped when out of range: the caller throws after the pass.
+  if (!block_in_range<kTargets>(in, label, base, len, start, out_of_range)) return;
   float* grad = kGrad ? direction + logit_start : nullptr;
   float top[kBlock], share[kBlock], winners[kBlock], usable[kBlock], kept[kBlock];
   float x_row[kBlock], d_row[kBlock];
@@ -253,7 +316,8 @@ void grouped_block(const GroupedInputs& in, const Block& block, float* tau,
 
 template <bool kGrad, bool kStats, bool kTargets>
 void grouped_all(const GroupedInputs& in, int64_t num_images, int64_t height,
-                 float* direction, at::Tensor& partials, int64_t num_groups) {
+                 float* direction, at::Tensor& partials, int64_t num_groups,
+                 OutOfRange& out_of_range) {
   double* sums = partials.data_ptr<double>();
   const int64_t row = partials.size(1);
   for_each_block(num_images, height, in.width, partials.size(0), in.num_classes,
@@ -262,58 +326,82 @@ void grouped_all(const GroupedInputs& in, int64_t num_images, int64_t height,
                    const GroupedSums out{p, p + 1, p + 2, p + 2 + num_groups,
                                          p + 2 + 2 * num_groups};
                    grouped_block<kGrad, kStats, kTargets>(in, block, tau, direction,
-                                                          out);
+                                                          out, out_of_range);
                  });
 }
 
-// The labels padded with -1 by half the window, (N, H + 2h, W + 2h) int32.
-at::Tensor pad_labels(const at::Tensor& label, int64_t height, int64_t width,
-                      const at::Tensor& weights) {
-  const int64_t half = weights.size(0) / 2;
-  return at::constant_pad_nd(label.view({label.size(0), height, width}),
-                             {half, half, half, half}, -1)
-      .contiguous();
+// The labels padded with -1 by half the window, (N, H + 2h, W + 2h) int32, in
+// one pass that also checks that every label is in [0, C) or -1: the window of a
+// pixel reads its neighbours' labels, and each indexes the proportions.
+at::Tensor pad_labels(const char* name, const at::Tensor& label, int64_t height,
+                      int64_t width, const at::Tensor& weights, int64_t num_classes) {
+  const int64_t half = weights.size(0) / 2, num_images = label.size(0);
+  const int64_t padded_height = height + 2 * half, padded_width = width + 2 * half;
+  at::Tensor padded = at::full({num_images, padded_height, padded_width}, -1,
+                               label.options());
+  const int32_t* from = label.data_ptr<int32_t>();
+  int32_t* into = padded.data_ptr<int32_t>();
+  FirstIndex bad;
+  const int64_t rows_per_task = 1 + kBlock * kChunkBlocks / std::max<int64_t>(width, 1);
+  at::parallel_for(0, num_images * height, rows_per_task, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const int32_t* source = from + row * width;
+      int32_t* target = into +
+                        ((row / height) * padded_height + row % height + half) *
+                            padded_width +
+                        half;
+      int32_t lo = -1, hi = -1;
+#pragma omp simd reduction(min : lo) reduction(max : hi)
+      for (int64_t x = 0; x < width; ++x) {
+        target[x] = source[x];
+        lo = std::min(lo, source[x]);
+        hi = std::max(hi, source[x]);
+      }
+      if (label_in_range(lo, num_classes) && label_in_range(hi, num_classes)) continue;
+      for (int64_t x = 0; x < width; ++x)
+        if (!label_in_range(source[x], num_classes)) bad.note(row * width + x);
+    }
+  });
+  check_labels(name, label, bad, num_classes);
+  return padded;
 }
 
 }  // namespace
 
-// Args: logits (N, C, P) float32; label (N, P) int32, -1 where ignored, of
-// images H x W; group_base (N, P) int32 and logit_stride, the group of (i, k)
-// being base_i + logit_stride * k; offset, slope, lambd, rho (G) float32;
-// weights (k, k) float32 for targets r_ik = target_scale_i * tau_ik (the label
-// proportions of the window), or an empty tensor for distance constraints;
-// target_scale (N, P) float32 or empty (1).
-// Returns: the gradient direction (P' - [k wins] * share for distances,
-// P' sign(z - r) for targets; empty without need_grad) and float64 sums
-// [sum P, non-finite valid pixels, sum clip(P') (G), sum d (G), pairs (G)],
-// the last three over valid pixels whose logits are all finite.
-std::vector<at::Tensor> grouped_phr_penalty(
+// Args: logits (N, C, P) float32; label (N, P) int32 in [0, C), -1 where
+// ignored, of images H x W; group_base (N, P) int32 and logit_stride >= 0, the
+// group of (i, k) being base_i + logit_stride * k, in [0, G) at every pixel;
+// offset, slope, lambd, rho (G) float32; weights (k, k) float32 for targets
+// r_ik = target_scale_i * tau_ik (the label proportions of the window), or an
+// empty tensor for distance constraints; target_scale (N, P) float32 or empty (1).
+// Returns, by name: "value", sum P (float64 scalar); with need_grad,
+// "direction", the gradient direction (P' - [k wins] * share for distances,
+// P' sign(z - r) for targets; (N, C, P)); with need_statistics, float64 sums over
+// valid pixels whose logits are all finite: "clipped", sum clip(P') (G),
+// "distance", sum d (G), "count", pairs (G), and "num_nonfinite", the other
+// valid pixels.
+std::map<std::string, at::Tensor> grouped_phr_penalty(
     const at::Tensor& logits, const at::Tensor& label, int64_t height, int64_t width,
     const at::Tensor& group_base, int64_t logit_stride, const at::Tensor& offset,
     const at::Tensor& slope, const at::Tensor& lambd, const at::Tensor& rho,
     const at::Tensor& weights, const at::Tensor& target_scale, bool need_grad,
     bool need_statistics, double lambd_min, double lambd_max) {
-  check_inputs("grouped_phr_penalty", logits, label, height, width, weights);
+  constexpr const char* kName = "grouped_phr_penalty";
+  const bool targets = check_inputs(kName, logits, label, height, width, weights);
   const int64_t num_groups = offset.numel();
-  for (const at::Tensor* t : {&offset, &slope, &lambd, &rho})
-    TORCH_CHECK(t->scalar_type() == at::kFloat && t->is_contiguous() &&
-                    t->numel() == num_groups,
-                "grouped_phr_penalty: offset, slope, lambd and rho must be "
-                "contiguous float32 [G]");
-  TORCH_CHECK(group_base.scalar_type() == at::kInt && group_base.is_contiguous() &&
-                  group_base.sizes() == label.sizes(),
-              "grouped_phr_penalty: group_base must be a contiguous int32 (N, P)");
-  TORCH_CHECK(group_base.numel() == 0 ||
-                  (group_base.min().item<int32_t>() >= 0 &&
-                   group_base.max().item<int32_t>() +
-                           logit_stride * (logits.size(1) - 1) < num_groups),
-              "grouped_phr_penalty: a group index is outside [0, G)");
-  TORCH_CHECK(target_scale.numel() == 0 ||
-                  (target_scale.scalar_type() == at::kFloat &&
-                   target_scale.is_contiguous() && target_scale.sizes() == label.sizes()),
-              "grouped_phr_penalty: target_scale must be a contiguous float32 (N, P)");
-  const bool targets = weights.numel() > 0;
-  const at::Tensor padded = targets ? pad_labels(label, height, width, weights) : label;
+  check_tensor(kName, "offset (G)", offset, at::kFloat, {kAnySize});
+  check_tensor(kName, "slope (G)", slope, at::kFloat, {num_groups});
+  check_tensor(kName, "lambd (G)", lambd, at::kFloat, {num_groups});
+  check_tensor(kName, "rho (G)", rho, at::kFloat, {num_groups});
+  check_tensor(kName, "group_base (N, P)", group_base, at::kInt,
+               {label.size(0), label.size(1)});
+  TORCH_CHECK(logit_stride >= 0, kName, ": logit_stride must be >= 0, got ",
+              logit_stride);
+  const bool scaled = check_optional_tensor(kName, "target_scale (N, P)", target_scale,
+                                            at::kFloat, {label.size(0), label.size(1)});
+  const int64_t num_classes = logits.size(1);
+  const at::Tensor padded =
+      targets ? pad_labels(kName, label, height, width, weights, num_classes) : label;
   const Neighbourhood image{padded.data_ptr<int32_t>(), targets ? padded.size(2) : 0,
                             targets ? weights.data_ptr<float>() : nullptr,
                             targets ? weights.size(0) : 0};
@@ -323,14 +411,15 @@ std::vector<at::Tensor> grouped_phr_penalty(
                    label.data_ptr<int32_t>(),
                    group_base.data_ptr<int32_t>(),
                    logit_stride,
+                   num_groups,
                    offset.data_ptr<float>(),
                    slope.data_ptr<float>(),
                    lambd_squared.data_ptr<float>(),
                    half_inverse_rho.data_ptr<float>(),
                    targets ? &image : nullptr,
                    targets ? padded.size(1) * padded.size(2) : 0,
-                   target_scale.numel() ? target_scale.data_ptr<float>() : nullptr,
-                   logits.size(1),
+                   scaled ? target_scale.data_ptr<float>() : nullptr,
+                   num_classes,
                    logits.size(2),
                    width,
                    static_cast<float>(lambd_min),
@@ -342,10 +431,11 @@ std::vector<at::Tensor> grouped_phr_penalty(
                 logits.options().dtype(at::kDouble));
   float* grad = need_grad ? direction.data_ptr<float>() : nullptr;
   const int64_t images = logits.size(0);
+  OutOfRange out_of_range;
   const auto run = [&](auto grad_flag, auto stats_flag, auto targets_flag) {
     grouped_all<decltype(grad_flag)::value, decltype(stats_flag)::value,
                 decltype(targets_flag)::value>(in, images, height, grad, partials,
-                                               num_groups);
+                                               num_groups, out_of_range);
   };
   using Yes = std::true_type;
   using No = std::false_type;
@@ -356,8 +446,27 @@ std::vector<at::Tensor> grouped_phr_penalty(
     need_statistics ? with_targets(Yes{}, Yes{}) : with_targets(Yes{}, No{});
   else
     need_statistics ? with_targets(No{}, Yes{}) : with_targets(No{}, No{});
-  // Summed task by task in a fixed order: the result does not depend on threads.
-  return {direction, partials.sum(0)};
+  check_labels(kName, label, out_of_range.label, num_classes);
+  if (out_of_range.group.found()) {
+    const int64_t index = out_of_range.group.get(), num_pixels = label.size(1);
+    const int32_t base = group_base.data_ptr<int32_t>()[index];
+    TORCH_CHECK(false, kName, ": pixel ", index % num_pixels, " of image ",
+                index / num_pixels, " has group_base ", base, ", so its groups ", base,
+                " + ", logit_stride, " * k for k < C = ", num_classes,
+                " are not all in [0, G = ", num_groups, ")");
+  }
+  // In the layout of GroupedSums: [value, nonfinite, clipped (G), distance (G),
+  // count (G)].
+  const at::Tensor sums = sum_in_task_order(partials);
+  std::map<std::string, at::Tensor> out{{"value", sums[0]}};
+  if (need_grad) out["direction"] = direction;
+  if (need_statistics) {
+    out["num_nonfinite"] = sums[1];
+    out["clipped"] = sums.narrow(0, 2, num_groups);
+    out["distance"] = sums.narrow(0, 2 + num_groups, num_groups);
+    out["count"] = sums.narrow(0, 2 + 2 * num_groups, num_groups);
+  }
+  return out;
 }
 
 namespace {
@@ -367,24 +476,22 @@ namespace {
 // correction to hard-label cross-entropy, sum w (onehot - tau) . z with
 // direction w (onehot - tau) (``kShift``). Both are 0 at ignored pixels.
 template <bool kShift>
-std::vector<at::Tensor> proportion_terms(const char* name, const at::Tensor& logits,
+std::map<std::string, at::Tensor> proportion_terms(const char* name, const at::Tensor& logits,
                                          const at::Tensor& label, int64_t height,
                                          int64_t width, const at::Tensor& weights,
                                          const at::Tensor& pixel_weight) {
-  check_inputs(name, logits, label, height, width, weights);
-  TORCH_CHECK(weights.numel() > 0, name, ": weights must be given");
-  TORCH_CHECK(pixel_weight.numel() == 0 ||
-                  (pixel_weight.scalar_type() == at::kFloat &&
-                   pixel_weight.is_contiguous() && pixel_weight.sizes() == label.sizes()),
-              name, ": pixel weights must be a contiguous float32 (N, P)");
+  TORCH_CHECK(check_inputs(name, logits, label, height, width, weights), name,
+              ": weights (k, k) must be given");
+  const bool weighted = check_optional_tensor(name, "pixel_weight (N, P)", pixel_weight,
+                                              at::kFloat, {label.size(0), label.size(1)});
   const int64_t num_classes = logits.size(1), num_pixels = logits.size(2);
-  const at::Tensor padded = pad_labels(label, height, width, weights);
+  const at::Tensor padded = pad_labels(name, label, height, width, weights, num_classes);
   at::Tensor direction = at::empty_like(logits);
   at::Tensor partials = at::zeros({num_tasks(logits.size(0), height, width), 1},
                                   logits.options().dtype(at::kDouble));
   const float* z_all = logits.data_ptr<float>();
   const int32_t* label_all = label.data_ptr<int32_t>();
-  const float* weight_all = pixel_weight.numel() ? pixel_weight.data_ptr<float>() : nullptr;
+  const float* weight_all = weighted ? pixel_weight.data_ptr<float>() : nullptr;
   float* grad_all = direction.data_ptr<float>();
   double* sums = partials.data_ptr<double>();
   const Neighbourhood images{padded.data_ptr<int32_t>(), padded.size(2),
@@ -432,19 +539,19 @@ std::vector<at::Tensor> proportion_terms(const char* name, const at::Tensor& log
         }
         sums[task] += total;
       });
-  return {direction, partials.sum()};
+  return {{"direction", direction}, {"value", sum_in_task_order(partials)[0]}};
 }
 
 }  // namespace
 
 // NACL's penalty: sum over valid pixels and classes of |z_ik - tau_ik| and its
 // gradient direction sign(z - tau) (0 at ignored pixels).
-// Args: logits (N, C, P) float32; label (N, P) int32, -1 where ignored, of
+// Args: logits (N, C, P) float32; label (N, P) int32 in [0, C), -1 where ignored, of
 // images H x W; weights (k, k) float32, the proportions' window.
-// Returns: the direction (N, C, P) and the float64 sum.
-std::vector<at::Tensor> nacl_penalty(const at::Tensor& logits, const at::Tensor& label,
-                                     int64_t height, int64_t width,
-                                     const at::Tensor& weights) {
+// Returns, by name: "direction" (N, C, P) and "value", the float64 sum.
+std::map<std::string, at::Tensor> nacl_penalty(const at::Tensor& logits,
+                                               const at::Tensor& label, int64_t height,
+                                               int64_t width, const at::Tensor& weights) {
   return proportion_terms<false>("nacl_penalty", logits, label, height, width, weights,
                                  at::empty({0}, logits.options()));
 }
@@ -452,11 +559,11 @@ std::vector<at::Tensor> nacl_penalty(const at::Tensor& logits, const at::Tensor&
 // SVLS as a correction to hard-label cross-entropy: sum over valid pixels of
 // w_i sum_k (onehot_ik - tau_ik) z_ik, and its gradient w (onehot - tau).
 // Args: as nacl_penalty, and pixel_weight (N, P) float32 or empty (1).
-// Returns: the direction (N, C, P) and the float64 sum.
-std::vector<at::Tensor> svls_shift(const at::Tensor& logits, const at::Tensor& label,
-                                   int64_t height, int64_t width,
-                                   const at::Tensor& weights,
-                                   const at::Tensor& pixel_weight) {
+// Returns, by name: "direction" (N, C, P) and "value", the float64 sum.
+std::map<std::string, at::Tensor> svls_shift(const at::Tensor& logits,
+                                             const at::Tensor& label, int64_t height,
+                                             int64_t width, const at::Tensor& weights,
+                                             const at::Tensor& pixel_weight) {
   return proportion_terms<true>("svls_shift", logits, label, height, width, weights,
                                 pixel_weight);
 }

@@ -10,9 +10,12 @@
 #include <ATen/Parallel.h>
 
 #include "block_ops.h"
+#include "checks.h"
 
 #include <algorithm>
 #include <cmath>
+#include <map>
+#include <string>
 #include <vector>
 
 namespace {
@@ -124,31 +127,29 @@ void penalty_all(const at::Tensor& logits, const at::Tensor& valid,
 
 // Args: logits (N, C, P) float32, valid (N, P) bool, offset and slope (C) float32
 // with P' = max(0, offset + slope * (max_j z_j - z_k)) at valid pixels.
-// Returns: the gradient direction P' - [k wins] * sum_j P'_j / #winners ((N, C, P),
-// or empty without need_grad) and float64 sums [sum P'^2 (C), sum clip(P') (C),
-// sum of distances (C), finite valid pixels, non-finite valid pixels]; the last
-// three only with need_statistics, over valid pixels whose logits are all finite.
-std::vector<at::Tensor> phr_penalty(const at::Tensor& logits, const at::Tensor& valid,
-                                    const at::Tensor& offset, const at::Tensor& slope,
-                                    bool need_grad, bool need_statistics,
-                                    double lambd_min, double lambd_max) {
-  TORCH_CHECK(logits.device().is_cpu() && logits.scalar_type() == at::kFloat &&
-                  logits.dim() == 3 && logits.is_contiguous(),
-              "phr_penalty: logits must be a contiguous (N, C, P) float32 CPU tensor");
-  TORCH_CHECK(valid.scalar_type() == at::kBool && valid.is_contiguous() &&
-                  valid.dim() == 2 && valid.size(0) == logits.size(0) &&
-                  valid.size(1) == logits.size(2),
-              "phr_penalty: valid must be a contiguous (N, P) bool tensor");
-  const int64_t num_classes = logits.size(1);
-  TORCH_CHECK(offset.numel() == num_classes && slope.numel() == num_classes &&
-                  offset.scalar_type() == at::kFloat &&
-                  slope.scalar_type() == at::kFloat && offset.is_contiguous() &&
-                  slope.is_contiguous(),
-              "phr_penalty: offset and slope must be contiguous float32 [C]");
+// Returns, by name: "squares", sum P'^2 (C); with need_grad, "direction", the
+// gradient direction P' - [k wins] * sum_j P'_j / #winners (N, C, P); with
+// need_statistics, over valid pixels whose logits are all finite, "clipped",
+// sum clip(P', lambd_min, lambd_max) (C), "distance", sum (max_j z_j - z_k) (C),
+// "num_finite" and, over the other valid pixels, "num_nonfinite" (scalars).
+// Sums are float64.
+std::map<std::string, at::Tensor> phr_penalty(const at::Tensor& logits,
+                                              const at::Tensor& valid,
+                                              const at::Tensor& offset,
+                                              const at::Tensor& slope, bool need_grad,
+                                              bool need_statistics, double lambd_min,
+                                              double lambd_max) {
+  constexpr const char* kName = "phr_penalty";
+  check_tensor(kName, "logits (N, C, P)", logits, at::kFloat,
+               {kAnySize, kAnySize, kAnySize});
+  const int64_t num_images = logits.size(0), num_classes = logits.size(1);
+  TORCH_CHECK(num_classes > 0, kName, ": logits have no classes");
+  check_tensor(kName, "valid (N, P)", valid, at::kBool, {num_images, logits.size(2)});
+  check_tensor(kName, "offset (C)", offset, at::kFloat, {num_classes});
+  check_tensor(kName, "slope (C)", slope, at::kFloat, {num_classes});
   at::Tensor direction =
       need_grad ? at::empty_like(logits) : at::empty({0}, logits.options());
-  const int64_t blocks =
-      logits.size(0) * ((logits.size(2) + kBlock - 1) / kBlock);
+  const int64_t blocks = num_images * ((logits.size(2) + kBlock - 1) / kBlock);
   const int64_t tasks = std::max<int64_t>(1, (blocks + kChunkBlocks - 1) / kChunkBlocks);
   at::Tensor partials =
       at::zeros({tasks, 3 * num_classes + 2}, logits.options().dtype(at::kDouble));
@@ -161,6 +162,15 @@ std::vector<at::Tensor> phr_penalty(const at::Tensor& logits, const at::Tensor& 
     penalty_all<false, true>(logits, valid, offset, slope, direction, partials, lo, hi);
   else
     penalty_all<false, false>(logits, valid, offset, slope, direction, partials, lo, hi);
-  // Summed task by task in a fixed order: the result does not depend on threads.
-  return {direction, partials.sum(0)};
+  // In the layout of Partial: [sq (C), clipped (C), distance (C), finite, nonfinite].
+  const at::Tensor sums = sum_in_task_order(partials);
+  std::map<std::string, at::Tensor> out{{"squares", sums.narrow(0, 0, num_classes)}};
+  if (need_grad) out["direction"] = direction;
+  if (need_statistics) {
+    out["clipped"] = sums.narrow(0, num_classes, num_classes);
+    out["distance"] = sums.narrow(0, 2 * num_classes, num_classes);
+    out["num_finite"] = sums[3 * num_classes];
+    out["num_nonfinite"] = sums[3 * num_classes + 1];
+  }
+  return out;
 }
