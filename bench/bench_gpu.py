@@ -145,16 +145,10 @@ def loss_costs(constraints, penalties, groups, label_maps, proportion_terms,
     def svls(x, backend):  # the soft targets' shift to hard CE
         targets = label_maps.ScaledProportions(label, valid,
                                                label_maps.kernel_weights('svls', 3))
-        _, shift = proportion_terms.soft_label_shift(x.detach(), targets,
-                                                     backend=backend)
-        if x.grad is None:
-            return
-        if isinstance(shift, torch.Tensor):  # the kernels' dense direction
-            x.grad.add_(shift, alpha=1 / valid.sum().item())
-        else:  # the PyTorch path's rows at pixels near a boundary
-            x.grad.movedim(1, -1).index_put_(shift.pixels,
-                                             shift.rows / valid.sum(),
-                                             accumulate=True)
+        _, direction = proportion_terms.soft_label_shift(x.detach(), targets,
+                                                         backend=backend)
+        if x.grad is not None:
+            x.grad.add_(direction, alpha=1 / valid.sum().item())
 
     terms = dict(cals=cals, nacl=nacl, svls=svls, cals_label=grouped('label', False),
                  crac=grouped('region', True))

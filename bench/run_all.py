@@ -10,12 +10,13 @@ import sys
 import cals_seg  # noqa: F401  (registers the plugin)
 
 import bench_loss  # noqa: E402
+import bench_memory  # noqa: E402
 import bench_metric  # noqa: E402
 import bench_train_iter  # noqa: E402
 
 
 def main():
-    results = [module.main() for module in (bench_loss, bench_metric,
+    results = [module.main() for module in (bench_loss, bench_memory, bench_metric,
                                             bench_train_iter)]
     print('all targets met' if all(results) else 'some targets missed')
     return 0

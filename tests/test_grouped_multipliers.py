@@ -41,19 +41,29 @@ def _loop_group(grouping, label, near, b, i, j, k):
 
 
 @pytest.mark.parametrize('grouping', GROUPINGS)
-def test_group_index_matches_a_loop(grouping):
+def test_group_layout_matches_a_loop(grouping):
     _, label = _batch()
     valid = label != IGNORE
-    index = group_layout(grouping, label, valid, C).index().expand(
-        label.shape[0], C, *label.shape[1:])
+    layout = group_layout(grouping, label, valid, C)
+    # Each group's own number, looked up as the penalty looks up multipliers.
+    table = layout.table(torch.arange(num_groups(grouping, C)))
+    rows = layout.rows()
     near = _loop_boundary(label.numpy())
     lab = label.numpy()
     for b, i, j in zip(*np.nonzero(valid.numpy())):
         for k in range(C):
-            assert int(index[b, k, i, j]) == _loop_group(grouping, lab, near, b, i,
-                                                         j, k)
+            expected = _loop_group(grouping, lab, near, b, i, j, k)
+            assert int(layout.base[b, i, j]) + layout.logit_stride * k == expected
+            assert int(table[rows[b, i, j], k * layout.logit_stride]) == expected
     names = group_names(grouping, ['a', 'b', 'c', 'd'])
     assert len(names) == len(set(names)) == num_groups(grouping, C)
+
+
+def test_group_table_names_a_size_that_does_not_fit():
+    _, label = _batch()
+    layout = group_layout('region', label, label != IGNORE, C)
+    with pytest.raises(ValueError, match='multiple of 4 groups'):
+        layout.table(torch.ones(2 * C + 1))
 
 
 def _reference(logits, label, grouping, lambd, rho, margin, reference):
@@ -85,7 +95,9 @@ def _reference(logits, label, grouping, lambd, rho, margin, reference):
 
 @pytest.mark.parametrize('grouping', GROUPINGS)
 @pytest.mark.parametrize('with_reference', [False, True])
-def test_grouped_penalty_matches_loops_and_autograd(grouping, with_reference):
+@pytest.mark.parametrize('backend', ['auto', 'torch'])
+def test_grouped_penalty_matches_loops_and_autograd(grouping, with_reference,
+                                                    backend):
     logits, label = _batch(1)
     valid = label != IGNORE
     generator = torch.Generator().manual_seed(3)
@@ -97,7 +109,8 @@ def test_grouped_penalty_matches_loops_and_autograd(grouping, with_reference):
     margin = 3.0 if reference is None else 1.0
     result = grouped_constraint_penalty(
         logits, valid, group_layout(grouping, label, valid, C), lambd, rho, margin,
-        reference is None, phr, reference, statistics_clip=(1e-6, 1e6))
+        reference is None, phr, reference, statistics_clip=(1e-6, 1e6),
+        backend=backend)
     value, grad, sums = _reference(logits, label, grouping, lambd, rho, margin,
                                    reference)
     assert float(result.value) == pytest.approx(value, rel=1e-5)
@@ -107,15 +120,16 @@ def test_grouped_penalty_matches_loops_and_autograd(grouping, with_reference):
         np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=1e-6)
 
 
-def test_logit_grouping_equals_the_cals_path():
+@pytest.mark.parametrize('backend', ['auto', 'torch'])
+def test_logit_grouping_equals_the_cals_path(backend):
     logits, label = _batch(2)
     valid = label != IGNORE
     lambd, rho = torch.rand(C) * 3, torch.rand(C) + 1
     grouped = grouped_constraint_penalty(logits, valid, group_layout(
         'logit', label, valid, C), lambd, rho, 5.0, True, phr,
-        statistics_clip=(1e-6, 1e6))
+        statistics_clip=(1e-6, 1e6), backend=backend)
     cals = constraint_penalty(logits, valid, lambd, rho, 5.0, True, phr,
-                              statistics_clip=(1e-6, 1e6))
+                              statistics_clip=(1e-6, 1e6), backend=backend)
     assert float(grouped.value) == pytest.approx(float(cals.value), rel=1e-5)
     torch.testing.assert_close(grouped.grad_direction * grouped.grad_scale,
                                cals.grad_direction * cals.grad_scale,

@@ -25,11 +25,11 @@ from .nacl import neighbourhood_deviation
 from .neighbourhood import (ScaledProportions, boundary_mask, kernel_weights,
                             neighbourhood_proportions)
 from .penalties import get_penalty, p2, p3, phr
-from .svls import PixelRows, soft_label_shift
+from .svls import soft_label_shift
 
 __all__ = [
     'CalibrationStatistics', 'ConstraintPenalty', 'GroupLayout', 'MultiplierState',
-    'PixelRows', 'RoundStatistics', 'ScaledProportions', 'boundary_mask',
+    'RoundStatistics', 'ScaledProportions', 'boundary_mask',
     'calibration_errors', 'calibration_statistics', 'constraint_penalty',
     'crac_targets', 'get_penalty', 'group_layout', 'grouped_constraint_penalty',
     'kernel_weights', 'neighbourhood_deviation', 'neighbourhood_proportions', 'p2',

@@ -83,16 +83,12 @@ def _class_sums(x: Tensor) -> Tensor:
     return x.sum(dim=dims).double()
 
 
-def _valid_class_sums(x: Tensor, valid: Tensor) -> Tensor:
-    """Per-class sums of ``x`` over the pixels where ``valid`` is True, float64.
-
-    The sum over all pixels minus the sum over the gathered invalid ones: invalid
-    pixels are usually few, and this reads ``x`` once without writing a masked
-    copy of it (3x faster). A non-finite value at an invalid pixel makes the
-    sums non-finite; callers check.
-    """
-    excluded = x.movedim(1, -1)[~valid]
-    return _class_sums(x) - excluded.sum(dim=0).double()
+def _finite_pixels(logits: Tensor, top: Tensor) -> Tensor:
+    """``(N, *S)`` bool: the pixels whose logits are all finite, from the
+    largest logit ``top`` (``(N, *S)``) and the smallest: NaN propagates
+    through both, +inf reaches the largest and -inf the smallest. Two
+    reductions, not an ``(N, C, *S)`` mask."""
+    return torch.isfinite(top) & torch.isfinite(logits.amin(dim=1))
 
 
 def _phr_terms(logits: Tensor, top: Tensor, valid: Tensor, num_valid: Tensor,
@@ -172,40 +168,27 @@ def _generic_terms(penalty: PenaltyFunction, logits: Tensor, top: Tensor,
 def _round_statistics(logits: Tensor, top: Tensor, grad: Tensor, valid: Tensor,
                       margin: float, scale: float, lambd_min: float,
                       lambd_max: float) -> RoundStatistics:
-    """Round sums from ``P'`` (already zero at invalid pixels) and the logits.
+    """Round sums from ``P'`` (zero at invalid pixels) and the logits, over the
+    valid pixels whose logits are all finite; the other valid pixels are
+    counted in ``num_nonfinite``.
 
-    ``sum_i h_ik = (sum_i top_i - sum_i z_ik - n m) / s`` over valid pixels.
+    ``sum_i h_ik = (sum_i top_i - sum_i z_ik - n m) / s`` over those pixels.
+    Pixels are left out by masked copies rather than gathered, and nothing is
+    read back to the host: a gather, or a test of whether any logit is
+    non-finite, would wait for the device at every training step.
     """
     num_classes = logits.shape[1]
-    num_valid = valid.sum(dtype=torch.float64)
-    num_excluded = valid.numel() - num_valid
-    # P' = 0 at excluded pixels, which the clip turns into lambd_min each.
-    grad_sum = _class_sums(grad.clamp(lambd_min, lambd_max)) - lambd_min * num_excluded
-    top_sum = top.squeeze(1).masked_fill(~valid, 0).sum(dtype=torch.float64)
-    logit_sum = _valid_class_sums(logits, valid)
-    constraint_sum = (top_sum - logit_sum - num_valid * margin) / scale
+    finite = _finite_pixels(logits, top.squeeze(1))
+    member = valid & finite
+    excluded = ~member.unsqueeze(1)
+    num_members = member.sum(dtype=torch.float64)
+    grad_sum = _class_sums(grad.clamp(lambd_min, lambd_max).masked_fill_(excluded, 0))
+    top_sum = top.masked_fill(excluded, 0).sum(dtype=torch.float64)
+    logit_sum = _class_sums(logits.masked_fill(excluded, 0))
+    constraint_sum = (top_sum - logit_sum - num_members * margin) / scale
     return RoundStatistics(grad_sum, constraint_sum,
-                           num_valid.expand(num_classes).clone(),
-                           torch.zeros((), dtype=torch.float64, device=valid.device))
-
-
-def _finite_round_statistics(logits: Tensor, top: Tensor, grad: Tensor,
-                             valid: Tensor, margin: float, scale: float,
-                             lambd_min: float, lambd_max: float) -> RoundStatistics:
-    """:func:`_round_statistics` with pixels that have a non-finite logit left out
-    and counted. A non-finite logit makes the sums non-finite, so the common case
-    costs no extra pass over the pixels."""
-    stats = _round_statistics(logits, top, grad, valid, margin, scale, lambd_min,
-                              lambd_max)
-    if torch.isfinite(stats.grad_sum).all() and torch.isfinite(
-            stats.constraint_sum).all():
-        return stats
-    finite = valid & torch.isfinite(logits).all(dim=1)
-    mask = finite.unsqueeze(1)
-    stats = _round_statistics(logits.masked_fill(~mask, 0),
-                              top.masked_fill(~mask, 0), grad.masked_fill(~mask, 0),
-                              finite, margin, scale, lambd_min, lambd_max)
-    return stats._replace(num_nonfinite=(valid & ~finite).sum(dtype=torch.float64))
+                           num_members.expand(num_classes).clone(),
+                           (valid & ~finite).sum(dtype=torch.float64))
 
 
 @torch.no_grad()
@@ -278,8 +261,8 @@ def constraint_penalty(logits: Tensor,
                                             multipliers, rho, margin, scale)
     statistics = None
     if statistics_clip is not None:
-        statistics = _finite_round_statistics(logits, top, grad, valid, margin,
-                                              scale, *statistics_clip)
+        statistics = _round_statistics(logits, top, grad, valid, margin, scale,
+                                       *statistics_clip)
     direction = None
     if need_grad:
         # A float indicator: summing or multiplying a bool one converts it first.
@@ -335,6 +318,122 @@ def _grouped_kernel(logits: Tensor, valid: Tensor, group: GroupLayout,
                                      sums.num_nonfinite)
     return (sums.value, sums.direction.view(logits.shape) if need_grad else None,
             statistics)
+
+
+class _RowSegments(NamedTuple):
+    """The pixels ordered by their row of a group table
+    (:meth:`cals_seg.functional.groups.GroupLayout.table`), to sum per-pixel
+    values by row without host synchronisation: ``torch.bincount`` reads its
+    output size back from CUDA, a boolean gather its length, and
+    scatter-adding a few million values into a few bins serialises on
+    atomics. Here a sum is the difference of a float64 cumulative sum at the
+    row's bounds (its rounding error is that of the float64 total).
+
+    Attributes:
+        order (Tensor): int64 ``[N * prod(S)]``, the pixels sorted by row.
+        bounds (Tensor): int64 ``[R + 1]``, where each row starts in ``order``.
+    """
+    order: Tensor
+    bounds: Tensor
+
+    @classmethod
+    def of(cls, rows: Tensor, num_rows: int) -> '_RowSegments':
+        flat = rows.reshape(-1)
+        order = flat.argsort(stable=True)
+        starts = torch.arange(num_rows + 1, device=rows.device)
+        return cls(order, torch.searchsorted(flat[order], starts))
+
+    def sums(self, values: Tensor) -> Tensor:
+        """``[M, N * prod(S)]`` float64 values per pixel -> ``[M, R]`` sums."""
+        cumulative = torch.nn.functional.pad(values[:, self.order].cumsum(dim=1),
+                                             (1, 0))
+        return cumulative[:, self.bounds[1:]] - cumulative[:, self.bounds[:-1]]
+
+
+def _grouped_terms(penalty: PenaltyFunction, logits: Tensor, valid: Tensor,
+                   group: GroupLayout, multipliers: Tensor, rho: Tensor,
+                   margin: float, scale: float,
+                   reference: Optional[Union[Tensor, ScaledProportions]],
+                   need_grad: bool, statistics_clip: Optional[Tuple[float, float]]):
+    """:func:`grouped_constraint_penalty` in PyTorch operations, a logit at a
+    time: the multipliers of logit ``k`` are column ``k`` of the group table
+    read at each pixel's row, so neither an ``(N, C, *S)`` group index nor
+    gathered multiplier maps are formed; every temporary is ``(N, *S)``. Of
+    the logits' size there are only the gradient direction and, for
+    :class:`ScaledProportions`, the dense targets, which the direction then
+    overwrites logit by logit. Nothing is read back to the host.
+
+    Returns:
+        tuple: the float64 sum of ``P`` over valid pairs, the gradient
+        direction (or None) and the round statistics (or None).
+    """
+    num_classes = logits.shape[1]
+    owned_reference = isinstance(reference, ScaledProportions)
+    if owned_reference:
+        reference = reference.dense(num_classes)
+    distance = reference is None
+    stride = group.logit_stride
+    rows = group.rows()
+    lambd_table, rho_table = group.table(multipliers.float()), group.table(rho.float())
+    invalid = ~valid
+    top = logits.amax(dim=1) if distance else None
+    direction = winners = None
+    if need_grad:
+        direction = reference if owned_reference else torch.empty_like(logits)
+        winners = torch.zeros_like(logits[:, 0]) if distance else None
+    if statistics_clip is not None:
+        finite = _finite_pixels(logits, logits.amax(dim=1) if top is None else top)
+        excluded = ~(valid & finite)
+        segments = _RowSegments.of(rows, lambd_table.shape[0])
+        # [2, R, width]: the sums of clip(P') and of h per group; with stride 0
+        # every logit of a pixel adds to one group, so pixels are summed first.
+        group_sums = logits.new_zeros((2, ) + lambd_table.shape, dtype=torch.float64)
+        pixel_sums = 0
+    total = logits.new_zeros((), dtype=torch.float64)
+    for k in range(num_classes):
+        if stride or k == 0:  # with stride 0 every logit reads column 0
+            lambd = lambd_table[:, k * stride][rows]
+            rho_k = rho_table[:, k * stride][rows]
+        z = logits[:, k]
+        if distance:
+            h = torch.sub(top, z).sub_(margin).div_(scale)
+        else:
+            target = reference[:, k].float()
+            h = torch.sub(target, z).abs_().div_(scale)
+        h.masked_fill_(invalid, 0)  # ignored pixels: finite, and masked below
+        value, grad = penalty(h, lambd, rho_k)
+        total += value.masked_fill_(invalid, 0).sum(dtype=torch.float64)
+        grad.masked_fill_(invalid, 0)
+        if statistics_clip is not None:
+            pair = torch.stack([grad.clamp(*statistics_clip), h])
+            pair = pair.masked_fill_(excluded, 0).double().view(2, -1)
+            if stride:
+                group_sums[:, :, k] = segments.sums(pair)
+            else:
+                pixel_sums = pixel_sums + pair
+        if need_grad:
+            if distance:
+                winners += z == top
+            else:
+                grad.mul_(torch.sign(z - target))
+            direction[:, k] = grad
+    statistics = None
+    if statistics_clip is not None:
+        if not stride:
+            group_sums[:, :, 0] = segments.sums(pixel_sums)
+        members = segments.sums((~excluded).double().view(1, -1))[0]
+        count = members.unsqueeze(1).expand(lambd_table.shape) * (
+            1 if stride else num_classes)
+        statistics = RoundStatistics(group_sums[0].flatten(), group_sums[1].flatten(),
+                                     count.flatten(),
+                                     (valid & ~finite).sum(dtype=torch.float64))
+    if need_grad and distance:
+        # d h_ik / d z_ij = ([j wins at i] - [j = k]) / s, the winner's share
+        # split among tied winners, as constraint_penalty does.
+        share = direction.sum(dim=1).div_(winners)
+        for k in range(num_classes):
+            direction[:, k].sub_(torch.where(logits[:, k] == top, share, 0))
+    return total, direction, statistics
 
 
 @torch.no_grad()
@@ -400,38 +499,8 @@ def grouped_constraint_penalty(logits: Tensor,
             need_grad, statistics_clip, backend)
         return ConstraintPenalty((total / denominator).float(), direction, grad_scale,
                                  statistics)
-    if isinstance(reference, ScaledProportions):
-        reference = reference.dense(num_classes)
-    num_groups, index = multipliers.numel(), group.index()
-    mask = valid.unsqueeze(1).expand_as(logits)
-    if distance:
-        top = logits.amax(dim=1, keepdim=True)
-        h = torch.sub(top, logits).sub_(margin).div_(scale)
-    else:
-        h = torch.sub(reference.float(), logits).abs_().div_(scale)
-    h = h.masked_fill(~mask, 0)  # ignored pixels: finite, and masked below
-    value, grad = penalty(h, multipliers.float()[index], rho.float()[index])
-    weight = mask.to(grad.dtype)
-    total = (value * weight).sum(dtype=torch.float64) / denominator
-    grad = grad * weight
-    statistics = None
-    if statistics_clip is not None:
-        finite = mask & torch.isfinite(logits).all(dim=1, keepdim=True)
-        members = index.expand_as(logits)[finite]
-        statistics = RoundStatistics(
-            torch.bincount(members, grad[finite].clamp(*statistics_clip).double(),
-                           num_groups),
-            torch.bincount(members, h[finite].double(), num_groups),
-            torch.bincount(members, minlength=num_groups).double(),
-            (valid & ~finite[:, 0]).sum(dtype=torch.float64))
-    direction = None
-    if need_grad:
-        if distance:
-            # d h_ik / d z_ij = ([j wins at i] - [j = k]) / s, the winner's share
-            # split among tied winners, as constraint_penalty does.
-            winner = torch.eq(logits, top).to(grad.dtype)
-            share = grad.sum(dim=1, keepdim=True).div_(winner.sum(dim=1, keepdim=True))
-            direction = grad.addcmul_(winner, share, value=-1)
-        else:
-            direction = grad.mul_(torch.sign(logits - reference.float()))
-    return ConstraintPenalty(total.float(), direction, grad_scale, statistics)
+    total, direction, statistics = _grouped_terms(
+        penalty, logits, valid, group, multipliers, rho, margin, scale, reference,
+        need_grad, statistics_clip)
+    return ConstraintPenalty((total / denominator).float(), direction, grad_scale,
+                             statistics)

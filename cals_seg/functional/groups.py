@@ -46,7 +46,14 @@ def group_names(grouping: str, class_names: Sequence[str]) -> List[str]:
 class GroupLayout(NamedTuple):
     """Where each (pixel, logit) constraint's multiplier is: group ``base_i +
     logit_stride * k``. Kept in this form, a per-pixel map, because the
-    ``(N, C, *S)`` index it stands for would be as large as the logits.
+    ``(N, C, *S)`` index it stands for would be as large as the logits (twice
+    as large in int64).
+
+    With ``logit_stride`` 1, ``base_i`` is a multiple of ``C``: the groups are
+    the rows of a ``[G / C, C]`` table (:meth:`table`) and a pixel's ``C``
+    constraints read row ``base_i / C`` of it (:meth:`rows`); with
+    ``logit_stride`` 0 the table is ``[G, 1]`` and every constraint of the
+    pixel reads row ``base_i``.
 
     Attributes:
         base (Tensor): int64 ``(N, *S)``; 0 at invalid pixels (their
@@ -60,13 +67,31 @@ class GroupLayout(NamedTuple):
 
     def index(self) -> Tensor:
         """The group of every (pixel, logit), int64 broadcastable to ``(N, C,
-        *S)``: ``(N, 1, *S)`` when it does not depend on the logit."""
+        *S)``: ``(N, 1, *S)`` when it does not depend on the logit. As large
+        as the logits (twice, in bytes) when it does: the penalties' PyTorch
+        paths read :meth:`table` at :meth:`rows` instead."""
         base = self.base.unsqueeze(1)
         if self.logit_stride == 0:
             return base
         spatial = (1, ) * (self.base.dim() - 1)
         logit = torch.arange(self.num_classes, device=base.device).view(1, -1, *spatial)
         return base + self.logit_stride * logit
+
+    def rows(self) -> Tensor:
+        """Each pixel's row of :meth:`table`, int64 ``(N, *S)``."""
+        if self.logit_stride == 0:
+            return self.base
+        return torch.div(self.base, self.num_classes, rounding_mode='floor')
+
+    def table(self, values: Tensor) -> Tensor:
+        """Per-group values ``[G]`` as the table whose entry ``(rows()[i], k *
+        logit_stride)`` belongs to constraint ``(i, k)``: ``[G / C, C]`` or
+        ``[G, 1]``, a view of ``values``."""
+        width = self.num_classes if self.logit_stride else 1
+        if values.dim() != 1 or values.numel() % width:
+            raise ValueError(f'per-group values must be a vector of a multiple of '
+                             f'{width} groups here, got shape {tuple(values.shape)}')
+        return values.view(-1, width)
 
 
 def group_layout(grouping: str, label: Tensor, valid: Tensor, num_classes: int,

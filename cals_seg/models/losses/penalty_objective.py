@@ -1,10 +1,6 @@
 """A base loss plus a penalty whose gradient the penalty computed itself."""
-from typing import Union
-
 import torch
 from torch import Tensor
-
-from ...functional.svls import PixelRows
 
 
 class PenaltyObjective(torch.autograd.Function):
@@ -13,8 +9,7 @@ class PenaltyObjective(torch.autograd.Function):
     The penalty's gradient is assembled in the forward pass from ``P'``, which is
     computed there anyway, as ``grad_scale * direction``. The base loss runs on a
     detached copy of the logits; backward takes its gradient from that graph and
-    adds the penalty's into it in place: a dense direction, or
-    :class:`PixelRows` for one that is zero but at a few pixels. Autograd would otherwise scale the
+    adds the penalty's into it in place. Autograd would otherwise scale the
     direction into a new tensor and sum the two gradients into a third: two more
     passes over the step's largest tensors. The graph can therefore be
     back-propagated only once.
@@ -22,7 +17,7 @@ class PenaltyObjective(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits: Tensor, base_graph: tuple, penalty: Tensor,
-                direction: Union[Tensor, PixelRows], grad_scale: Tensor,
+                direction: Tensor, grad_scale: Tensor,
                 penalty_weight: float) -> Tensor:
         # base_graph = (detached logits, base loss on them), in a tuple so that
         # autograd does not take the base loss for an input of this function.
@@ -38,11 +33,5 @@ class PenaltyObjective(torch.autograd.Function):
         (base_input, base), direction = ctx.base_graph, ctx.direction
         ctx.base_graph = ctx.direction = None
         grad, = torch.autograd.grad(base, base_input, grad_output)
-        if isinstance(direction, PixelRows):
-            # In place through a view with the class axis last.
-            grad.movedim(1, -1).index_put_(
-                direction.pixels, direction.rows * (grad_output * ctx.grad_scale),
-                accumulate=True)
-        else:
-            grad.addcmul_(direction, grad_output * ctx.grad_scale)
+        grad.addcmul_(direction, grad_output * ctx.grad_scale)
         return grad, None, None, None, None, None

@@ -39,8 +39,8 @@ class SVLSLoss(PixelwiseLoss):
     Computed as PyTorch's hard-label cross-entropy plus ``sum_k (onehot_ik -
     q_ik) z_ik`` (:func:`cals_seg.functional.svls.soft_label_shift`), the
     same loss and gradient, since ``q`` sums to 1: on CPU in one fused pass,
-    elsewhere with ``q`` formed only at pixels near another label. The loss
-    costs little more than cross-entropy. ``reduction_override='none'`` forms
+    elsewhere with ``q`` formed densely and turned into the gradient in place
+    (no host synchronisation). The loss costs little more than cross-entropy. ``reduction_override='none'`` forms
     the per-pixel map with ``q`` dense and autograd.
 
     Args:
