@@ -164,3 +164,14 @@ def blocky_batch(seed=0, n=2, classes=4, size=(9, 10), scale=3.0, ignore=255,
     label = label[:, :size[0], :size[1]].clone()
     label[torch.rand(n, *size, generator=generator) < ignore_share] = ignore
     return logits, label
+
+
+def group_index(layout):
+    """The group of every (pixel, logit) of a GroupLayout, int64 broadcastable
+    to ``(N, C, *S)``: the plain reference for the penalties' grouped paths."""
+    base = layout.base.unsqueeze(1)
+    if layout.logit_stride == 0:
+        return base
+    spatial = (1, ) * (layout.base.dim() - 1)
+    logit = torch.arange(layout.num_classes).view(1, -1, *spatial)
+    return base + layout.logit_stride * logit

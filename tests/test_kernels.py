@@ -28,7 +28,7 @@ from cals_seg import ops
 from cals_seg.ops import kernels
 from cals_seg.functional.penalties import p2, phr
 from cals_seg.functional import neighbourhood_deviation, soft_label_shift
-from helpers import blocky_batch
+from helpers import blocky_batch, group_index
 
 
 def test_kernels_are_built():
@@ -177,7 +177,7 @@ def _grouped_constraint_magnitude(logits, valid, layout, reference, margin, scal
     else:
         h = (reference.dense(logits.shape[1]) - logits).abs() / scale
     mask = finite.expand_as(logits)
-    return torch.bincount(layout.index().expand_as(logits)[mask],
+    return torch.bincount(group_index(layout).expand_as(logits)[mask],
                           h[mask].abs().double(), size)
 
 

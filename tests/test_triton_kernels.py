@@ -24,7 +24,7 @@ from cals_seg.functional import (ScaledProportions, calibration_statistics,  # n
 from cals_seg.functional.calibration import CalibrationStatistics  # noqa: E402
 from cals_seg.functional.groups import GROUPINGS, group_layout, num_groups  # noqa: E402
 from cals_seg.ops import triton as triton_kernels  # noqa: E402
-from helpers import blocky_batch  # noqa: E402
+from helpers import blocky_batch, group_index  # noqa: E402
 
 requires_triton = pytest.mark.skipif(
     not triton_kernels.available(),
@@ -166,7 +166,7 @@ def test_grouped_kernel_gradient_is_autograds(targets):
         h = (reference.dense(logits.shape[1]) - z).abs()
     else:
         h = (z.amax(dim=1, keepdim=True) - z - 2.0) / 2.0
-    index = layout.index()
+    index = group_index(layout)
     value, _ = phr(h, multipliers[index], rho[index])
     (value * valid.unsqueeze(1)).sum().div(valid.sum() * logits.shape[1]).backward()
     torch.testing.assert_close((got.grad_scale * got.grad_direction).float(), z.grad,

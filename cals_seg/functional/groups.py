@@ -65,18 +65,6 @@ class GroupLayout(NamedTuple):
     logit_stride: int
     num_classes: int
 
-    def index(self) -> Tensor:
-        """The group of every (pixel, logit), int64 broadcastable to ``(N, C,
-        *S)``: ``(N, 1, *S)`` when it does not depend on the logit. As large
-        as the logits (twice, in bytes) when it does: the penalties' PyTorch
-        paths read :meth:`table` at :meth:`rows` instead."""
-        base = self.base.unsqueeze(1)
-        if self.logit_stride == 0:
-            return base
-        spatial = (1, ) * (self.base.dim() - 1)
-        logit = torch.arange(self.num_classes, device=base.device).view(1, -1, *spatial)
-        return base + self.logit_stride * logit
-
     def rows(self) -> Tensor:
         """Each pixel's row of :meth:`table`, int64 ``(N, *S)``."""
         if self.logit_stride == 0:

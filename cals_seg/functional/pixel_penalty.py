@@ -46,6 +46,8 @@ def constraint_penalty_map(logits: Tensor, valid: Tensor, group: GroupLayout,
         h = (logits.amax(dim=1, keepdim=True) - logits - margin) / scale
     else:
         h = (reference.float() - logits).abs() / scale
-    index = group.index()
-    value, _ = penalty(h, multipliers.float()[index], rho.float()[index])
+    # Each pixel's row of the per-group tables, (N, C or 1, *S) after the move.
+    rows = group.rows()
+    value, _ = penalty(h, group.table(multipliers.float())[rows].movedim(-1, 1),
+                       group.table(rho.float())[rows].movedim(-1, 1))
     return value.where(mask, 0).mean(dim=1)
