@@ -212,21 +212,25 @@ def apply_method(cfg: Config, name: str, **options) -> Config:
             _average_cross_entropy(head)
     if method.multiplier_hook:
         _add_multiplier_hook(config, chosen)
-    # The name (mmengine's Runner names the work_dir's copy of the config and
-    # the experiment after it) says what was applied; the text says to what.
-    source = cfg.filename or 'a config'
-    filename = osp.join(osp.dirname(source) if cfg.filename else '',
-                        method_config_name(source, name, options) + '.py')
+    # The file name (after which mmengine's Runner names its copy of the config
+    # in the work_dir, and tools/train.py the default work_dir) says what was
+    # applied; no such file exists. The text says to what.
+    filename = None
+    if cfg.filename:
+        filename = osp.join(osp.dirname(cfg.filename),
+                            method_config_name(cfg.filename, name, options) + '.py')
     return Config(config, filename=filename,
-                  cfg_text=f'# {source} by cals_seg.methods.apply_method({name!r}, '
-                  f'**{options!r})\n')
+                  cfg_text=f'# {cfg.filename or "a config"} by '
+                  f'cals_seg.methods.apply_method({name!r}, **{options!r})\n')
 
 
-def method_config_name(config: str, name: str, options: Optional[dict] = None) -> str:
+def method_config_name(config: str, name: str,
+                       options: Optional[dict] = None) -> str:
     """The name of config file ``config`` trained by method ``name``: its file name
     without extension, with a trailing '_ce' replaced by '_<name>' (else
     '_<name>' appended) and each option as '_<key>-<value>', e.g.
-    ``deeplabv3_voc_ce.py``, 'cals', groups='label' -> ``deeplabv3_voc_cals_groups-label``.
+    ``deeplabv3_voc_ce.py``, 'cals', groups='label' ->
+    ``deeplabv3_voc_cals_groups-label``.
     """
     stem = osp.splitext(osp.basename(config))[0]
     if name == 'ce' and stem.endswith('_ce') and not options:

@@ -24,9 +24,10 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         '--method',
         choices=list(METHODS),
-        help='train by this method recipe (cals_seg.methods.apply_method): the '
-        "CALS authors' protocol plus the method's loss and hook; apply it to a "
-        'cross-entropy config')
+        help="apply a method recipe (cals_seg.methods.apply_method: the CALS "
+        "authors' protocol plus the method's loss and hook) to the config, a "
+        'cross-entropy one: ' + '; '.join(
+            f'{method.name}: {method.summary}' for method in METHODS.values()))
     parser.add_argument(
         '--method-options',
         nargs='+',
