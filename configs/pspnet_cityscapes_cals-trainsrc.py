@@ -4,4 +4,4 @@
 # training images in train mode, which the network fits better than unseen ones,
 # so the multipliers see less over-confidence than the authors' protocol does.
 _base_ = './pspnet_cityscapes_cals.py'
-custom_hooks = [dict(type='CALSMultiplierHook', source='train', interval='epoch')]
+custom_hooks = [dict(type='CALSMultiplierHook', source='train', rounds=100)]

@@ -1,5 +1,5 @@
 # CRaC (Murugesan et al., MICCAI 2024): pspnet_cityscapes_cals.py (the CALS
-# protocol: multipliers once per epoch from the held-out part of the training
+# protocol: 100 multiplier rounds from the held-out part of the training
 # split) with CRaCLoss: constraints |s tau - z| on the 3 x 3 label proportions
 # tau (s = margin 5 inside regions, 1 at boundaries), one multiplier per class
 # inside regions and one at boundaries; the authors' settings (Bala93/CRac: the

@@ -24,7 +24,8 @@ TINY_R50_D8 = [
 
 def short_schedule(iterations, hook_interval=2):
     """Options for a few iterations; ``hook_interval`` (None: the config has no
-    multiplier hook) sets the first custom hook's round interval."""
+    multiplier hook) sets the first custom hook's round interval (in place of
+    its number of rounds)."""
     options = [
         f'train_cfg.max_iters={iterations}', f'train_cfg.val_interval={iterations}',
         f'default_hooks.checkpoint.interval={iterations}',
@@ -34,7 +35,8 @@ def short_schedule(iterations, hook_interval=2):
         'test_dataloader.num_workers=0', 'test_dataloader.persistent_workers=False'
     ]
     if hook_interval is not None:
-        options.append(f'custom_hooks.0.interval={hook_interval}')
+        options += ['custom_hooks.0.rounds=None',
+                    f'custom_hooks.0.interval={hook_interval}']
     return options
 
 

@@ -1,5 +1,6 @@
-"""Train a segmentor: mmseg's tools/train.py, with cals-seg loaded and a clear
-error for a missing dataset."""
+"""Train a segmentor: mmseg's tools/train.py, with cals-seg loaded, a clear
+error for a missing dataset, and --method NAME [--method-options k=v ...] to
+train any config by a method recipe (cals_seg.methods)."""
 import argparse
 import logging
 import sys

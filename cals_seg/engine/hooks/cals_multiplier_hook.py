@@ -2,7 +2,7 @@
 import logging
 import math
 import warnings
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Set, Tuple, Union
 
 import torch
 from mmengine.dist import all_reduce, get_rank, get_world_size
@@ -48,13 +48,22 @@ class CALSMultiplierHook(Hook):
     ``multipliers`` and ``rho`` stay identical across ranks:
 
     - ``'train'``: the training batches since the last round, collected by the
-      loss in its forward pass; a round every ``interval`` iterations.
+      loss in its forward pass.
     - ``'holdout'``: one pass of the model in eval mode over
-      ``holdout_dataloader`` every ``interval`` iterations. Use data held out of
+      ``holdout_dataloader`` at every round. Use data held out of
       training, e.g. :class:`~cals_seg.datasets.HashSplitDataset`.
     - ``'val'``: the outputs of the runner's validation loop, one round per
       validation. It tunes the multipliers on the validation set, which leaks when
       that set is the one results are reported on; a warning says so.
+
+    When rounds happen ('train' and 'holdout'): ``rounds=N`` spreads N rounds
+    evenly over the schedule, the k-th after iteration ``floor(k * max_iters /
+    N)`` (max_iters 50, 10 rounds: after iterations 5, 10, ..., 50), whatever the
+    dataset size and the number of GPUs; ``interval=n`` is a round every n
+    iterations; ``interval='epoch'`` one per pass over the training set. Give
+    ``rounds`` or ``interval``, not both; neither is ``interval=100``. More
+    rounds than iterations (a shortened schedule) is a round every iteration,
+    with a warning.
 
     State and ranks: each rank's new statistics are summed over ranks as soon as
     they exist (every iteration for 'train': one all-reduce of ``3C + 1`` numbers),
@@ -71,11 +80,13 @@ class CALSMultiplierHook(Hook):
 
     Args:
         source (str): 'train', 'holdout' or 'val'. Default: 'train'.
-        interval (int | str): iterations between rounds for 'train' and
-            'holdout', or 'epoch': one round per pass over the training set
-            (``ceil(len(dataset) / (batch_size * world_size))`` iterations), the
-            authors' once-per-epoch update in an iteration-based schedule.
-            Default: 100.
+        interval (int | str, optional): iterations between rounds for 'train'
+            and 'holdout', or 'epoch': one round per pass over the training set
+            (``ceil(len(dataset) / (batch_size * world_size))`` iterations).
+            Default: 100 when ``rounds`` is not given.
+        rounds (int, optional): number of rounds over the whole schedule
+            (``runner.max_iters``), for 'train' and 'holdout'. The method recipes
+            (:mod:`cals_seg.methods`) use 100, the authors' segmentation run.
         holdout_dataloader (dict, optional): dataloader config for 'holdout', with
             a test pipeline (annotations at the original image size).
         log_per_class (bool): log lambda of every class. Default: True.
@@ -85,13 +96,26 @@ class CALSMultiplierHook(Hook):
 
     def __init__(self,
                  source: str = 'train',
-                 interval: Union[int, str] = 100,
+                 interval: Union[int, str, None] = None,
                  holdout_dataloader: Optional[dict] = None,
-                 log_per_class: bool = True):
+                 log_per_class: bool = True,
+                 rounds: Optional[int] = None):
         if source not in self.SOURCES:
             raise ValueError(f'CALSMultiplierHook: source must be one of '
                              f'{self.SOURCES}, got {source!r}')
-        if not (interval == 'epoch' or
+        if rounds is not None and interval is not None:
+            raise ValueError(f'CALSMultiplierHook: give rounds or interval, not '
+                             f'both (got rounds={rounds!r}, interval={interval!r})')
+        if rounds is not None and not (isinstance(rounds, int) and not isinstance(
+                rounds, bool) and rounds >= 1):
+            raise ValueError(f'CALSMultiplierHook: rounds must be an int >= 1, got '
+                             f'{rounds!r}')
+        if rounds is not None and source == 'val':
+            raise ValueError("CALSMultiplierHook: source='val' has a round per "
+                             'validation; rounds applies to train and holdout')
+        if rounds is None and interval is None:
+            interval = 100
+        if not (interval is None or interval == 'epoch' or
                 (isinstance(interval, int) and not isinstance(interval, bool)
                  and interval >= 1)):
             raise ValueError(f"CALSMultiplierHook: interval must be an int >= 1 or "
@@ -101,6 +125,7 @@ class CALSMultiplierHook(Hook):
                              "with source='holdout' and used by no other source")
         self.source = source
         self.interval = interval
+        self.rounds = rounds
         self.holdout_dataloader = holdout_dataloader
         self.log_per_class = log_per_class
         self._losses: List[Tuple[str, CALSLoss]] = []
@@ -135,13 +160,25 @@ class CALSMultiplierHook(Hook):
                 'validation set; if that is the set you report results on, they '
                 "leak. Prefer 'train' or 'holdout'.")
         self._class_names = self._class_names_of(runner)
-        self._round_iters = self._iterations_per_round(runner)
+        self._round_ends = self._round_schedule(runner)
         self._in_training = True
         self._refresh_scalars()
 
-    def _iterations_per_round(self, runner) -> int:
-        """``interval`` in iterations; 'epoch' resolves to one pass over the
-        training set by every rank together."""
+    def _round_schedule(self, runner) -> Union[int, Set[int]]:
+        """When rounds end: the iteration counts after which ``rounds`` rounds
+        end, or ``interval`` in iterations ('epoch' resolves to one pass over the
+        training set by every rank together)."""
+        if self.rounds is not None:
+            max_iters = runner.max_iters
+            rounds = min(self.rounds, max_iters)
+            if rounds < self.rounds:
+                warnings.warn(f'CALSMultiplierHook: rounds={self.rounds} on a '
+                              f'schedule of {max_iters} iterations: a round every '
+                              'iteration')
+            runner.logger.info(f'CALSMultiplierHook: {rounds} rounds over '
+                               f'{max_iters} iterations, one every '
+                               f'{max_iters / rounds:.4g} iterations')
+            return {k * max_iters // rounds for k in range(1, rounds + 1)}
         if self.interval != 'epoch':
             return self.interval
         loader = runner.train_dataloader
@@ -150,6 +187,11 @@ class CALSMultiplierHook(Hook):
         runner.logger.info(f"CALSMultiplierHook: interval='epoch' is {iterations} "
                            f'iterations ({len(loader.dataset)} training samples)')
         return max(1, iterations)
+
+    def _ends_round(self, runner) -> bool:
+        if isinstance(self._round_ends, set):
+            return runner.iter + 1 in self._round_ends
+        return self.every_n_train_iters(runner, self._round_ends)
 
     def _build_holdout_loader(self, runner):
         """Build the hold-out loader now, so a bad one fails before training."""
@@ -177,8 +219,7 @@ class CALSMultiplierHook(Hook):
                          outputs=None) -> None:
         if self.source == 'train':
             self._reduce_pending()
-        if self.source != 'val' and self.every_n_train_iters(runner,
-                                                             self._round_iters):
+        if self.source != 'val' and self._ends_round(runner):
             if self.source == 'holdout':
                 self._collect_holdout(runner)
             self._finish_round(runner)
