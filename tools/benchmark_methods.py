@@ -19,6 +19,12 @@ without training again. The table reports mean ±
 standard deviation over seeds, whatever it shows; the hand-written reading in
 ``docs/results_reading.md`` is appended after the generated tables.
 """
+import warnings
+
+# mmengine 0.10.7 imports pkg_resources, which the pinned setuptools deprecates
+# on every start: noise in a tool's one-line errors.
+warnings.filterwarnings('ignore', 'pkg_resources is deprecated', UserWarning)
+
 import argparse
 import json
 import os

@@ -10,6 +10,12 @@ same schedule, tests both with mIoU and the calibration metrics, and prints them
 side by side with the multipliers CALS learned per class and where the
 reliability diagrams are.
 """
+import warnings
+
+# mmengine 0.10.7 imports pkg_resources, which the pinned setuptools deprecates
+# on every start: noise in a tool's one-line errors.
+warnings.filterwarnings('ignore', 'pkg_resources is deprecated', UserWarning)
+
 import argparse
 import os.path as osp
 import subprocess

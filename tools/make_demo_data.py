@@ -3,6 +3,12 @@
     python tools/make_demo_data.py                      # data/cals_demo/voc
     python tools/make_demo_data.py --layout cityscapes  # data/cals_demo/cityscapes
 """
+import warnings
+
+# mmengine 0.10.7 imports pkg_resources, which the pinned setuptools deprecates
+# on every start: noise in a tool's one-line errors.
+warnings.filterwarnings('ignore', 'pkg_resources is deprecated', UserWarning)
+
 import argparse
 import os.path as osp
 

@@ -1,9 +1,15 @@
 """Print the whole config that tools/train.py would train: mmseg's
 tools/misc/print_config.py, with --method and --method-options, and --dump FILE
 in place of its fixed example.py."""
+import warnings
+
+# mmengine 0.10.7 imports pkg_resources, which the pinned setuptools deprecates
+# on every start: noise in a tool's one-line errors.
+warnings.filterwarnings('ignore', 'pkg_resources is deprecated', UserWarning)
+
 import argparse
 
-import cals_seg  # noqa: F401  (first: registers the plugin, quiets mmengine's import)
+import cals_seg  # noqa: F401  (registers the plugin)
 
 from cals_seg.utils.cli import add_config_arguments, build_config
 
