@@ -44,7 +44,7 @@ def severity_figure(series: Mapping[str, Mapping[int, Mapping[str, float]]],
 
 def series_by_output(means: Dict[int, Dict[str, Dict[str, float]]],
                      prefix: str = '') -> Dict[str, Dict[int, Dict[str, float]]]:
-    """``means[severity][output]`` regrouped as ``series[prefix + output][severity]``."""
+    """``means[severity][output]`` as ``series[prefix + output][severity]``."""
     series: Dict[str, Dict[int, Dict[str, float]]] = {}
     for severity, outputs in means.items():
         for output, metrics in outputs.items():
