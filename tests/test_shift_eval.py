@@ -191,3 +191,12 @@ def test_a_pipeline_without_a_loading_step_is_refused():
                                    dict(type='Resize', scale=(8, 8))], 'fog', 2)
     assert [s['type'] for s in pipeline] == ['LoadImageFromFile',
                                              'ImageCorruption', 'Resize']
+
+
+def test_other_runs_are_drawn_by_checkpoint_and_output(run):
+    sys.path.insert(0, osp.join(REPO, 'tools'))
+    import shift_eval
+    series = shift_eval._compared_series([str(run['out'] / 'metrics.json')])
+    assert set(series) == {'random raw', 'random ts'}
+    means = run['metrics']['means']
+    assert series['random ts'] == {int(s): v['ts'] for s, v in means.items()}

@@ -1,6 +1,8 @@
-"""Calibration under distribution shift: the test split under each ImageNet-C
-corruption and severity (Hendrycks & Dietterich, ICLR 2019), and on shifted
-domains, raw and after saved post-hoc calibrators (Ovadia et al., NeurIPS 2019).
+"""Calibration under distribution shift: ImageNet-C corruptions and a shifted domain.
+
+The test split under each ImageNet-C corruption and severity (Hendrycks &
+Dietterich, ICLR 2019) and a shifted domain's test split, raw and after saved
+post-hoc calibrators (Ovadia et al., NeurIPS 2019).
 
     python tools/shift_eval.py CONFIG CHECKPOINT                # 15 x 5 passes
     python tools/shift_eval.py CONFIG CHECKPOINT --corruptions gaussian_noise fog \\
