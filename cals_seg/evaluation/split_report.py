@@ -179,10 +179,9 @@ def evaluate_split(model,
                     logits.unsqueeze(0)).squeeze(0)
             calibrated = calibrated.cpu()
             prediction = calibrated.reshape(num_classes, -1).argmax(dim=0)[keep]
-            sums['confusion'] += torch.bincount(  # the sums stay on the CPU
+            sums['confusion'] += torch.bincount(
                 flat_labels[keep] * num_classes + prediction,
-                minlength=num_classes**2).reshape(num_classes,
-                                                  num_classes).double().cpu()
+                minlength=num_classes**2).reshape(num_classes, num_classes).double()
             image = calibration_statistics(calibrated, labels, num_bins,
                                            ignore_index=ignore_index,
                                            boundary_width=boundary_width)
