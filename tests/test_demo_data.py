@@ -198,8 +198,8 @@ def test_shifted_domain_is_the_test_scenes_under_other_conditions(voc, shifted):
         saturation.append(hsv[1][..., 1].mean() / hsv[0][..., 1].mean())
     # Dimmer, and by a different factor per image (uneven light).
     ratio = np.array(value_shifted) / np.array(value_source)
-    assert 0.4 < ratio.mean() < 0.85 and ratio.std() > 0.01
-    assert np.mean(saturation) < 0.9  # faded colours
+    assert 0.75 < ratio.mean() < 0.95 and ratio.std() > 0.01
+    assert np.mean(saturation) < 0.95  # faded colours
 
 
 def test_mmseg_reads_the_shifted_domain_with_the_demo_config(shifted):

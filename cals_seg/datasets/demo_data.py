@@ -82,9 +82,10 @@ LABEL_JITTER = 0.05  # std of the label shape's offset, in object radii
 # by ``colour_cast`` (sodium street light). Texture: stripe periods times
 # ``period_scale``. Sensor: a Gaussian blur of ``blur_sigma`` pixels, then pixel
 # noise ``noise_scale`` times the source's.
-SHIFT = dict(gain=(0.45, 0.85), desaturation=0.45,
-             colour_cast=(1.12, 0.97, 0.78), period_scale=1.3, blur_sigma=0.9,
-             noise_scale=1.8)
+# Chosen so that the cross-entropy model of configs/demo keeps a meaningful test
+# mIoU (about two thirds of the source domain's) while its ECE doubles.
+SHIFT = dict(gain=(0.8, 1.0), desaturation=0.2, colour_cast=(1.05, 1.0, 0.92),
+             period_scale=1.15, blur_sigma=0.6, noise_scale=1.4)
 
 
 def voc_palette() -> List[int]:
