@@ -235,7 +235,7 @@ def run(args) -> dict:
     write_atomic(osp.join(out_dir, 'metrics.json'),
                  json.dumps(metrics, indent=2).encode())
     write_atomic(osp.join(out_dir, 'shift.png'), severity_figure(
-        series, title=f'mean over {len(args.corruptions)} corruptions'))
+        series, title=f'mean over {len(args.corruptions)} corruption(s)'))
     print(table)
     print(f'wrote table.txt, metrics.json and shift.png to {out_dir}')
     return metrics

@@ -27,11 +27,13 @@ def severity_figure(series: Mapping[str, Mapping[int, Mapping[str, float]]],
     """
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4),
                              squeeze=False)
+    severities = sorted({s for by_severity in series.values() for s in by_severity})
     for ax, (key, label) in zip(axes[0], panels):
         for name, by_severity in series.items():
-            severities = sorted(by_severity)
-            ax.plot(severities, [by_severity[s][key] for s in severities],
+            ax.plot(sorted(by_severity),
+                    [by_severity[s][key] for s in sorted(by_severity)],
                     marker='o', markersize=4, linewidth=1.5, label=name)
+        ax.set_xticks(severities)
         ax.set_xlabel('severity (0: clean)', fontsize=8)
         ax.set_ylabel(label, fontsize=8)
         ax.tick_params(labelsize=7)
