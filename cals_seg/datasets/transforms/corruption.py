@@ -21,7 +21,8 @@ corrupted image depends on the order in which workers load images. Here the
 image is converted to the RGB the library expects (``frost`` and ``snow`` are
 not symmetric in the colour channels), and the random state of each call is
 derived from the seed and the image's content, so the same image gets the same
-corruption whatever the number of workers or the order.
+corruption whatever the number of workers or the order, with the same draws at
+every severity (:func:`corruption_rng`).
 """
 import functools
 import hashlib
