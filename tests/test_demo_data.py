@@ -147,3 +147,71 @@ def test_mmseg_datasets_read_both_layouts(layout, tmp_path):
         assert label.shape == (1, 32, 32)
         values = set(label.unique().tolist())
         assert values <= set(range(6)) | {255} and values & set(range(6))
+
+
+def _pixel_digest(root):
+    """SHA-1 of every PNG's path and decoded pixels: lossless, so it does not
+    depend on the encoder's version."""
+    digest = hashlib.sha1()
+    for path in sorted(glob.glob(osp.join(root, '**', '*.png'), recursive=True)):
+        digest.update(osp.relpath(path, root).encode())
+        digest.update(cv2.imread(path, cv2.IMREAD_UNCHANGED).tobytes())
+    return digest.hexdigest()
+
+
+@pytest.mark.parametrize('args, expected', [
+    ((3, 2, 32, 7), 'eb2ed44e4b45184c8b15fde0055a50b805b99153'),
+    ((2, 2, 128, 0), '1b265bea2980107e670d5eb7e80acabdc71edb57'),
+])
+def test_source_domain_pixels_are_unchanged(tmp_path, args, expected):
+    # Digests of the generator before the shifted domain was added (commit
+    # 81e4286): the default domain's images and labels must stay identical, as
+    # docs/results.md was measured on them.
+    make_demo_dataset(str(tmp_path), 'cityscapes', *args)
+    assert _pixel_digest(str(tmp_path)) == expected
+
+
+@pytest.fixture(scope='module')
+def shifted(tmp_path_factory):
+    return make_demo_dataset(str(tmp_path_factory.mktemp('shifted')), 'voc',
+                             domain='shifted')
+
+
+def test_shifted_domain_is_the_test_scenes_under_other_conditions(voc, shifted):
+    assert shifted['val'] == voc['val'] and shifted['train'] == []
+    root = shifted['data_root']
+    assert sorted(open(osp.join(root, 'ImageSets', 'Segmentation',
+                                'val.txt')).read().split()) == sorted(voc['val'])
+    assert not osp.exists(osp.join(root, 'ImageSets', 'Segmentation', 'train.txt'))
+    value_source, value_shifted, saturation = [], [], []
+    for name in voc['val']:
+        label = np.array(Image.open(osp.join(voc['data_root'], 'SegmentationClass',
+                                             f'{name}.png')))
+        np.testing.assert_array_equal(  # same scene, same labels
+            np.array(Image.open(osp.join(root, 'SegmentationClass', f'{name}.png'))),
+            label)
+        images = [cv2.imread(osp.join(r, 'JPEGImages', f'{name}.jpg'))
+                  for r in (voc['data_root'], root)]
+        hsv = [cv2.cvtColor(i, cv2.COLOR_BGR2HSV).astype(float) for i in images]
+        value_source.append(hsv[0][..., 2].mean())
+        value_shifted.append(hsv[1][..., 2].mean())
+        saturation.append(hsv[1][..., 1].mean() / hsv[0][..., 1].mean())
+    # Dimmer, and by a different factor per image (uneven light).
+    ratio = np.array(value_shifted) / np.array(value_source)
+    assert 0.75 < ratio.mean() < 0.95 and ratio.std() > 0.01
+    assert np.mean(saturation) < 0.95  # faded colours
+
+
+def test_mmseg_reads_the_shifted_domain_with_the_demo_config(shifted):
+    register_all_modules()
+    data = Config.fromfile(osp.join(REPO, 'configs', '_base_', 'datasets',
+                                    'demo_voc.py'))
+    point_at(data.test_dataloader, shifted['data_root'])
+    dataset = DATASETS.build(data.test_dataloader.dataset)
+    assert len(dataset) == len(shifted['val'])
+    assert dataset[0]['inputs'].shape == (3, 128, 128)
+
+
+def test_unknown_domain_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="'source', 'shifted'"):
+        make_demo_dataset(str(tmp_path), 'voc', domain='night')

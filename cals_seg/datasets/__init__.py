@@ -1,3 +1,4 @@
 from .hash_split import HashSplitDataset, hash_fraction
+from .transforms import ImageCorruption
 
-__all__ = ['HashSplitDataset', 'hash_fraction']
+__all__ = ['HashSplitDataset', 'ImageCorruption', 'hash_fraction']

@@ -31,6 +31,13 @@ effect):
 Classes are subsets of VOC's and Cityscapes' class names at their original
 indices, because mmseg's datasets map labels by class name.
 
+``domain='shifted'`` writes a second test split for evaluating calibration under
+distribution shift, as Cityscapes -> ACDC (the same classes seen at night, in fog
+or rain): the same scenes and label maps as the source test split, so a change
+in the numbers is the appearance's alone, seen under other conditions (see
+:data:`SHIFT`): dimmer, uneven lighting; a colour cast with faded colours;
+coarser stripes; a softer lens and more sensor noise.
+
 Why it lives in the package rather than under tests/: it is the dataset of
 ``make demo``, of the benchmark in docs/results.md and of the study and shift
 tools, which users run from an installed package, as well as of the tests. It
@@ -38,13 +45,14 @@ needs numpy, OpenCV and Pillow only, and ``import cals_seg`` does not load it.
 """
 import os
 import os.path as osp
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
 from PIL import Image
 
 LAYOUTS = ('voc', 'cityscapes')
+DOMAINS = ('source', 'shifted')
 VOC_CLASSES = ('background', 'aeroplane', 'bicycle', 'bird', 'boat', 'bottle')
 CITYSCAPES_CLASSES = ('road', 'sidewalk', 'building', 'wall', 'fence', 'pole')
 CITY = 'demoville'
@@ -67,6 +75,17 @@ OBJECT_COLOUR_STD = 18.0
 DISTRACTORS = dict(objects=2.0, radius=(0.05, 0.16), mimic=0.35)
 PIXEL_NOISE_STD = 10.0
 LABEL_JITTER = 0.05  # std of the label shape's offset, in object radii
+# The shifted domain's conditions. Lighting: the scene's brightness times a
+# smooth gain field that falls from ``gain[1]`` to ``gain[0]`` across the image
+# in a random direction (dusk, one light source). Palette: colours move
+# ``desaturation`` of the way to their grey level, then each channel is scaled
+# by ``colour_cast`` (sodium street light). Texture: stripe periods times
+# ``period_scale``. Sensor: a Gaussian blur of ``blur_sigma`` pixels, then pixel
+# noise ``noise_scale`` times the source's.
+# Chosen so that the cross-entropy model of configs/demo keeps a meaningful test
+# mIoU (about two thirds of the source domain's) while its ECE doubles.
+SHIFT = dict(gain=(0.8, 1.0), desaturation=0.2, colour_cast=(1.05, 1.0, 0.92),
+             period_scale=1.15, blur_sigma=0.6, noise_scale=1.4)
 
 
 def voc_palette() -> List[int]:
@@ -91,13 +110,15 @@ def _ellipse(yy, xx, cy, cx, ry, rx, angle) -> np.ndarray:
     return (u / max(rx, 1.0))**2 + (v / max(ry, 1.0))**2 <= 1.0
 
 
-def _appearance(rng: np.random.Generator, spec: dict, yy, xx) -> np.ndarray:
+def _appearance(rng: np.random.Generator, spec: dict, yy, xx,
+                period_scale: float = 1.0) -> np.ndarray:
     """An object's texture (H, W, 3): its own colour drawn around the class mean,
-    and stripes of its own period and angle when the class has them."""
+    and stripes of its own period (times ``period_scale``) and angle when the
+    class has them."""
     colour = np.array(spec['colour'], np.float32) + rng.normal(0, OBJECT_COLOUR_STD, 3)
     texture = np.broadcast_to(colour, yy.shape + (3, )).copy()
     if spec.get('period'):
-        period = rng.uniform(*spec['period'])
+        period = rng.uniform(*spec['period']) * period_scale
         angle = rng.uniform(0, np.pi)
         phase = (xx * np.cos(angle) + yy * np.sin(angle)) * (2 * np.pi / period)
         texture += 28 * np.sin(phase)[..., None]
@@ -113,9 +134,31 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     return base + 35 * shading
 
 
-def _draw_sample(rng: np.random.Generator,
-                 size: int) -> Tuple[np.ndarray, np.ndarray]:
-    """One image (H, W, 3) uint8 and its label map (H, W) uint8."""
+def _shifted_conditions(image: np.ndarray, rng: np.random.Generator,
+                        shift: dict) -> np.ndarray:
+    """The scene ``image`` (H, W, 3) float32 under the shifted domain's lighting,
+    palette and lens (:data:`SHIFT`); ``rng`` draws the light's direction."""
+    size = image.shape[0]
+    yy, xx = np.mgrid[:size, :size].astype(np.float32) / max(size - 1, 1)
+    angle = rng.uniform(0, 2 * np.pi)
+    ramp = (np.cos(angle) * (xx - 0.5) + np.sin(angle) * (yy - 0.5)) / np.sqrt(2) + 0.5
+    low, high = shift['gain']
+    grey = image.mean(axis=2, keepdims=True)
+    image = image + shift['desaturation'] * (grey - image)
+    image = image * np.array(shift['colour_cast'], np.float32)
+    image = image * (low + (high - low) * ramp)[..., None]
+    return cv2.GaussianBlur(image, (0, 0), shift['blur_sigma'])
+
+
+def _draw_sample(rng: np.random.Generator, size: int, shift: Optional[dict] = None,
+                 shift_rng: Optional[np.random.Generator] = None
+                 ) -> Tuple[np.ndarray, np.ndarray]:
+    """One image (H, W, 3) uint8 and its label map (H, W) uint8.
+
+    With ``shift`` (:data:`SHIFT`), the scene and its labels are the ones the
+    same ``rng`` state gives without it (the shift draws nothing from ``rng``:
+    its own draws come from ``shift_rng``); only the appearance changes."""
+    period_scale = 1.0 if shift is None else shift['period_scale']
     yy, xx = np.mgrid[:size, :size].astype(np.float32)
     image = _background(rng, size)
     label = np.zeros((size, size), np.uint8)
@@ -133,7 +176,7 @@ def _draw_sample(rng: np.random.Generator,
         shape = _ellipse(yy, xx, cy, cx, ry, rx * 0.5, rng.uniform(0, np.pi)) | \
             _ellipse(yy, xx, cy + rng.normal(0, ry / 2), cx + rng.normal(0, rx / 2),
                      ry * 0.5, rx, rng.uniform(0, np.pi))
-        image[shape] = _appearance(rng, spec, yy, xx)[shape]
+        image[shape] = _appearance(rng, spec, yy, xx, period_scale)[shape]
 
     objects = []
     for cls, spec in FOREGROUND.items():
@@ -147,14 +190,18 @@ def _draw_sample(rng: np.random.Generator,
         jitter = rng.normal(0, LABEL_JITTER, 4) * np.array([ry, rx, ry, rx])
         label_shape = _ellipse(yy, xx, cy + jitter[0], cx + jitter[1],
                                ry + jitter[2], rx + jitter[3], angle)
-        image[shape] = _appearance(rng, spec, yy, xx)[shape]
+        image[shape] = _appearance(rng, spec, yy, xx, period_scale)[shape]
         label[label_shape] = cls
         # A later object covers an earlier one's ring as well as its pixels.
         ignore &= ~label_shape
         outline = label_shape.astype(np.uint8)
         ignore |= (cv2.dilate(outline, kernel) > 0) & ~cv2.erode(outline,
                                                                   kernel).astype(bool)
-    image += rng.normal(0, PIXEL_NOISE_STD, image.shape)
+    noise_std = PIXEL_NOISE_STD
+    if shift is not None:
+        image = _shifted_conditions(image, shift_rng, shift)
+        noise_std = PIXEL_NOISE_STD * shift['noise_scale']
+    image += rng.normal(0, noise_std, image.shape)
     image = np.clip(image, 0, 255).astype(np.uint8)
     return image, np.where(ignore, IGNORE_INDEX, label).astype(np.uint8)
 
@@ -173,7 +220,9 @@ def _write_voc(root: str, split_names: Dict[str, Sequence[str]], samples):
         indexed.save(osp.join(voc, 'SegmentationClass', f'{name}.png'))
         Image.fromarray(label, mode='L').save(
             osp.join(voc, 'SegmentationClassAug', f'{name}.png'))
-    lists = dict(split_names, aug=split_names['train'])
+    lists = dict(split_names)
+    if 'train' in split_names:
+        lists['aug'] = split_names['train']
     for split, names in lists.items():
         with open(osp.join(voc, 'ImageSets', 'Segmentation', f'{split}.txt'),
                   'w') as f:
@@ -201,7 +250,8 @@ def make_demo_dataset(root: str,
                       num_train: int = 24,
                       num_val: int = 40,
                       size: int = 128,
-                      seed: int = 0) -> dict:
+                      seed: int = 0,
+                      domain: str = 'source') -> dict:
     """Write the demo dataset under ``root``; the same arguments give the same files.
 
     Args:
@@ -211,13 +261,18 @@ def make_demo_dataset(root: str,
             the benchmark reports on.
         size (int): image side in pixels.
         seed (int): random seed.
+        domain (str): 'source' writes both splits; 'shifted' writes the 'val'
+            split only, with the scenes and label maps of the source 'val' split
+            of the same arguments, under the conditions of :data:`SHIFT`.
 
     Returns:
-        dict: ``data_root`` to give mmseg's dataset, ``classes`` and the split
-        names.
+        dict: ``data_root`` to give mmseg's dataset, ``classes``, ``domain`` and
+        the split names (``train`` is empty for the shifted domain).
     """
     if layout not in LAYOUTS:
         raise ValueError(f'layout must be one of {LAYOUTS}, got {layout!r}')
+    if domain not in DOMAINS:
+        raise ValueError(f'domain must be one of {DOMAINS}, got {domain!r}')
     if num_train < 1 or num_val < 1 or size < 16:
         raise ValueError('need num_train >= 1, num_val >= 1 and size >= 16, got '
                          f'num_train={num_train}, num_val={num_val}, size={size}')
@@ -234,13 +289,24 @@ def make_demo_dataset(root: str,
                                          ('val', num_train, num_val))
         }
     samples = {}
-    for split in ('train', 'val'):
-        for name in split_names[split]:
-            samples[name] = _draw_sample(rng, size)
+    if domain == 'source':
+        for split in ('train', 'val'):
+            for name in split_names[split]:
+                samples[name] = _draw_sample(rng, size)
+    else:
+        # Draw the training scenes too, unshifted and unwritten, so the test
+        # scenes are the source test split's.
+        for name in split_names['train']:
+            _draw_sample(rng, size)
+        shift_rng = np.random.default_rng([seed, DOMAINS.index(domain)])
+        for name in split_names['val']:
+            samples[name] = _draw_sample(rng, size, SHIFT, shift_rng)
+        split_names = dict(train=[], val=split_names['val'])
+    written = {k: v for k, v in split_names.items() if v}
     if layout == 'voc':
-        data_root = _write_voc(root, split_names, samples)
+        data_root = _write_voc(root, written, samples)
         classes = VOC_CLASSES
     else:
-        data_root = _write_cityscapes(root, split_names, samples)
+        data_root = _write_cityscapes(root, written, samples)
         classes = CITYSCAPES_CLASSES
-    return dict(data_root=data_root, classes=classes, **split_names)
+    return dict(data_root=data_root, classes=classes, domain=domain, **split_names)
