@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from cals_seg.calibrators import load_calibrator
 from helpers import REPO, run_tool
 
 
@@ -72,9 +73,12 @@ def test_benchmark_writes_table_figures_and_reuses_finished_runs(tmp_path):
     printed = run_tool([
         'tools/regime_report.py',
         'configs/demo/pspnet_r18tiny_1500it_demo-voc_ce.py', report['checkpoint'],
-        '--device', 'cpu', '--cfg-options'
+        '--device', 'cpu', '--save-calibrators', str(tmp_path / 'calibrators'),
+        '--cfg-options'
     ] + roots)
     assert printed.returncode == 0, printed.stderr[-3000:]
+    saved = load_calibrator(str(tmp_path / 'calibrators' / 'calibrator_ts.pth'), 6)
+    assert saved.temperature == pytest.approx(report['temperature'], rel=1e-6)
     for line in ('1. pooled ECE (%)', 'per-image ECE (%)', '2. foreground ECE',
                  '3. acc < conf in every bin > 0.5', '4. training-part pixel',
                  'test mIoU', '5. logit distances > 10',

@@ -28,6 +28,7 @@ import json
 import os
 import os.path as osp
 import sys
+from typing import Tuple
 
 import torch
 from mmengine.config import Config, DictAction
@@ -60,6 +61,10 @@ def parse_args(argv=None):
                         metavar='NAME',
                         help='post-hoc calibrators to fit on the hold-out part '
                         '(default: ts; none: no fitting)')
+    parser.add_argument('--save-calibrators', metavar='DIR',
+                        help='write each fitted calibrator to '
+                        'DIR/calibrator_<name>.pth (for tools/test.py --calibrator '
+                        'and tools/shift_eval.py --calibrator)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config settings, as in tools/train.py')
     add_device_argument(parser, 'runs the model and the calibrators')
@@ -72,9 +77,10 @@ def load_model(cfg: Config, checkpoint: str, device: torch.device):
 
 
 def report(cfg: Config, checkpoint: str, calibrators=('ts', ),
-           device: torch.device = torch.device('cpu')) -> dict:
+           device: torch.device = torch.device('cpu')) -> Tuple[dict, dict]:
     """Every number of one trained run (see the module docstring), with the
-    model and the calibrators on ``device``."""
+    model and the calibrators on ``device``; and the fitted calibrators by
+    short name."""
     init_default_scope('mmseg')
     model = load_model(cfg, checkpoint, device)
     num_classes = model.decode_head.num_classes
@@ -101,7 +107,7 @@ def report(cfg: Config, checkpoint: str, calibrators=('ts', ),
             name: reliability_bins(outputs[name]['pooled']) for name in fitted}
     if 'ts' in fitted:
         result['temperature'] = fitted['ts'].temperature
-    return result
+    return result, fitted
 
 
 def format_figures(figures: dict) -> str:
@@ -140,8 +146,12 @@ def main(argv=None):
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
     torch.set_grad_enabled(False)
-    result = report(cfg, args.checkpoint, args.calibrators, args.device)
+    result, fitted = report(cfg, args.checkpoint, args.calibrators, args.device)
     print(format_figures(result['figures']))
+    if args.save_calibrators:
+        os.makedirs(args.save_calibrators, exist_ok=True)
+        for name, calibrator in fitted.items():
+            calibrator.save(osp.join(args.save_calibrators, f'calibrator_{name}.pth'))
     for name, metrics in result.get('metrics_posthoc', {}).items():
         fit = result['fits'][name]
         print(f"{name} fitted on the hold-out part (NLL on its "
