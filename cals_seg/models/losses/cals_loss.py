@@ -16,7 +16,7 @@ from ...functional.multipliers import (NO_PREVIOUS_CONSTRAINT, MultiplierState,
                            update_multipliers)
 from ...functional.penalties import get_penalty
 from ...functional.pixel_penalty import constraint_penalty_map
-from .penalty_objective import PenaltyObjective
+from .penalty_objective import PenaltyObjective, base_loss_input
 from .reduction import check_pixel_weight, reduce_pixel_losses, resolve_reduction
 
 
@@ -259,8 +259,7 @@ class CALSLoss(nn.Module):
                     f'{reduction_override!r} the base loss returned shape '
                     f'{tuple(base.shape)}, the penalty {tuple(penalty.shape)}')
             return self.loss_weight * (base + penalty_weight * penalty)
-        need_grad = cls_score.requires_grad and torch.is_grad_enabled()
-        base_input = cls_score.detach().requires_grad_() if need_grad else cls_score
+        base_input, need_grad = base_loss_input(cls_score)
         base = self.base_loss(base_input, label, None, **base_args)
         result = self._penalty(cls_score, label, ignore_index, need_grad=need_grad,
                                need_statistics=collect)
