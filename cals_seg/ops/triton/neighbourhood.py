@@ -15,7 +15,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._launch import class_tile
+from ._launch import (class_tile, clip, largest_logit_direction, load_logit_tile,
+                      nonfinite_per_pixel, phr_derivative)
 
 
 @triton.jit
@@ -75,13 +76,8 @@ def _grouped_kernel(z_ptr, label_ptr, base_ptr, offset_ptr, slope_ptr, lambd_ptr
     image = tl.program_id(1).to(tl.int64)
     num_pixels = height * width
     row = image * tl.num_programs(0) + block
-    pixel = block * BLOCK + tl.arange(0, BLOCK)
-    k = tl.arange(0, CLASSES)
-    in_image = pixel < num_pixels
-    is_class = k < num_classes
-    tile = is_class[:, None] & in_image[None, :]
-    index = (image * num_classes + k[:, None]) * num_pixels + pixel[None, :]
-    z = tl.load(z_ptr + index, mask=tile, other=float('-inf'))
+    pixel, k, in_image, is_class, tile, index, z = load_logit_tile(
+        z_ptr, image, block, num_classes, num_pixels, float('-inf'), CLASSES, BLOCK)
     image_start = image * num_pixels
     label = tl.load(label_ptr + image_start + pixel, mask=in_image, other=-1)
     base = tl.load(base_ptr + image_start + pixel, mask=in_image, other=0)
@@ -103,9 +99,7 @@ def _grouped_kernel(z_ptr, label_ptr, base_ptr, offset_ptr, slope_ptr, lambd_ptr
     else:
         top = tl.max(z, axis=0)
         distance = top[None, :] - z
-    y = offset + slope * distance
-    # y < 0 rather than a maximum: a NaN stays NaN, as torch.clamp_min keeps it.
-    x = tl.where(usable, tl.where(y < 0, 0.0, y), 0.0)
+    x = phr_derivative(offset, slope, distance, usable)
     value = tl.where(usable, (x * x - lambd * lambd) * (0.5 / rho), 0.0)
     tl.store(partial_ptr + 2 * row, tl.sum(tl.sum(value, axis=1), axis=0).to(tl.float64))
     if NEED_GRAD:
@@ -114,16 +108,12 @@ def _grouped_kernel(z_ptr, label_ptr, base_ptr, offset_ptr, slope_ptr, lambd_ptr
             sign = (z > target).to(tl.float32) - (z < target).to(tl.float32)
             direction = x * sign
         else:
-            # Tied largest logits split the winner's share, as the gradient of amax.
-            wins = tile & (z == top[None, :])
-            winners = tl.sum(wins.to(tl.float32), axis=0)
-            share = tl.sum(x, axis=0) / tl.where(winners > 0, winners, 1.0)
-            direction = x - tl.where(wins, share[None, :], 0.0)
+            direction = largest_logit_direction(x, z, top, tile)
         tl.store(direction_ptr + index, direction, mask=tile)
     if NEED_STATS:
-        nonfinite_logits = tl.sum(tl.where(tile & (z - z != 0), 1, 0), axis=0)
+        nonfinite_logits = nonfinite_per_pixel(z, tile)
         kept = usable & (nonfinite_logits == 0)[None, :]
-        clipped = tl.where(x < lambd_min, lambd_min, tl.where(x > lambd_max, lambd_max, x))
+        clipped = clip(x, lambd_min, lambd_max)
         _add_group_sums(group_sums_ptr, group, kept, clipped, k, logit_stride,
                         num_groups)
         _add_group_sums(group_sums_ptr + num_groups, group, kept, distance, k,
@@ -147,12 +137,8 @@ def _proportion_terms_kernel(z_ptr, label_ptr, weights_ptr, pixel_weight_ptr,
     block = tl.program_id(0)
     image = tl.program_id(1).to(tl.int64)
     num_pixels = height * width
-    pixel = block * BLOCK + tl.arange(0, BLOCK)
-    k = tl.arange(0, CLASSES)
-    in_image = pixel < num_pixels
-    tile = (k < num_classes)[:, None] & in_image[None, :]
-    index = (image * num_classes + k[:, None]) * num_pixels + pixel[None, :]
-    z = tl.load(z_ptr + index, mask=tile, other=0.0)
+    pixel, k, in_image, _, tile, index, z = load_logit_tile(
+        z_ptr, image, block, num_classes, num_pixels, 0.0, CLASSES, BLOCK)
     image_start = image * num_pixels
     label = tl.load(label_ptr + image_start + pixel, mask=in_image, other=-1)
     ones = tl.full((BLOCK, ), 1.0, tl.float32)
