@@ -11,7 +11,7 @@ from ...functional.cals import (ConstraintPenalty, RoundStatistics, constraint_p
                            grouped_constraint_penalty)
 from ...functional.labels import check_label_range
 from ...functional.groups import group_layout, group_names, num_groups
-from ...functional.neighbourhood import ScaledProportions
+from ...functional.neighbourhood import ScaledProportions, boundary_mask
 from ...functional.multipliers import (NO_PREVIOUS_CONSTRAINT, MultiplierState,
                            update_multipliers)
 from ...functional.penalties import get_penalty
@@ -175,10 +175,19 @@ class CALSLoss(nn.Module):
         """Readable names of the multipliers, for logs."""
         return group_names(self.groups, class_names)
 
-    def reference(self, label: Tensor, valid: Tensor) -> Optional[ScaledProportions]:
+    def reference(self, label: Tensor, valid: Tensor,
+                  boundary: Optional[Tensor] = None) -> Optional[ScaledProportions]:
         """The targets ``r`` of constraints ``|r - z|``; None for CALS's
-        logit distances (CRaCLoss overrides it)."""
+        logit distances (CRaCLoss overrides it). ``boundary``: the 'region'
+        grouping's boundary mask, when there is one."""
         return None
+
+    def _region_boundary(self, label: Tensor) -> Optional[Tensor]:
+        """The 'region' grouping's boundary mask, formed once per step for the
+        groups and CRaC's targets, which both read it; None for the others."""
+        if self.groups != 'region':
+            return None
+        return boundary_mask(label, self.region_width)
 
     def _check_inputs(self, cls_score: Tensor, label: Tensor, ignore_index: int):
         if cls_score.dim() < 2 or cls_score.shape[1] != self.num_classes:
@@ -200,13 +209,14 @@ class CALSLoss(nn.Module):
                  need_grad: bool, need_statistics: bool) -> ConstraintPenalty:
         clip = (self.lambd_min, self.lambd_max) if need_statistics else None
         valid = label != ignore_index
-        reference = self.reference(label, valid)
+        boundary = self._region_boundary(label)
+        reference = self.reference(label, valid, boundary)
         if self.groups == 'logit' and reference is None:
             return constraint_penalty(logits, valid, self.multipliers, self.rho,
                                       self.margin, self.normalize, self.penalty_fn,
                                       need_grad=need_grad, statistics_clip=clip)
         group = group_layout(self.groups, label, valid, self.num_classes,
-                             self.region_width)
+                             self.region_width, boundary)
         return grouped_constraint_penalty(
             logits, valid, group, self.multipliers, self.rho, self.margin,
             self.normalize, self.penalty_fn, reference, need_grad=need_grad,
@@ -280,9 +290,10 @@ class CALSLoss(nn.Module):
 
     def _penalty_map(self, logits: Tensor, label: Tensor, valid: Tensor) -> Tensor:
         """``mean_k P(h_ik)`` at every pixel, ``(N, *S)``, by autograd."""
-        reference = self.reference(label, valid)
+        boundary = self._region_boundary(label)
+        reference = self.reference(label, valid, boundary)
         group = group_layout(self.groups, label, valid, self.num_classes,
-                             self.region_width)
+                             self.region_width, boundary)
         return constraint_penalty_map(
             logits, valid, group, self.multipliers, self.rho, self.margin,
             self.normalize, self.penalty_fn,
