@@ -8,8 +8,9 @@ grouping makes the multiplier depend on where the pixel is:
 - ``'label_logit'``: ``y_i * C + k`` (``C^2`` groups);
 - ``'region'``: ``k`` for interior pixels, ``C + k`` for boundary pixels, a
   pixel being on a boundary when its ``(2 width + 1)^2`` window holds another
-  label, the ignore label included (:func:`cals_seg.functional.neighbourhood.boundary_mask`;
-  CRaC's class x {interior, boundary}; ``2C`` groups).
+  label, the ignore label included
+  (:func:`cals_seg.functional.neighbourhood.boundary_mask`; CRaC's class x
+  {interior, boundary}; ``2C`` groups).
 """
 from typing import List, NamedTuple, Optional, Sequence
 

@@ -27,8 +27,8 @@ class CALSLoss(nn.Module):
     ``loss = loss_weight * (base_loss + penalty_weight * mean_{i valid, k}
     P(h_ik; lambd_k, rho_k))`` with ``h_ik = (max_j z_ij - z_ik - margin) / margin``.
     The multipliers ``lambd`` and penalty parameters ``rho`` are constants here;
-    :class:`~cals_seg.engine.hooks.CALSMultiplierHook` updates them between rounds from the
-    statistics this module collects (``source='train'``) or computes
+    :class:`~cals_seg.engine.hooks.CALSMultiplierHook` updates them between rounds
+    from the statistics this module collects (``source='train'``) or computes
     (:meth:`statistics_from_logits`). Ignored pixels get no penalty and give no
     statistics. The penalty is computed in float32 whatever the logits' dtype.
 

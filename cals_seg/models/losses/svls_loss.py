@@ -38,8 +38,9 @@ class SVLSLoss(PixelwiseLoss):
     q_ik) z_ik`` (:func:`cals_seg.functional.svls.soft_label_shift`), the
     same loss and gradient, since ``q`` sums to 1: on CPU in one fused pass,
     elsewhere with ``q`` formed densely and turned into the gradient in place
-    (no host synchronisation). The loss costs little more than cross-entropy. ``reduction_override='none'`` forms
-    the per-pixel map with ``q`` dense and autograd.
+    (no host synchronisation). The loss costs little more than cross-entropy.
+    ``reduction_override='none'`` forms the per-pixel map with ``q`` dense and
+    autograd.
 
     Args:
         kernel_size (int): odd window size. Default: 3.
@@ -86,7 +87,7 @@ class SVLSLoss(PixelwiseLoss):
         correction = (total / reduction.divisor).float()
         if not need_grad:
             return self.loss_weight * (hard + correction)
-        objective = PenaltyObjective.apply(cls_score, (base_input, hard), correction,
-                                           direction,
-                                           1.0 / torch.as_tensor(reduction.divisor), 1.0)
+        objective = PenaltyObjective.apply(
+            cls_score, (base_input, hard), correction, direction,
+            1.0 / torch.as_tensor(reduction.divisor), 1.0)
         return self.loss_weight * objective

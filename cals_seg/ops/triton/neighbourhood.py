@@ -101,7 +101,8 @@ def _grouped_kernel(z_ptr, label_ptr, base_ptr, offset_ptr, slope_ptr, lambd_ptr
         distance = top[None, :] - z
     x = phr_derivative(offset, slope, distance, usable)
     value = tl.where(usable, (x * x - lambd * lambd) * (0.5 / rho), 0.0)
-    tl.store(partial_ptr + 2 * row, tl.sum(tl.sum(value, axis=1), axis=0).to(tl.float64))
+    tl.store(partial_ptr + 2 * row,
+             tl.sum(tl.sum(value, axis=1), axis=0).to(tl.float64))
     if NEED_GRAD:
         if TARGETS:
             # d P / d z = P' sign(z - r); the caller's scale is positive.
@@ -151,7 +152,8 @@ def _proportion_terms_kernel(z_ptr, label_ptr, weights_ptr, pixel_weight_ptr,
         factor *= tl.load(pixel_weight_ptr + image_start + pixel, mask=in_image,
                           other=0.0)
     if SHIFT:
-        direction = factor[None, :] * ((k[:, None] == label[None, :]).to(tl.float32) - tau)
+        onehot = (k[:, None] == label[None, :]).to(tl.float32)
+        direction = factor[None, :] * (onehot - tau)
         terms = direction * z
     else:
         difference = z - tau
