@@ -363,6 +363,10 @@ TRITON_BAD_ARGUMENTS = [
     ('grouped_phr_penalty', 'logit_stride', lambda s: -1, 'logit_stride must be >= 0'),
     ('grouped_phr_penalty', 'rho', lambda t: t[:2], r'rho \(G\) .* shape \(10,\)'),
     ('grouped_phr_penalty', 'target_scale', lambda t: t.double(), 'target_scale'),
+    ('grouped_phr_penalty', 'group_base', lambda t: t + 9,
+     r'a group index is outside \[0, G\), G = 10'),
+    ('nacl_penalty', 'label', lambda t: t.where(t != 2, 5), r'labels must be in '
+     r'\[0, C = 5\) or the ignore value -1, got values in \[-1, 5\]'),
     ('svls_shift', 'pixel_weight', lambda t: t[:, :3], r'pixel_weight \(N, P\)'),
     ('calibration_statistics', 'labels', lambda t: t.int(),
      r'labels \(P\) .*torch.int64'),

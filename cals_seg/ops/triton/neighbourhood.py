@@ -165,16 +165,6 @@ def _proportion_terms_kernel(z_ptr, label_ptr, weights_ptr, pixel_weight_ptr,
     tl.store(partial_ptr + image * tl.num_programs(0) + block, total.to(tl.float64))
 
 
-def _check_labels(name: str, logits: torch.Tensor, label: torch.Tensor) -> None:
-    """Every label in ``[0, C)`` or the ignore value -1 (the shapes are checked
-    by ``cals_seg.ops.triton``)."""
-    if label.numel() and (int(label.min()) < -1 or
-                          int(label.max()) >= logits.shape[1]):
-        raise ValueError(f'{name}: labels must be in [0, C = {logits.shape[1]}) or '
-                         f'the ignore value -1, got values in [{int(label.min())}, '
-                         f'{int(label.max())}]')
-
-
 def _window(weights: torch.Tensor) -> int:
     size = weights.shape[0]
     if weights.dim() != 2 or weights.shape[1] != size or size % 2 != 1:
@@ -196,18 +186,11 @@ def grouped_phr_penalty(logits, label, height, width, group_base, logit_stride,
     with ``need_statistics``, over valid pixels whose logits are all finite,
     ``clipped`` (sum clip(P'), ``[G]``), ``distance`` (sum d, ``[G]``),
     ``count`` (pairs, ``[G]``), and ``num_nonfinite`` (the other valid pixels).
-    Names not asked for are absent.
-
-    Raises:
-        ValueError: a label or group index out of range, shapes that disagree.
+    Names not asked for are absent. The arguments are checked by
+    ``cals_seg.ops.triton``.
     """
     num_images, num_classes, num_pixels = logits.shape
     num_groups = offset.numel()
-    _check_labels('grouped_phr_penalty', logits, label)
-    if group_base.numel() and (int(group_base.min()) < 0 or int(group_base.max()) +
-                               logit_stride * (num_classes - 1) >= num_groups):
-        raise ValueError('grouped_phr_penalty: a group index is outside [0, G), '
-                         f'G = {num_groups}')
     targets = weights.numel() > 0
     weights = weights.to(logits.device)  # the CPU kernel's callers build it on the CPU
     classes, block = class_tile(num_classes)
@@ -237,10 +220,8 @@ def grouped_phr_penalty(logits, label, height, width, group_base, logit_stride,
     return out
 
 
-def _proportion_terms(name, logits, label, height, width, weights, pixel_weight,
-                      shift):
+def _proportion_terms(logits, label, height, width, weights, pixel_weight, shift):
     num_images, num_classes, num_pixels = logits.shape
-    _check_labels(name, logits, label)
     weights = weights.to(logits.device)  # the CPU kernel's callers build it on the CPU
     classes, block = class_tile(num_classes)
     blocks = triton.cdiv(num_pixels, block)
@@ -260,7 +241,7 @@ def nacl_penalty(logits, label, height, width, weights):
     """NACL's ``sum_{i valid, k} |z_ik - tau_ik|`` and ``sign(z - tau)`` (0 at
     ignored pixels). Args and Returns: as nacl_penalty in
     neighbourhood_penalties.cpp."""
-    return _proportion_terms('nacl_penalty', logits, label, height, width, weights,
+    return _proportion_terms(logits, label, height, width, weights,
                              logits.new_empty(0), shift=False)
 
 
@@ -268,5 +249,5 @@ def svls_shift(logits, label, height, width, weights, pixel_weight):
     """SVLS's ``sum_{i valid} w_i sum_k (onehot_ik - tau_ik) z_ik`` and
     ``w (onehot - tau)``. Args and Returns: as svls_shift in
     neighbourhood_penalties.cpp."""
-    return _proportion_terms('svls_shift', logits, label, height, width, weights,
-                             pixel_weight, shift=True)
+    return _proportion_terms(logits, label, height, width, weights, pixel_weight,
+                             shift=True)
