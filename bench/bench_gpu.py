@@ -87,7 +87,7 @@ def _triton_rows() -> bool:
     return triton_kernels.available()
 
 
-def loss_costs(constraints, penalties, groups, label_maps, proportion_terms,
+def loss_costs(cals_core, penalties, groups, neighbourhood, functional,
                timer: Timer, size: int = 512, batch: int = 8) -> dict:
     """CE forward+backward, and CE plus each term (gradient attached as the
     losses do, the CALS penalties with the round statistics), at
@@ -111,10 +111,10 @@ def loss_costs(constraints, penalties, groups, label_maps, proportion_terms,
         return x
 
     def cals(x, backend):
-        term = constraints.constraint_penalty(x.detach(), valid, multipliers, rho,
-                                              20.0, True, penalties.phr,
-                                              statistics_clip=(1e-6, 10.0),
-                                              backend=backend)
+        term = cals_core.constraint_penalty(x.detach(), valid, multipliers, rho, 20.0,
+                                            True, penalties.phr,
+                                            statistics_clip=(1e-6, 10.0),
+                                            backend=backend)
         if x.grad is not None:
             x.grad.addcmul_(term.grad_direction, term.grad_scale)
 
@@ -124,9 +124,9 @@ def loss_costs(constraints, penalties, groups, label_maps, proportion_terms,
             size = groups.num_groups(grouping, 21)
             reference = None
             if with_reference:  # CRaC: label proportions (described), margin 1
-                reference = label_maps.ScaledProportions(
-                    label, valid, label_maps.kernel_weights('mean', 3))
-            term = constraints.grouped_constraint_penalty(
+                reference = neighbourhood.ScaledProportions(
+                    label, valid, neighbourhood.kernel_weights('mean', 3))
+            term = cals_core.grouped_constraint_penalty(
                 x.detach(), valid, group, torch.full((size, ), 0.1, device=device),
                 torch.ones(size, device=device), 1.0 if with_reference else 20.0,
                 not with_reference, penalties.phr, reference, backend=backend)
@@ -135,18 +135,18 @@ def loss_costs(constraints, penalties, groups, label_maps, proportion_terms,
         return run
 
     def nacl(x, backend):  # 0.1 |tau - z|, the gradient attached as NACLLoss does
-        targets = label_maps.ScaledProportions(label, valid,
-                                               label_maps.kernel_weights('mean', 3))
-        _, direction = proportion_terms.neighbourhood_deviation(x.detach(), targets,
-                                                                backend=backend)
+        targets = neighbourhood.ScaledProportions(
+            label, valid, neighbourhood.kernel_weights('mean', 3))
+        _, direction = functional.neighbourhood_deviation(x.detach(), targets,
+                                                          backend=backend)
         if x.grad is not None:
             x.grad.add_(direction, alpha=0.1 / (valid.sum().item() * 21))
 
     def svls(x, backend):  # the soft targets' shift to hard CE
-        targets = label_maps.ScaledProportions(label, valid,
-                                               label_maps.kernel_weights('svls', 3))
-        _, direction = proportion_terms.soft_label_shift(x.detach(), targets,
-                                                         backend=backend)
+        targets = neighbourhood.ScaledProportions(
+            label, valid, neighbourhood.kernel_weights('svls', 3))
+        _, direction = functional.soft_label_shift(x.detach(), targets,
+                                                   backend=backend)
         if x.grad is not None:
             x.grad.add_(direction, alpha=1 / valid.sum().item())
 
@@ -214,10 +214,10 @@ def main() -> None:
     else:
         sys.exit('bench_gpu.py measures the GPU paths: no CUDA device here '
                  '(--dry-run runs it on the CPU)')
-    constraints, penalties, calibration, groups, label_maps, proportions = _load_core()
+    cals_core, penalties, calibration, groups, neighbourhood, functional = _load_core()
     name = torch.cuda.get_device_name() if timer.device == 'cuda' else 'CPU (dry run)'
     print(f'device: {name}, torch {torch.__version__}, median of {timer.repeats} runs')
-    losses = loss_costs(constraints, penalties, groups, label_maps, proportions,
+    losses = loss_costs(cals_core, penalties, groups, neighbourhood, functional,
                         timer, size, batch)
     shape = f'{batch}x21x{size}x{size}'
     bandwidth = losses['copy_bytes_per_ms']

@@ -8,6 +8,9 @@ import sys
 import torch
 from mmengine.config import Config
 
+from cals_seg.functional import (ScaledProportions, kernel_weights,
+                                 neighbourhood_deviation, soft_label_shift)
+from cals_seg.functional.groups import group_layout, num_groups
 from cals_seg.utils.data_check import set_data_root
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -177,3 +180,42 @@ def group_index(layout):
     spatial = (1, ) * (layout.base.dim() - 1)
     logit = torch.arange(layout.num_classes).view(1, -1, *spatial)
     return base + layout.logit_stride * logit
+
+
+def on_backend_and_torch(function, *args, backend, **kwargs):
+    """``function(*args, **kwargs)`` on ``backend`` and on the PyTorch path."""
+    return tuple(function(*args, backend=b, **kwargs) for b in (backend, 'torch'))
+
+
+def grouped_penalty_inputs(logits, label, grouping, targets, seed, ignore=255):
+    """What grouped_constraint_penalty takes besides the logits: ``valid``, the
+    GroupLayout, random multipliers and rho per group and, with ``targets``,
+    CRaC-like proportions of a 5 x 5 gaussian window scaled per pixel (else
+    None)."""
+    valid = label != ignore
+    generator = torch.Generator().manual_seed(seed)
+    size = num_groups(grouping, logits.shape[1])
+    multipliers = torch.rand(size, generator=generator) * 2
+    rho = 1 + torch.rand(size, generator=generator) * 3
+    reference = None
+    if targets:
+        reference = ScaledProportions(label, valid, kernel_weights('gaussian', 5),
+                                      0.5 + torch.rand(label.shape, generator=generator))
+    layout = group_layout(grouping, label, valid, logits.shape[1])
+    return valid, layout, multipliers, rho, reference
+
+
+def nacl_terms(logits, label, kernel_name, size, backend, ignore=255):
+    """NACL's ``(total, direction)`` on ``backend`` and on the PyTorch path."""
+    targets = ScaledProportions(label, label != ignore, kernel_weights(kernel_name, size))
+    return on_backend_and_torch(neighbourhood_deviation, logits, targets,
+                                backend=backend)
+
+
+def svls_terms(logits, label, with_weight, backend, ignore=255):
+    """SVLS's ``(total, direction)`` (3 x 3 window, a random per-pixel weight
+    or none) on ``backend`` and on the PyTorch path."""
+    targets = ScaledProportions(label, label != ignore, kernel_weights('svls', 3))
+    weight = torch.rand(label.shape) + 0.5 if with_weight else None
+    return on_backend_and_torch(soft_label_shift, logits, targets, weight,
+                                backend=backend)

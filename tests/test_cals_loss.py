@@ -1,4 +1,5 @@
-"""CALSLoss against a plain-loop reading of DESIGN.md 1.3 and mmseg's CE."""
+"""CALSLoss against a plain-loop reading of its definition (docs/methods.md,
+CALS) and mmseg's CE."""
 import pytest
 import torch
 

@@ -161,3 +161,24 @@ def test_crac_targets_are_scaled_proportions_and_its_round_updates_groups():
     expected = (stats.grad_sum / stats.count.clamp_min(1)).clamp(1e-6, 1e6).float()
     torch.testing.assert_close(loss.multipliers[seen], expected[seen])
     assert loss.multipliers.shape == (2 * C, ) and bool(seen[C:].any())
+
+
+def test_crac_forms_the_boundary_mask_once_per_step(monkeypatch):
+    # The 'region' groups and CRaC's targets read the same mask; it was formed
+    # for each of them.
+    from cals_seg.functional import crac, groups, neighbourhood
+    from cals_seg.models.losses import cals_loss
+    calls = []
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return neighbourhood.boundary_mask(*args, **kwargs)
+
+    for module in (crac, groups, cals_loss):
+        monkeypatch.setattr(module, 'boundary_mask', counted)
+    logits, label = _batch(5)
+    loss = MODELS.build(dict(type='CRaCLoss', num_classes=C))
+    loss(logits.requires_grad_(), label).backward()
+    assert len(calls) == 1
+    loss(logits, label, reduction_override='none')
+    assert len(calls) == 2

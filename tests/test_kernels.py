@@ -22,13 +22,14 @@ from cals_seg.functional.calibration import (CalibrationStatistics,
                                              calibration_errors,
                                              calibration_statistics)
 from cals_seg.evaluation.accumulator import SCALAR_METRICS
-from cals_seg.functional.groups import GROUPINGS, group_layout, num_groups
+from cals_seg.functional.groups import GROUPINGS, group_layout
 from cals_seg.functional.neighbourhood import ScaledProportions, kernel_weights
 from cals_seg import ops
 from cals_seg.ops import kernels
 from cals_seg.functional.penalties import p2, phr
-from cals_seg.functional import neighbourhood_deviation, soft_label_shift
-from helpers import blocky_batch, group_index
+from cals_seg.functional import neighbourhood_deviation
+from helpers import (blocky_batch, group_index, grouped_penalty_inputs, nacl_terms,
+                     on_backend_and_torch, svls_terms)
 
 
 def test_kernels_are_built():
@@ -77,9 +78,9 @@ def assert_fields_distinguishable(sums, rtol=FLOAT32_SUM_RTOL):
 
 
 def _both(logits, valid, multipliers, rho, **kwargs):
-    args = (logits, valid, multipliers, rho, 3.0, kwargs.pop('normalize', True), phr)
-    return (constraint_penalty(*args, backend='kernel', **kwargs),
-            constraint_penalty(*args, backend='torch', **kwargs))
+    return on_backend_and_torch(
+        constraint_penalty, logits, valid, multipliers, rho, 3.0,
+        kwargs.pop('normalize', True), phr, backend='kernel', **kwargs)
 
 
 def _constraint_magnitude(logits, valid, margin, scale):
@@ -187,21 +188,12 @@ def _grouped_constraint_magnitude(logits, valid, layout, reference, margin, scal
 def test_grouped_kernel_equals_torch_path(grouping, targets, integer):
     classes = 7
     logits, label = _neighbourhood_batch(5, classes, integer)
-    valid = label != 255
-    generator = torch.Generator().manual_seed(6)
-    size = num_groups(grouping, classes)
-    multipliers = torch.rand(size, generator=generator) * 2
-    rho = 1 + torch.rand(size, generator=generator) * 3
-    reference = None
-    if targets:  # CRaC-like: proportions of a 5 x 5 gaussian, scaled per pixel
-        scale = 0.5 + torch.rand(label.shape, generator=generator)
-        reference = ScaledProportions(label, valid, kernel_weights('gaussian', 5),
-                                      scale)
-    layout = group_layout(grouping, label, valid, classes)
-    kernel, torch_path = (grouped_constraint_penalty(
-        logits, valid, layout, multipliers, rho, 2.0, not targets, phr, reference,
-        statistics_clip=(1e-3, 1.5), backend=backend) for backend in ('kernel',
-                                                                     'torch'))
+    valid, layout, multipliers, rho, reference = grouped_penalty_inputs(
+        logits, label, grouping, targets, seed=6)
+    size = multipliers.numel()
+    kernel, torch_path = on_backend_and_torch(
+        grouped_constraint_penalty, logits, valid, layout, multipliers, rho, 2.0,
+        not targets, phr, reference, statistics_clip=(1e-3, 1.5), backend='kernel')
     torch.testing.assert_close(kernel.value, torch_path.value, rtol=1e-5, atol=0)
     torch.testing.assert_close(kernel.grad_scale, torch_path.grad_scale)
     assert_directions_close(kernel.grad_direction, torch_path.grad_direction)
@@ -220,11 +212,9 @@ def test_grouped_kernel_without_gradient_counts_nonfinite_pixels():
     layout = group_layout('region', label, valid, 7)
     args = (logits, valid, layout, torch.full((14, ), 0.3), torch.ones(14), 1.0,
             False, phr, ScaledProportions(label, valid, kernel_weights('mean', 3)))
-    kernel = grouped_constraint_penalty(*args, need_grad=False,
-                                        statistics_clip=(1e-6, 1e6), backend='kernel')
-    torch_path = grouped_constraint_penalty(*args, need_grad=False,
-                                            statistics_clip=(1e-6, 1e6),
-                                            backend='torch')
+    kernel, torch_path = on_backend_and_torch(
+        grouped_constraint_penalty, *args, need_grad=False,
+        statistics_clip=(1e-6, 1e6), backend='kernel')
     assert kernel.grad_direction is None
     assert float(kernel.statistics.num_nonfinite) == 1
     assert_round_statistics_close(kernel.statistics, torch_path.statistics,
@@ -234,10 +224,8 @@ def test_grouped_kernel_without_gradient_counts_nonfinite_pixels():
 @pytest.mark.parametrize('kernel_name, size', [('mean', 3), ('gaussian', 5)])
 def test_nacl_kernel_equals_torch_path(kernel_name, size):
     logits, label = _neighbourhood_batch(8)
-    targets = ScaledProportions(label, label != 255, kernel_weights(kernel_name, size))
-    (total, direction), (want_total, want_direction) = (
-        neighbourhood_deviation(logits, targets, backend=backend)
-        for backend in ('kernel', 'torch'))
+    (total, direction), (want_total, want_direction) = nacl_terms(
+        logits, label, kernel_name, size, backend='kernel')
     assert_sums_close('value', total, want_total)
     torch.testing.assert_close(direction, want_direction, rtol=0, atol=0)  # signs
 
@@ -245,11 +233,8 @@ def test_nacl_kernel_equals_torch_path(kernel_name, size):
 @pytest.mark.parametrize('with_weight', [False, True])
 def test_svls_kernel_equals_torch_path(with_weight):
     logits, label = _neighbourhood_batch(10)
-    targets = ScaledProportions(label, label != 255, kernel_weights('svls', 3))
-    weight = torch.rand(label.shape) + 0.5 if with_weight else None
-    (total, direction), (want_total, want_direction) = (
-        soft_label_shift(logits, targets, weight, backend=backend)
-        for backend in ('kernel', 'torch'))
+    (total, direction), (want_total, want_direction) = svls_terms(
+        logits, label, with_weight, backend='kernel')
     # Zero (exactly) wherever the window holds only the pixel's own label.
     assert int((want_direction != 0).any(dim=1).sum()) < 0.9 * label.numel()
     # The terms have both signs: the tolerance scales with their magnitude.
@@ -327,8 +312,8 @@ def test_calibration_kernel_equals_torch_path(exclude):
     logits, labels = _image(0)
     # A threshold of 0.05 puts a good share of class probabilities below it.
     options = dict(exclude_classes=exclude, boundary_width=1, class_threshold=0.05)
-    kernel = calibration_statistics(logits, labels, backend='kernel', **options)
-    reference = calibration_statistics(logits, labels, backend='torch', **options)
+    kernel, reference = on_backend_and_torch(calibration_statistics, logits, labels,
+                                             backend='kernel', **options)
     assert 0 < float(reference.boundary_count.sum()) < float(reference.num_pixels)
     assert float(reference.low_hits.sum()) > 0
     assert_calibration_statistics_close(kernel, reference)

@@ -1,4 +1,4 @@
-"""One update round (DESIGN.md 1.4) against a hand computation."""
+"""One update round (docs/methods.md, CALS) against a hand computation."""
 import io
 import math
 
@@ -23,7 +23,7 @@ def _fixed_batch():
 
 
 def _hand_round(loss, logits, label, multipliers, rho):
-    """g_k and c_k of DESIGN.md 1.4, pixel by pixel."""
+    """g_k and c_k of the update round, pixel by pixel."""
     grads = [[] for _ in range(loss.num_classes)]
     constraints = [[] for _ in range(loss.num_classes)]
     for y in range(label.shape[1]):

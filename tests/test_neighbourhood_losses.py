@@ -1,5 +1,7 @@
 """NACL and SVLS: their neighbourhood targets against a loop over pixels, the
 losses against their formulas, the penalty's gradient against its closed form."""
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -72,7 +74,10 @@ def test_nacl_value_and_gradient(avg_non_ignore):
     logits, label = _batch(1)
     loss = MODELS.build(dict(type='NACLLoss', avg_non_ignore=avg_non_ignore))
     x = logits.clone().requires_grad_(True)
-    value = loss(x, label, ignore_index=IGNORE)
+    with warnings.catch_warnings():
+        # A tensor divisor (avg_non_ignore) once reached torch.tensor(), which warns.
+        warnings.simplefilter('error', UserWarning)
+        value = loss(x, label, ignore_index=IGNORE)
     value.backward()
     expected, target = _reference_nacl(logits, label, 0.1, avg_non_ignore)
     assert value.item() == pytest.approx(float(expected), rel=1e-5)

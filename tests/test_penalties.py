@@ -26,7 +26,8 @@ def test_derivative_matches_autograd(name, side):
 
 
 def _reference(name, h, lambd, rho):
-    """DESIGN.md 1.2 written out for python floats."""
+    """The penalty functions of docs/methods.md (CALS) written out for python
+    floats."""
     if name == 'phr':
         x = lambd + rho * h
         return ((x * x - lambd * lambd) / (2 * rho), x) if x >= 0 else (

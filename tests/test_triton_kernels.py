@@ -19,12 +19,12 @@ import torch  # noqa: E402
 from cals_seg import ops  # noqa: E402
 from cals_seg.functional import (ScaledProportions, calibration_statistics,  # noqa: E402
                                  constraint_penalty, grouped_constraint_penalty,
-                                 kernel_weights, neighbourhood_deviation, p2, phr,
-                                 soft_label_shift)
+                                 kernel_weights, neighbourhood_deviation, p2, phr)
 from cals_seg.functional.calibration import CalibrationStatistics  # noqa: E402
-from cals_seg.functional.groups import GROUPINGS, group_layout, num_groups  # noqa: E402
+from cals_seg.functional.groups import GROUPINGS  # noqa: E402
 from cals_seg.ops import triton as triton_kernels  # noqa: E402
-from helpers import blocky_batch, group_index  # noqa: E402
+from helpers import (blocky_batch, group_index, grouped_penalty_inputs,  # noqa: E402
+                     nacl_terms, on_backend_and_torch, svls_terms)
 
 requires_triton = pytest.mark.skipif(
     not triton_kernels.available(),
@@ -59,9 +59,9 @@ def _assert_same_penalty(got, want):
 @pytest.mark.parametrize('integer', [False, True])
 def test_phr_kernel_equals_torch_path(normalize, integer):
     logits, valid, multipliers, rho = _penalty_batch(0, integer)
-    got, want = (constraint_penalty(logits, valid, multipliers, rho, 3.0, normalize,
-                                    phr, statistics_clip=(1e-3, 1.5), backend=b)
-                 for b in ('triton', 'torch'))
+    got, want = on_backend_and_torch(constraint_penalty, logits, valid, multipliers,
+                                     rho, 3.0, normalize, phr,
+                                     statistics_clip=(1e-3, 1.5), backend='triton')
     _assert_same_penalty(got, want)
     assert float(want.statistics.count[0]) == float(valid.sum())
     assert not got.grad_direction.movedim(1, -1)[~valid].any()  # ignored: zero
@@ -84,9 +84,9 @@ def test_phr_kernel_gradient_is_autograds():
 @requires_triton
 def test_phr_kernel_without_gradient_or_statistics():
     logits, valid, multipliers, rho = _penalty_batch(2)
-    got, want = (constraint_penalty(logits, valid, multipliers, rho, 3.0, True, phr,
-                                    need_grad=False, backend=b)
-                 for b in ('triton', 'torch'))
+    got, want = on_backend_and_torch(constraint_penalty, logits, valid, multipliers,
+                                     rho, 3.0, True, phr, need_grad=False,
+                                     backend='triton')
     assert got.grad_direction is None and got.statistics is None
     torch.testing.assert_close(got.value, want.value, rtol=1e-5, atol=1e-7)
 
@@ -97,9 +97,9 @@ def test_phr_kernel_leaves_out_and_counts_nonfinite_pixels():
     valid[0, 4, 5] = valid[1, 0, 0] = True
     logits[0, 2, 4, 5] = float('nan')
     logits[1, :, 0, 0] = float('inf')
-    got, want = (constraint_penalty(logits, valid, multipliers, rho, 3.0, True, phr,
-                                    statistics_clip=(1e-6, 1e6), backend=b)
-                 for b in ('triton', 'torch'))
+    got, want = on_backend_and_torch(constraint_penalty, logits, valid, multipliers,
+                                     rho, 3.0, True, phr,
+                                     statistics_clip=(1e-6, 1e6), backend='triton')
     assert float(got.statistics.num_nonfinite) == 2
     for a, b in zip(got.statistics, want.statistics):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4)
@@ -114,19 +114,8 @@ def _neighbourhood_batch(seed, classes=5, integer=False, uniform=False):
 
 
 def _grouped(grouping, targets, integer=False, uniform=False, seed=4):
-    classes = 5
-    logits, label = _neighbourhood_batch(seed, classes, integer, uniform)
-    valid = label != 255
-    generator = torch.Generator().manual_seed(seed)
-    size = num_groups(grouping, classes)
-    multipliers = torch.rand(size, generator=generator) * 2
-    rho = 1 + torch.rand(size, generator=generator) * 3
-    reference = None
-    if targets:  # CRaC-like: proportions of a 5 x 5 gaussian, scaled per pixel
-        reference = ScaledProportions(label, valid, kernel_weights('gaussian', 5),
-                                      0.5 + torch.rand(label.shape, generator=generator))
-    layout = group_layout(grouping, label, valid, classes)
-    return logits, valid, layout, multipliers, rho, reference
+    logits, label = _neighbourhood_batch(seed, 5, integer, uniform)
+    return (logits, ) + grouped_penalty_inputs(logits, label, grouping, targets, seed)
 
 
 @requires_triton
@@ -136,9 +125,9 @@ def _grouped(grouping, targets, integer=False, uniform=False, seed=4):
 def test_grouped_kernel_equals_torch_path(grouping, targets, integer):
     logits, valid, layout, multipliers, rho, reference = _grouped(
         grouping, targets, integer)
-    got, want = (grouped_constraint_penalty(
-        logits, valid, layout, multipliers, rho, 2.0, not targets, phr, reference,
-        statistics_clip=(1e-3, 1.5), backend=b) for b in ('triton', 'torch'))
+    got, want = on_backend_and_torch(
+        grouped_constraint_penalty, logits, valid, layout, multipliers, rho, 2.0,
+        not targets, phr, reference, statistics_clip=(1e-3, 1.5), backend='triton')
     _assert_same_penalty(got, want)
     assert float(got.statistics.count.sum()) == float(valid.sum()) * logits.shape[1]
 
@@ -148,9 +137,9 @@ def test_grouped_kernel_equals_torch_path(grouping, targets, integer):
 def test_grouped_kernel_statistics_of_uniform_tiles(grouping):
     logits, valid, layout, multipliers, rho, _ = _grouped(grouping, False,
                                                           uniform=True)
-    got, want = (grouped_constraint_penalty(
-        logits, valid, layout, multipliers, rho, 2.0, True, phr,
-        statistics_clip=(1e-3, 1.5), backend=b) for b in ('triton', 'torch'))
+    got, want = on_backend_and_torch(
+        grouped_constraint_penalty, logits, valid, layout, multipliers, rho, 2.0,
+        True, phr, statistics_clip=(1e-3, 1.5), backend='triton')
     _assert_same_penalty(got, want)
 
 
@@ -178,10 +167,10 @@ def test_grouped_kernel_counts_nonfinite_pixels_and_checks_groups():
     logits, valid, layout, multipliers, rho, reference = _grouped('region', True)
     valid[0, 4, 5] = True
     logits[0, 3, 4, 5] = float('nan')
-    got, want = (grouped_constraint_penalty(
-        logits, valid, layout, multipliers, rho, 1.0, False, phr, reference,
-        need_grad=False, statistics_clip=(1e-6, 1e6), backend=b)
-                 for b in ('triton', 'torch'))
+    got, want = on_backend_and_torch(
+        grouped_constraint_penalty, logits, valid, layout, multipliers, rho, 1.0,
+        False, phr, reference, need_grad=False, statistics_clip=(1e-6, 1e6),
+        backend='triton')
     assert float(got.statistics.num_nonfinite) == 1
     for a, b in zip(got.statistics, want.statistics):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4)
@@ -194,10 +183,8 @@ def test_grouped_kernel_counts_nonfinite_pixels_and_checks_groups():
 @pytest.mark.parametrize('kernel_name, size', [('mean', 3), ('gaussian', 5)])
 def test_nacl_kernel_equals_torch_path(kernel_name, size):
     logits, label = _neighbourhood_batch(8)
-    targets = ScaledProportions(label, label != 255, kernel_weights(kernel_name, size))
-    (total, direction), (want_total, want_direction) = (
-        neighbourhood_deviation(logits, targets, backend=b)
-        for b in ('triton', 'torch'))
+    (total, direction), (want_total, want_direction) = nacl_terms(
+        logits, label, kernel_name, size, backend='triton')
     assert float(total) == pytest.approx(float(want_total), rel=1e-5)
     torch.testing.assert_close(direction, want_direction)
 
@@ -206,11 +193,8 @@ def test_nacl_kernel_equals_torch_path(kernel_name, size):
 @pytest.mark.parametrize('with_weight', [False, True])
 def test_svls_kernel_equals_torch_path(with_weight):
     logits, label = _neighbourhood_batch(10)
-    targets = ScaledProportions(label, label != 255, kernel_weights('svls', 3))
-    weight = torch.rand(label.shape) + 0.5 if with_weight else None
-    (total, direction), (want_total, want_direction) = (
-        soft_label_shift(logits, targets, weight, backend=b)
-        for b in ('triton', 'torch'))
+    (total, direction), (want_total, want_direction) = svls_terms(
+        logits, label, with_weight, backend='triton')
     assert float(total) == pytest.approx(float(want_total), rel=1e-5)
     torch.testing.assert_close(direction, want_direction, atol=1e-6, rtol=1e-5)
 
@@ -241,8 +225,8 @@ def test_calibration_kernel_equals_torch_path(exclude, boundary_width, integer):
     logits, labels = _image(0, integer=integer)
     options = dict(exclude_classes=exclude, boundary_width=boundary_width,
                    class_threshold=0.05)
-    got, want = (calibration_statistics(logits, labels, backend=b, **options)
-                 for b in ('triton', 'torch'))
+    got, want = on_backend_and_torch(calibration_statistics, logits, labels,
+                                     backend='triton', **options)
     if boundary_width:
         assert float(want.boundary_count.sum()) > 0
     assert float(want.low_count.sum()) > 0
@@ -379,6 +363,10 @@ TRITON_BAD_ARGUMENTS = [
     ('grouped_phr_penalty', 'logit_stride', lambda s: -1, 'logit_stride must be >= 0'),
     ('grouped_phr_penalty', 'rho', lambda t: t[:2], r'rho \(G\) .* shape \(10,\)'),
     ('grouped_phr_penalty', 'target_scale', lambda t: t.double(), 'target_scale'),
+    ('grouped_phr_penalty', 'group_base', lambda t: t + 9,
+     r'a group index is outside \[0, G\), G = 10'),
+    ('nacl_penalty', 'label', lambda t: t.where(t != 2, 5), r'labels must be in '
+     r'\[0, C = 5\) or the ignore value -1, got values in \[-1, 5\]'),
     ('svls_shift', 'pixel_weight', lambda t: t[:, :3], r'pixel_weight \(N, P\)'),
     ('calibration_statistics', 'labels', lambda t: t.int(),
      r'labels \(P\) .*torch.int64'),

@@ -40,7 +40,8 @@ import torch
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-import cals_seg.utils.mmengine_checkpoints  # noqa: E402,F401  (torch.load of checkpoints)
+# The plugin, and torch.load of MMEngine checkpoints
+import cals_seg.utils.mmengine_checkpoints  # noqa: E402,F401
 from cals_seg.datasets.demo_data import VOC_CLASSES, make_demo_dataset  # noqa: E402
 from cals_seg.utils.io import write_atomic  # noqa: E402
 from cals_seg.functional.groups import group_names  # noqa: E402
@@ -240,7 +241,8 @@ def _ranking(results, model, methods) -> str:
 
 
 def _regime_table(results, model) -> list:
-    """The five regime figures of every CE run (the regime's targets, docs/results.md)."""
+    """The five regime figures of every CE run (the regime's targets,
+    docs/results.md)."""
     runs = sorted((r for r in results if r['model'] == model and r['method'] == 'ce'),
                   key=lambda r: r['seed'])
     if not runs:

@@ -25,7 +25,8 @@ import time
 from mmengine.config import Config
 from mmengine.runner import Runner
 
-import cals_seg.utils.mmengine_checkpoints  # noqa: F401  (plugin + MMEngine checkpoints)
+# The plugin and MMEngine checkpoints
+import cals_seg.utils.mmengine_checkpoints  # noqa: F401
 from cals_seg.utils.data_check import set_data_root
 from cals_seg.datasets.demo_data import make_demo_dataset
 from cals_seg.functional.calibration import DEFAULT_NUM_BINS

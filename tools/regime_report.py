@@ -38,7 +38,8 @@ from mmengine.runner import Runner
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-import cals_seg.utils.mmengine_checkpoints  # noqa: E402,F401  (plugin + MMEngine checkpoints)
+# The plugin and MMEngine checkpoints
+import cals_seg.utils.mmengine_checkpoints  # noqa: E402,F401
 from cals_seg.calibrators import SHORT_NAMES  # noqa: E402
 from cals_seg.evaluation.split_report import (  # noqa: E402
     RAW, evaluate_split, fit_calibrators, regime_figures, reliability_bins,

@@ -15,10 +15,12 @@ import argparse
 import os.path as osp
 import sys
 
-import cals_seg.utils.mmengine_checkpoints  # noqa: F401  (plugin + MMEngine checkpoints)
+# The plugin and MMEngine checkpoints
+import cals_seg.utils.mmengine_checkpoints  # noqa: F401
 from mmengine.runner import Runner
 
-from cals_seg.utils.cli import add_common_arguments, exit_if_dataset_missing, load_config
+from cals_seg.utils.cli import (add_common_arguments, exit_if_dataset_missing,
+                                load_config)
 from cals_seg.utils.saved_logits import LOGITS_DTYPES
 from cals_seg.utils.launch import finish_distributed, prepare_cpu_distributed
 

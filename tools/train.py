@@ -11,13 +11,15 @@ import argparse
 import logging
 import sys
 
-import cals_seg.utils.mmengine_checkpoints  # noqa: F401  (plugin + MMEngine checkpoints)
+# The plugin and MMEngine checkpoints
+import cals_seg.utils.mmengine_checkpoints  # noqa: F401
 from mmengine.logging import print_log
 from mmengine.runner import Runner
 
 from mmseg.registry import RUNNERS
 
-from cals_seg.utils.cli import add_common_arguments, exit_if_dataset_missing, load_config
+from cals_seg.utils.cli import (add_common_arguments, exit_if_dataset_missing,
+                                load_config)
 from cals_seg.utils.launch import finish_distributed, prepare_cpu_distributed
 
 

@@ -462,7 +462,8 @@ def grouped_constraint_penalty(logits: Tensor,
     Args:
         logits (Tensor): ``(N, C, *S)``, any float dtype.
         valid (Tensor): bool ``(N, *S)``.
-        group (GroupLayout): the groups, from :func:`cals_seg.functional.groups.group_layout`.
+        group (GroupLayout): the groups, from
+            :func:`cals_seg.functional.groups.group_layout`.
         multipliers (Tensor), rho (Tensor): ``[G]``.
         margin (float), normalize (bool), penalty: as :func:`constraint_penalty`.
         reference (Tensor | ScaledProportions, optional): ``r``, shaped like the

@@ -8,6 +8,8 @@ grouped by class and region (``groups='region'``, :mod:`cals_seg.functional.grou
 and its penalty, statistics and update are CALS's (:mod:`cals_seg.functional.cals`,
 :mod:`cals_seg.functional.multipliers`).
 """
+from typing import Optional
+
 import torch
 from torch import Tensor
 
@@ -15,7 +17,8 @@ from .neighbourhood import ScaledProportions, boundary_mask
 
 
 def crac_targets(label: Tensor, valid: Tensor, window: Tensor, margin: float,
-                 region_width: int = 1) -> ScaledProportions:
+                 region_width: int = 1,
+                 boundary: Optional[Tensor] = None) -> ScaledProportions:
     """The targets ``r = s * tau`` of a batch, described for the kernels.
 
     Args:
@@ -25,10 +28,13 @@ def crac_targets(label: Tensor, valid: Tensor, window: Tensor, margin: float,
         margin (float): the interior scale ``s``.
         region_width (int): half-width of the window that decides whether a
             pixel is on a boundary (another label, the ignore label included).
+        boundary (Tensor, optional): ``boundary_mask(label, region_width)``
+            where the caller has it already (the 'region' grouping reads it too).
 
     Returns:
         ScaledProportions: with scale 1 at boundary pixels and ``margin``
         elsewhere.
     """
-    near = boundary_mask(label, region_width)
-    return ScaledProportions(label, valid, window, torch.where(near, 1.0, margin))
+    if boundary is None:
+        boundary = boundary_mask(label, region_width)
+    return ScaledProportions(label, valid, window, torch.where(boundary, 1.0, margin))

@@ -8,10 +8,11 @@ grouping makes the multiplier depend on where the pixel is:
 - ``'label_logit'``: ``y_i * C + k`` (``C^2`` groups);
 - ``'region'``: ``k`` for interior pixels, ``C + k`` for boundary pixels, a
   pixel being on a boundary when its ``(2 width + 1)^2`` window holds another
-  label, the ignore label included (:func:`cals_seg.functional.neighbourhood.boundary_mask`;
-  CRaC's class x {interior, boundary}; ``2C`` groups).
+  label, the ignore label included
+  (:func:`cals_seg.functional.neighbourhood.boundary_mask`; CRaC's class x
+  {interior, boundary}; ``2C`` groups).
 """
-from typing import List, NamedTuple, Sequence
+from typing import List, NamedTuple, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -83,13 +84,16 @@ class GroupLayout(NamedTuple):
 
 
 def group_layout(grouping: str, label: Tensor, valid: Tensor, num_classes: int,
-                 region_width: int = 1) -> GroupLayout:
+                 region_width: int = 1,
+                 boundary: Optional[Tensor] = None) -> GroupLayout:
     """The groups of a batch's constraints.
 
     Args:
         label (Tensor): ``(N, *S)`` classes.
         valid (Tensor): ``(N, *S)`` bool.
         region_width (int): boundary half-width of the 'region' grouping.
+        boundary (Tensor, optional): ``boundary_mask(label, region_width)``
+            where the caller has it already (CRaC's targets read it too).
 
     Returns:
         GroupLayout
@@ -102,5 +106,6 @@ def group_layout(grouping: str, label: Tensor, valid: Tensor, num_classes: int,
         return GroupLayout(y, 0, num_classes)
     if grouping == 'label_logit':
         return GroupLayout(y * num_classes, 1, num_classes)
-    near = boundary_mask(label, region_width).long()
-    return GroupLayout(near * num_classes, 1, num_classes)
+    if boundary is None:
+        boundary = boundary_mask(label, region_width)
+    return GroupLayout(boundary.long() * num_classes, 1, num_classes)

@@ -85,8 +85,8 @@ def neighbourhood_proportions(label: Tensor, valid: Tensor, num_classes: int,
     for dy, row_weights in enumerate(weights.tolist()):
         for dx, weight in enumerate(row_weights):
             present = mass_map[:, dy:dy + height, dx:dx + width] * weight
-            counts.scatter_add_(1, labels[:, dy:dy + height, dx:dx + width].unsqueeze(1),
-                                present.unsqueeze(1))
+            window = labels[:, dy:dy + height, dx:dx + width]
+            counts.scatter_add_(1, window.unsqueeze(1), present.unsqueeze(1))
             mass += present
     # A valid pixel is its own neighbour, so its mass is > 0; dividing an
     # ignored pixel's counts by infinity zeroes them in the same pass.

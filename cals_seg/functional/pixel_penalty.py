@@ -11,7 +11,6 @@ here with PyTorch operations that autograd differentiates (the gradient of
 """
 from typing import Optional
 
-import torch
 from torch import Tensor
 
 from .groups import GroupLayout

@@ -12,7 +12,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from ..functional.calibration import CalibrationStatistics, calibration_errors  # noqa: E402
+from ..functional.calibration import (  # noqa: E402
+    CalibrationStatistics, calibration_errors)
 
 IGNORE_COLOUR = (0, 0, 0)
 

@@ -11,12 +11,12 @@ from ...functional.cals import (ConstraintPenalty, RoundStatistics, constraint_p
                            grouped_constraint_penalty)
 from ...functional.labels import check_label_range
 from ...functional.groups import group_layout, group_names, num_groups
-from ...functional.neighbourhood import ScaledProportions
+from ...functional.neighbourhood import ScaledProportions, boundary_mask
 from ...functional.multipliers import (NO_PREVIOUS_CONSTRAINT, MultiplierState,
                            update_multipliers)
 from ...functional.penalties import get_penalty
 from ...functional.pixel_penalty import constraint_penalty_map
-from .penalty_objective import PenaltyObjective
+from .penalty_objective import PenaltyObjective, base_loss_input
 from .reduction import check_pixel_weight, reduce_pixel_losses, resolve_reduction
 
 
@@ -27,8 +27,8 @@ class CALSLoss(nn.Module):
     ``loss = loss_weight * (base_loss + penalty_weight * mean_{i valid, k}
     P(h_ik; lambd_k, rho_k))`` with ``h_ik = (max_j z_ij - z_ik - margin) / margin``.
     The multipliers ``lambd`` and penalty parameters ``rho`` are constants here;
-    :class:`~cals_seg.engine.hooks.CALSMultiplierHook` updates them between rounds from the
-    statistics this module collects (``source='train'``) or computes
+    :class:`~cals_seg.engine.hooks.CALSMultiplierHook` updates them between rounds
+    from the statistics this module collects (``source='train'``) or computes
     (:meth:`statistics_from_logits`). Ignored pixels get no penalty and give no
     statistics. The penalty is computed in float32 whatever the logits' dtype.
 
@@ -175,10 +175,19 @@ class CALSLoss(nn.Module):
         """Readable names of the multipliers, for logs."""
         return group_names(self.groups, class_names)
 
-    def reference(self, label: Tensor, valid: Tensor) -> Optional[ScaledProportions]:
+    def reference(self, label: Tensor, valid: Tensor,
+                  boundary: Optional[Tensor] = None) -> Optional[ScaledProportions]:
         """The targets ``r`` of constraints ``|r - z|``; None for CALS's
-        logit distances (CRaCLoss overrides it)."""
+        logit distances (CRaCLoss overrides it). ``boundary``: the 'region'
+        grouping's boundary mask, when there is one."""
         return None
+
+    def _region_boundary(self, label: Tensor) -> Optional[Tensor]:
+        """The 'region' grouping's boundary mask, formed once per step for the
+        groups and CRaC's targets, which both read it; None for the others."""
+        if self.groups != 'region':
+            return None
+        return boundary_mask(label, self.region_width)
 
     def _check_inputs(self, cls_score: Tensor, label: Tensor, ignore_index: int):
         if cls_score.dim() < 2 or cls_score.shape[1] != self.num_classes:
@@ -200,13 +209,14 @@ class CALSLoss(nn.Module):
                  need_grad: bool, need_statistics: bool) -> ConstraintPenalty:
         clip = (self.lambd_min, self.lambd_max) if need_statistics else None
         valid = label != ignore_index
-        reference = self.reference(label, valid)
+        boundary = self._region_boundary(label)
+        reference = self.reference(label, valid, boundary)
         if self.groups == 'logit' and reference is None:
             return constraint_penalty(logits, valid, self.multipliers, self.rho,
                                       self.margin, self.normalize, self.penalty_fn,
                                       need_grad=need_grad, statistics_clip=clip)
         group = group_layout(self.groups, label, valid, self.num_classes,
-                             self.region_width)
+                             self.region_width, boundary)
         return grouped_constraint_penalty(
             logits, valid, group, self.multipliers, self.rho, self.margin,
             self.normalize, self.penalty_fn, reference, need_grad=need_grad,
@@ -259,8 +269,7 @@ class CALSLoss(nn.Module):
                     f'{reduction_override!r} the base loss returned shape '
                     f'{tuple(base.shape)}, the penalty {tuple(penalty.shape)}')
             return self.loss_weight * (base + penalty_weight * penalty)
-        need_grad = cls_score.requires_grad and torch.is_grad_enabled()
-        base_input = cls_score.detach().requires_grad_() if need_grad else cls_score
+        base_input, need_grad = base_loss_input(cls_score)
         base = self.base_loss(base_input, label, None, **base_args)
         result = self._penalty(cls_score, label, ignore_index, need_grad=need_grad,
                                need_statistics=collect)
@@ -281,9 +290,10 @@ class CALSLoss(nn.Module):
 
     def _penalty_map(self, logits: Tensor, label: Tensor, valid: Tensor) -> Tensor:
         """``mean_k P(h_ik)`` at every pixel, ``(N, *S)``, by autograd."""
-        reference = self.reference(label, valid)
+        boundary = self._region_boundary(label)
+        reference = self.reference(label, valid, boundary)
         group = group_layout(self.groups, label, valid, self.num_classes,
-                             self.region_width)
+                             self.region_width, boundary)
         return constraint_penalty_map(
             logits, valid, group, self.multipliers, self.rho, self.margin,
             self.normalize, self.penalty_fn,

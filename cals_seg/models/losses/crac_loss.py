@@ -112,8 +112,10 @@ class CRaCLoss(CALSLoss):
         self.multiplier_update = multiplier_update
         self.kernel = kernel_weights('mean', kernel_size)
 
-    def reference(self, label: Tensor, valid: Tensor) -> ScaledProportions:
-        return crac_targets(label, valid, self.kernel, self.margin, self.region_width)
+    def reference(self, label: Tensor, valid: Tensor,
+                  boundary: Optional[Tensor] = None) -> ScaledProportions:
+        return crac_targets(label, valid, self.kernel, self.margin, self.region_width,
+                            boundary)
 
     def update_entries(self, stats: RoundStatistics) -> Optional[Tensor]:
         """Under 'authors', every group's means run over all pixels of the

@@ -7,12 +7,11 @@ from torch import Tensor
 
 from mmseg.registry import MODELS
 
-from ...functional.labels import check_label_range
 from ...functional.neighbourhood import ScaledProportions, kernel_weights
 from ...functional.nacl import neighbourhood_deviation
-from .penalty_objective import PenaltyObjective
+from .penalty_objective import PenaltyObjective, base_loss_input
 from .pixelwise import PixelwiseLoss
-from .reduction import check_pixel_weight, reduce_pixel_losses, resolve_reduction
+from .reduction import reduce_pixel_losses
 
 
 @MODELS.register_module()
@@ -94,11 +93,10 @@ class NACLLoss(PixelwiseLoss):
             Tensor: scalar, or the ``(N, H, W)`` map for ``'none'``.
         """
         num_classes = cls_score.shape[1]
-        check_label_range(label, num_classes, ignore_index)
-        check_pixel_weight(weight, label)
-        valid = label != ignore_index
-        reduction = resolve_reduction(label, valid, self.avg_non_ignore, avg_factor,
-                                      reduction_override)
+        # No class weight of its own (the base cross-entropy holds it): the
+        # pixel weight is the sampler's ``weight``.
+        valid, reduction, pixel_weight = self.prepare(
+            cls_score, label, weight, avg_factor, reduction_override, ignore_index)
         targets = ScaledProportions(label, valid, self.weights)
         base_args = dict(avg_factor=avg_factor, reduction_override=reduction_override,
                          ignore_index=ignore_index)
@@ -106,10 +104,9 @@ class NACLLoss(PixelwiseLoss):
             base = self.base_loss(cls_score, label, weight, **base_args)
             deviation = (cls_score.float() - targets.dense(num_classes)).abs()
             deviation = deviation.mean(dim=1).where(valid, 0)
-            penalty = reduce_pixel_losses(deviation, weight, reduction)
+            penalty = reduce_pixel_losses(deviation, pixel_weight, reduction)
             return self.loss_weight * (base + self.alpha * penalty)
-        need_grad = cls_score.requires_grad and torch.is_grad_enabled()
-        base_input = cls_score.detach().requires_grad_() if need_grad else cls_score
+        base_input, need_grad = base_loss_input(cls_score)
         base = self.base_loss(base_input, label, None, **base_args)
         denominator = reduction.divisor * num_classes
         total, direction = neighbourhood_deviation(cls_score.detach(), targets)
@@ -118,6 +115,6 @@ class NACLLoss(PixelwiseLoss):
             return self.loss_weight * (base + self.alpha * penalty)
         objective = PenaltyObjective.apply(cls_score, (base_input, base), penalty,
                                            direction,
-                                           torch.tensor(1.0 / denominator),
+                                           1.0 / torch.as_tensor(denominator),
                                            self.alpha)
         return self.loss_weight * objective

@@ -1,6 +1,17 @@
 """A base loss plus a penalty whose gradient the penalty computed itself."""
+from typing import Tuple
+
 import torch
 from torch import Tensor
+
+
+def base_loss_input(logits: Tensor) -> Tuple[Tensor, bool]:
+    """The logits a :class:`PenaltyObjective`'s base loss runs on, and whether
+    a gradient is needed: a detached copy that requires grad (the graph whose
+    gradient ``backward`` adds the penalty's into), or ``logits`` themselves
+    when nothing will be back-propagated."""
+    need_grad = logits.requires_grad and torch.is_grad_enabled()
+    return (logits.detach().requires_grad_() if need_grad else logits), need_grad
 
 
 class PenaltyObjective(torch.autograd.Function):

@@ -1,12 +1,12 @@
 """What the calibration baselines share: a per-pixel loss map reduced the way
 mmseg's CrossEntropyLoss reduces its own."""
-from typing import Optional, Union
+from typing import Optional, Tuple, Union
 
 import torch.nn as nn
 from torch import Tensor
 
 from ...functional.labels import check_label_range
-from .reduction import (class_weight_tensor, combined_pixel_weight,
+from .reduction import (Reduction, class_weight_tensor, combined_pixel_weight,
                         reduce_pixel_losses, resolve_reduction)
 
 
@@ -55,6 +55,24 @@ class PixelwiseLoss(nn.Module):
         """
         raise NotImplementedError
 
+    def prepare(self, cls_score: Tensor, label: Tensor, weight: Optional[Tensor],
+                avg_factor: Optional[float], reduction_override: Optional[str],
+                ignore_index: int) -> Tuple[Tensor, Reduction, Optional[Tensor]]:
+        """What every ``forward`` starts with: check the labels and ``weight``,
+        and resolve mmseg's reduction.
+
+        Returns:
+            tuple: ``valid`` (``(N, *S)`` bool, False at ignored pixels), the
+            :class:`~.reduction.Reduction`, and each pixel's weight ``(N, *S)``
+            (``weight`` times ``class_weight[y_i]``; None without either).
+        """
+        check_label_range(label, cls_score.shape[1], ignore_index)
+        valid = label != ignore_index
+        pixel_weight = combined_pixel_weight(weight, self.class_weight, label, valid)
+        reduction = resolve_reduction(label, valid, self.avg_non_ignore, avg_factor,
+                                      reduction_override)
+        return valid, reduction, pixel_weight
+
     def forward(self,
                 cls_score: Tensor,
                 label: Tensor,
@@ -71,11 +89,8 @@ class PixelwiseLoss(nn.Module):
         Returns:
             Tensor: scalar, or the ``(N, *S)`` map for ``'none'``.
         """
-        check_label_range(label, cls_score.shape[1], ignore_index)
-        valid = label != ignore_index
-        reduction = resolve_reduction(label, valid, self.avg_non_ignore, avg_factor,
-                                      reduction_override)
-        pixel_weight = combined_pixel_weight(weight, self.class_weight, label, valid)
+        valid, reduction, pixel_weight = self.prepare(
+            cls_score, label, weight, avg_factor, reduction_override, ignore_index)
         per_pixel = self.pixel_loss(cls_score.float(), label.where(valid, 0))
         per_pixel = per_pixel.where(valid, 0)
         return self.loss_weight * reduce_pixel_losses(per_pixel, pixel_weight,

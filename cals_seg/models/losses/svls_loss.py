@@ -8,13 +8,11 @@ from torch import Tensor
 
 from mmseg.registry import MODELS
 
-from ...functional.labels import check_label_range
 from ...functional.neighbourhood import ScaledProportions, kernel_weights
 from ...functional.svls import soft_label_shift
-from .penalty_objective import PenaltyObjective
+from .penalty_objective import PenaltyObjective, base_loss_input
 from .pixelwise import PixelwiseLoss
-from .reduction import (combined_pixel_weight, reduce_pixel_losses,
-                        resolve_reduction)
+from .reduction import reduce_pixel_losses
 
 
 @MODELS.register_module()
@@ -40,8 +38,9 @@ class SVLSLoss(PixelwiseLoss):
     q_ik) z_ik`` (:func:`cals_seg.functional.svls.soft_label_shift`), the
     same loss and gradient, since ``q`` sums to 1: on CPU in one fused pass,
     elsewhere with ``q`` formed densely and turned into the gradient in place
-    (no host synchronisation). The loss costs little more than cross-entropy. ``reduction_override='none'`` forms
-    the per-pixel map with ``q`` dense and autograd.
+    (no host synchronisation). The loss costs little more than cross-entropy.
+    ``reduction_override='none'`` forms the per-pixel map with ``q`` dense and
+    autograd.
 
     Args:
         kernel_size (int): odd window size. Default: 3.
@@ -70,19 +69,15 @@ class SVLSLoss(PixelwiseLoss):
             Tensor: scalar, or the ``(N, H, W)`` map for ``'none'``.
         """
         num_classes = cls_score.shape[1]
-        check_label_range(label, num_classes, ignore_index)
-        valid = label != ignore_index
-        reduction = resolve_reduction(label, valid, self.avg_non_ignore, avg_factor,
-                                      reduction_override)
-        pixel_weight = combined_pixel_weight(weight, self.class_weight, label, valid)
+        valid, reduction, pixel_weight = self.prepare(
+            cls_score, label, weight, avg_factor, reduction_override, ignore_index)
         targets = ScaledProportions(label, valid, self.weights)
         if reduction.mode == 'none':
             soft = targets.dense(num_classes)
             per_pixel = -(soft * F.log_softmax(cls_score.float(), dim=1)).sum(dim=1)
             return self.loss_weight * reduce_pixel_losses(per_pixel, pixel_weight,
                                                           reduction)
-        need_grad = cls_score.requires_grad and torch.is_grad_enabled()
-        base_input = cls_score.detach().requires_grad_() if need_grad else cls_score
+        base_input, need_grad = base_loss_input(cls_score)
         hard = F.cross_entropy(base_input.float(), label, ignore_index=ignore_index,
                                reduction='sum' if pixel_weight is None else 'none')
         if pixel_weight is not None:
@@ -92,7 +87,7 @@ class SVLSLoss(PixelwiseLoss):
         correction = (total / reduction.divisor).float()
         if not need_grad:
             return self.loss_weight * (hard + correction)
-        objective = PenaltyObjective.apply(cls_score, (base_input, hard), correction,
-                                           direction,
-                                           1.0 / torch.as_tensor(reduction.divisor), 1.0)
+        objective = PenaltyObjective.apply(
+            cls_score, (base_input, hard), correction, direction,
+            1.0 / torch.as_tensor(reduction.divisor), 1.0)
         return self.loss_weight * objective

@@ -1,7 +1,7 @@
 // The CALS penalty with the PHR function, fused into one pass over the logits.
 //
-// The same mathematics as cals_seg/functional/cals.py (Liu et al., CVPR 2023; docs/methods.md), which stays
-// the reference and the path for other devices. Eager PyTorch needs a dozen passes
+// The same mathematics as cals_seg/functional/cals.py (Liu et al., CVPR 2023;
+// docs/methods.md), which stays the reference and the path for other devices. Eager PyTorch needs a dozen passes
 // over an (N, C, H, W) tensor for the penalty, its gradient and the round sums;
 // here each block of pixels is read from memory once, kept in cache while every
 // quantity is computed, and the gradient direction is written once.

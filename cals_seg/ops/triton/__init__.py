@@ -82,10 +82,26 @@ def _check_tensor(kernel: str, name: str, tensor: Tensor, dtype: torch.dtype,
     return True
 
 
+def _check_label_values(kernel: str, name: str, labels: Tensor, num_classes: int,
+                        ignore: Optional[int] = None) -> None:
+    """Every value of ``labels`` in ``[0, C)`` or ``ignore``. Reads the range
+    back to the host: the C++ kernels check each label as they read it; a
+    Triton kernel reading a label out of range would read out of bounds."""
+    if not labels.numel():
+        return
+    low, high = int(labels.min()), int(labels.max())
+    lowest = 0 if ignore is None else min(0, ignore)
+    if low < lowest or high >= num_classes:
+        allowed = '' if ignore is None else f' or the ignore value {ignore}'
+        raise ValueError(f'{kernel}: {name} must be in [0, C = {num_classes})'
+                         f'{allowed}, got values in [{low}, {high}]')
+
+
 def _check_map(kernel: str, logits: Tensor, label: Tensor, height: int,
                width: int) -> None:
     """The arguments the neighbourhood kernels share: ``(N, C, P)`` float32
-    logits of ``height x width`` maps and their ``(N, P)`` int32 labels."""
+    logits of ``height x width`` maps and their ``(N, P)`` int32 labels, each
+    in ``[0, C)`` or the ignore value -1."""
     _check_tensor(kernel, 'logits (N, C, P)', logits, torch.float32,
                   (None, None, None), logits.device)
     if height < 0 or width < 0 or height * width != logits.shape[2]:
@@ -93,6 +109,7 @@ def _check_map(kernel: str, logits: Tensor, label: Tensor, height: int,
                          f'logits have P = {logits.shape[2]}')
     _check_tensor(kernel, 'label (N, P)', label, torch.int32,
                   (logits.shape[0], logits.shape[2]), logits.device)
+    _check_label_values(kernel, 'labels', label, logits.shape[1], ignore=-1)
 
 
 def _kernels(name: str):
@@ -132,6 +149,10 @@ def grouped_phr_penalty(logits, label, height, width, group_base, logit_stride,
                       device)
     _check_tensor(name, 'target_scale (N, P)', target_scale, torch.float32,
                   tuple(label.shape), device, optional=True)
+    num_groups, last_logit = offset.numel(), logit_stride * (logits.shape[1] - 1)
+    if group_base.numel() and (int(group_base.min()) < 0 or
+                               int(group_base.max()) + last_logit >= num_groups):
+        raise ValueError(f'{name}: a group index is outside [0, G), G = {num_groups}')
     return _kernels('neighbourhood').grouped_phr_penalty(
         logits, label, height, width, group_base, logit_stride, offset, slope, lambd,
         rho, weights, target_scale, need_grad, need_statistics, lambd_min, lambd_max)
@@ -170,10 +191,6 @@ def calibration_statistics(logits, labels, keep, boundary, low_threshold, num_bi
     _check_tensor(name, 'keep (P)', keep, torch.bool, pixels, device)
     _check_tensor(name, 'boundary (P)', boundary, torch.bool, pixels, device,
                   optional=True)
-    kept = labels[keep]
-    if kept.numel() and (int(kept.min()) < 0 or int(kept.max()) >= logits.shape[0]):
-        raise ValueError(f'{name}: labels of kept pixels must be in [0, C = '
-                         f'{logits.shape[0]}), got values in [{int(kept.min())}, '
-                         f'{int(kept.max())}]')
+    _check_label_values(name, 'labels of kept pixels', labels[keep], logits.shape[0])
     return _kernels('calibration').calibration_statistics(
         logits, labels, keep, boundary, low_threshold, num_bins, num_cells)

@@ -36,6 +36,24 @@ def _bin_index(value, num_bins):
 
 
 @triton.jit
+def _masked_sums(mask, value, hit):
+    """Over the pixels (axis 1) of a ``mask``: its count, the sum of ``value``
+    and the sum of ``hit`` (1.0 where right), in float64."""
+    count = tl.sum(mask.to(tl.float32), axis=1).to(tl.float64)
+    total = tl.sum(tl.where(mask, value, 0.0), axis=1).to(tl.float64)
+    hits = tl.sum(tl.where(mask, hit, 0.0), axis=1).to(tl.float64)
+    return count, total, hits
+
+
+@triton.jit
+def _add_sums(ptr, entry, stride, count, total, hits, mask):
+    """Adds a field triple (count, sum, hits; ``stride`` apart) to the output."""
+    tl.atomic_add(ptr + entry, count, mask=mask)
+    tl.atomic_add(ptr + stride + entry, total, mask=mask)
+    tl.atomic_add(ptr + 2 * stride + entry, hits, mask=mask)
+
+
+@triton.jit
 def _calibration_kernel(z_ptr, label_ptr, keep_ptr, boundary_ptr, out_ptr,
                         num_classes, num_pixels, num_cells, low_threshold,
                         NUM_BINS: tl.constexpr, BINS: tl.constexpr,
@@ -93,22 +111,18 @@ def _calibration_kernel(z_ptr, label_ptr, keep_ptr, boundary_ptr, out_ptr,
 
         top_bin = _bin_index(confidence, NUM_BINS)
         in_bin = is_bin[:, None] & used[None, :] & (b[:, None] == top_bin[None, :])
-        count = tl.sum(in_bin.to(tl.float32), axis=1).to(tl.float64)
-        confidence_sum = tl.sum(tl.where(in_bin, confidence[None, :], 0.0),
-                                axis=1).to(tl.float64)
-        accuracy_sum = tl.sum(tl.where(in_bin, correct[None, :], 0.0),
-                              axis=1).to(tl.float64)
+        count, total, hits = _masked_sums(in_bin, confidence[None, :],
+                                          correct[None, :])
         bin_count += count
-        bin_confidence += confidence_sum
-        bin_accuracy += accuracy_sum
+        bin_confidence += total
+        bin_accuracy += hits
         if HAS_BOUNDARY:
             edge = tl.load(boundary_ptr + pixel, mask=used, other=0) != 0
-            on_edge = in_bin & edge[None, :]
-            edge_count += tl.sum(on_edge.to(tl.float32), axis=1).to(tl.float64)
-            edge_confidence += tl.sum(tl.where(on_edge, confidence[None, :], 0.0),
-                                      axis=1).to(tl.float64)
-            edge_accuracy += tl.sum(tl.where(on_edge, correct[None, :], 0.0),
-                                    axis=1).to(tl.float64)
+            count, total, hits = _masked_sums(in_bin & edge[None, :],
+                                              confidence[None, :], correct[None, :])
+            edge_count += count
+            edge_confidence += total
+            edge_accuracy += hits
 
         cell = _bin_index(confidence, num_cells)
         tl.atomic_add(out_ptr + cells + cell, tl.full((BLOCK, ), 1.0, tl.float64),
@@ -122,27 +136,21 @@ def _calibration_kernel(z_ptr, label_ptr, keep_ptr, boundary_ptr, out_ptr,
         probability = e / partition[None, :]
         entry = is_class[:, None] & used[None, :]
         is_true = entry & (k[:, None] == label[None, :])
+        true_class = is_true.to(tl.float32)
         class_bin = _bin_index(probability, NUM_BINS)
         for bin_id in tl.static_range(NUM_BINS):
-            selected = entry & (class_bin == bin_id)
+            count, total, hits = _masked_sums(entry & (class_bin == bin_id),
+                                              probability, true_class)
             column = (b == bin_id)[None, :]
-            class_count += tl.where(
-                column, tl.sum(selected.to(tl.float32), axis=1).to(tl.float64)[:, None],
-                0.0)
-            class_probability += tl.where(
-                column,
-                tl.sum(tl.where(selected, probability, 0.0),
-                       axis=1).to(tl.float64)[:, None], 0.0)
-            class_hits += tl.where(
-                column,
-                tl.sum((selected & is_true).to(tl.float32),
-                       axis=1).to(tl.float64)[:, None], 0.0)
-        pixels_of_class += tl.sum(is_true.to(tl.float32), axis=1).to(tl.float64)
-        is_low = entry & (probability <= low_threshold)
-        low_count += tl.sum(is_low.to(tl.float32), axis=1).to(tl.float64)
-        low_probability += tl.sum(tl.where(is_low, probability, 0.0),
-                                  axis=1).to(tl.float64)
-        low_hits += tl.sum((is_low & is_true).to(tl.float32), axis=1).to(tl.float64)
+            class_count += tl.where(column, count[:, None], 0.0)
+            class_probability += tl.where(column, total[:, None], 0.0)
+            class_hits += tl.where(column, hits[:, None], 0.0)
+        pixels_of_class += tl.sum(true_class, axis=1).to(tl.float64)
+        count, total, hits = _masked_sums(entry & (probability <= low_threshold),
+                                          probability, true_class)
+        low_count += count
+        low_probability += total
+        low_hits += hits
 
         true_probability = tl.sum(tl.where(is_true, probability, 0.0), axis=0)
         true_logit = tl.sum(tl.where(is_true, z, 0.0), axis=0)
@@ -152,25 +160,15 @@ def _calibration_kernel(z_ptr, label_ptr, keep_ptr, boundary_ptr, out_ptr,
         brier += tl.where(used, squares.to(tl.float64) - 2.0 * true_probability.to(
             tl.float64) + 1.0, 0.0)
 
-    tl.atomic_add(out_ptr + b, bin_count, mask=is_bin)
-    tl.atomic_add(out_ptr + NUM_BINS + b, bin_confidence, mask=is_bin)
-    tl.atomic_add(out_ptr + 2 * NUM_BINS + b, bin_accuracy, mask=is_bin)
-    per_class = k[:, None] * NUM_BINS + b[None, :]
-    class_mask = is_class[:, None] & is_bin[None, :]
-    class_size = num_classes * NUM_BINS
-    tl.atomic_add(out_ptr + class_bins + per_class, class_count, mask=class_mask)
-    tl.atomic_add(out_ptr + class_bins + class_size + per_class, class_probability,
-                  mask=class_mask)
-    tl.atomic_add(out_ptr + class_bins + 2 * class_size + per_class, class_hits,
-                  mask=class_mask)
+    _add_sums(out_ptr, b, NUM_BINS, bin_count, bin_confidence, bin_accuracy, is_bin)
+    _add_sums(out_ptr + class_bins, k[:, None] * NUM_BINS + b[None, :],
+              num_classes * NUM_BINS, class_count, class_probability, class_hits,
+              is_class[:, None] & is_bin[None, :])
     tl.atomic_add(out_ptr + class_pixels + k, pixels_of_class, mask=is_class)
-    tl.atomic_add(out_ptr + boundary_bins + b, edge_count, mask=is_bin)
-    tl.atomic_add(out_ptr + boundary_bins + NUM_BINS + b, edge_confidence, mask=is_bin)
-    tl.atomic_add(out_ptr + boundary_bins + 2 * NUM_BINS + b, edge_accuracy,
-                  mask=is_bin)
-    tl.atomic_add(out_ptr + low + k, low_count, mask=is_class)
-    tl.atomic_add(out_ptr + low + num_classes + k, low_probability, mask=is_class)
-    tl.atomic_add(out_ptr + low + 2 * num_classes + k, low_hits, mask=is_class)
+    _add_sums(out_ptr + boundary_bins, b, NUM_BINS, edge_count, edge_confidence,
+              edge_accuracy, is_bin)
+    _add_sums(out_ptr + low, k, num_classes, low_count, low_probability, low_hits,
+              is_class)
     tl.atomic_add(out_ptr + scalars, tl.sum(nll, axis=0))
     tl.atomic_add(out_ptr + scalars + 1, tl.sum(brier, axis=0))
     tl.atomic_add(out_ptr + scalars + 2, tl.sum(num_kept, axis=0).to(tl.float64))

@@ -15,7 +15,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._launch import class_tile
+from ._launch import (class_tile, clip, largest_logit_direction, load_logit_tile,
+                      nonfinite_per_pixel, phr_derivative)
 
 
 @triton.jit
@@ -75,13 +76,8 @@ def _grouped_kernel(z_ptr, label_ptr, base_ptr, offset_ptr, slope_ptr, lambd_ptr
     image = tl.program_id(1).to(tl.int64)
     num_pixels = height * width
     row = image * tl.num_programs(0) + block
-    pixel = block * BLOCK + tl.arange(0, BLOCK)
-    k = tl.arange(0, CLASSES)
-    in_image = pixel < num_pixels
-    is_class = k < num_classes
-    tile = is_class[:, None] & in_image[None, :]
-    index = (image * num_classes + k[:, None]) * num_pixels + pixel[None, :]
-    z = tl.load(z_ptr + index, mask=tile, other=float('-inf'))
+    pixel, k, in_image, is_class, tile, index, z = load_logit_tile(
+        z_ptr, image, block, num_classes, num_pixels, float('-inf'), CLASSES, BLOCK)
     image_start = image * num_pixels
     label = tl.load(label_ptr + image_start + pixel, mask=in_image, other=-1)
     base = tl.load(base_ptr + image_start + pixel, mask=in_image, other=0)
@@ -103,27 +99,22 @@ def _grouped_kernel(z_ptr, label_ptr, base_ptr, offset_ptr, slope_ptr, lambd_ptr
     else:
         top = tl.max(z, axis=0)
         distance = top[None, :] - z
-    y = offset + slope * distance
-    # y < 0 rather than a maximum: a NaN stays NaN, as torch.clamp_min keeps it.
-    x = tl.where(usable, tl.where(y < 0, 0.0, y), 0.0)
+    x = phr_derivative(offset, slope, distance, usable)
     value = tl.where(usable, (x * x - lambd * lambd) * (0.5 / rho), 0.0)
-    tl.store(partial_ptr + 2 * row, tl.sum(tl.sum(value, axis=1), axis=0).to(tl.float64))
+    tl.store(partial_ptr + 2 * row,
+             tl.sum(tl.sum(value, axis=1), axis=0).to(tl.float64))
     if NEED_GRAD:
         if TARGETS:
             # d P / d z = P' sign(z - r); the caller's scale is positive.
             sign = (z > target).to(tl.float32) - (z < target).to(tl.float32)
             direction = x * sign
         else:
-            # Tied largest logits split the winner's share, as the gradient of amax.
-            wins = tile & (z == top[None, :])
-            winners = tl.sum(wins.to(tl.float32), axis=0)
-            share = tl.sum(x, axis=0) / tl.where(winners > 0, winners, 1.0)
-            direction = x - tl.where(wins, share[None, :], 0.0)
+            direction = largest_logit_direction(x, z, top, tile)
         tl.store(direction_ptr + index, direction, mask=tile)
     if NEED_STATS:
-        nonfinite_logits = tl.sum(tl.where(tile & (z - z != 0), 1, 0), axis=0)
+        nonfinite_logits = nonfinite_per_pixel(z, tile)
         kept = usable & (nonfinite_logits == 0)[None, :]
-        clipped = tl.where(x < lambd_min, lambd_min, tl.where(x > lambd_max, lambd_max, x))
+        clipped = clip(x, lambd_min, lambd_max)
         _add_group_sums(group_sums_ptr, group, kept, clipped, k, logit_stride,
                         num_groups)
         _add_group_sums(group_sums_ptr + num_groups, group, kept, distance, k,
@@ -147,12 +138,8 @@ def _proportion_terms_kernel(z_ptr, label_ptr, weights_ptr, pixel_weight_ptr,
     block = tl.program_id(0)
     image = tl.program_id(1).to(tl.int64)
     num_pixels = height * width
-    pixel = block * BLOCK + tl.arange(0, BLOCK)
-    k = tl.arange(0, CLASSES)
-    in_image = pixel < num_pixels
-    tile = (k < num_classes)[:, None] & in_image[None, :]
-    index = (image * num_classes + k[:, None]) * num_pixels + pixel[None, :]
-    z = tl.load(z_ptr + index, mask=tile, other=0.0)
+    pixel, k, in_image, _, tile, index, z = load_logit_tile(
+        z_ptr, image, block, num_classes, num_pixels, 0.0, CLASSES, BLOCK)
     image_start = image * num_pixels
     label = tl.load(label_ptr + image_start + pixel, mask=in_image, other=-1)
     ones = tl.full((BLOCK, ), 1.0, tl.float32)
@@ -165,7 +152,8 @@ def _proportion_terms_kernel(z_ptr, label_ptr, weights_ptr, pixel_weight_ptr,
         factor *= tl.load(pixel_weight_ptr + image_start + pixel, mask=in_image,
                           other=0.0)
     if SHIFT:
-        direction = factor[None, :] * ((k[:, None] == label[None, :]).to(tl.float32) - tau)
+        onehot = (k[:, None] == label[None, :]).to(tl.float32)
+        direction = factor[None, :] * (onehot - tau)
         terms = direction * z
     else:
         difference = z - tau
@@ -175,16 +163,6 @@ def _proportion_terms_kernel(z_ptr, label_ptr, weights_ptr, pixel_weight_ptr,
     tl.store(direction_ptr + index, direction, mask=tile)
     total = tl.sum(tl.sum(tl.where(tile, terms, 0.0), axis=1), axis=0)
     tl.store(partial_ptr + image * tl.num_programs(0) + block, total.to(tl.float64))
-
-
-def _check_labels(name: str, logits: torch.Tensor, label: torch.Tensor) -> None:
-    """Every label in ``[0, C)`` or the ignore value -1 (the shapes are checked
-    by ``cals_seg.ops.triton``)."""
-    if label.numel() and (int(label.min()) < -1 or
-                          int(label.max()) >= logits.shape[1]):
-        raise ValueError(f'{name}: labels must be in [0, C = {logits.shape[1]}) or '
-                         f'the ignore value -1, got values in [{int(label.min())}, '
-                         f'{int(label.max())}]')
 
 
 def _window(weights: torch.Tensor) -> int:
@@ -208,18 +186,11 @@ def grouped_phr_penalty(logits, label, height, width, group_base, logit_stride,
     with ``need_statistics``, over valid pixels whose logits are all finite,
     ``clipped`` (sum clip(P'), ``[G]``), ``distance`` (sum d, ``[G]``),
     ``count`` (pairs, ``[G]``), and ``num_nonfinite`` (the other valid pixels).
-    Names not asked for are absent.
-
-    Raises:
-        ValueError: a label or group index out of range, shapes that disagree.
+    Names not asked for are absent. The arguments are checked by
+    ``cals_seg.ops.triton``.
     """
     num_images, num_classes, num_pixels = logits.shape
     num_groups = offset.numel()
-    _check_labels('grouped_phr_penalty', logits, label)
-    if group_base.numel() and (int(group_base.min()) < 0 or int(group_base.max()) +
-                               logit_stride * (num_classes - 1) >= num_groups):
-        raise ValueError('grouped_phr_penalty: a group index is outside [0, G), '
-                         f'G = {num_groups}')
     targets = weights.numel() > 0
     weights = weights.to(logits.device)  # the CPU kernel's callers build it on the CPU
     classes, block = class_tile(num_classes)
@@ -249,10 +220,8 @@ def grouped_phr_penalty(logits, label, height, width, group_base, logit_stride,
     return out
 
 
-def _proportion_terms(name, logits, label, height, width, weights, pixel_weight,
-                      shift):
+def _proportion_terms(logits, label, height, width, weights, pixel_weight, shift):
     num_images, num_classes, num_pixels = logits.shape
-    _check_labels(name, logits, label)
     weights = weights.to(logits.device)  # the CPU kernel's callers build it on the CPU
     classes, block = class_tile(num_classes)
     blocks = triton.cdiv(num_pixels, block)
@@ -272,7 +241,7 @@ def nacl_penalty(logits, label, height, width, weights):
     """NACL's ``sum_{i valid, k} |z_ik - tau_ik|`` and ``sign(z - tau)`` (0 at
     ignored pixels). Args and Returns: as nacl_penalty in
     neighbourhood_penalties.cpp."""
-    return _proportion_terms('nacl_penalty', logits, label, height, width, weights,
+    return _proportion_terms(logits, label, height, width, weights,
                              logits.new_empty(0), shift=False)
 
 
@@ -280,5 +249,5 @@ def svls_shift(logits, label, height, width, weights, pixel_weight):
     """SVLS's ``sum_{i valid} w_i sum_k (onehot_ik - tau_ik) z_ik`` and
     ``w (onehot - tau)``. Args and Returns: as svls_shift in
     neighbourhood_penalties.cpp."""
-    return _proportion_terms('svls_shift', logits, label, height, width, weights,
-                             pixel_weight, shift=True)
+    return _proportion_terms(logits, label, height, width, weights, pixel_weight,
+                             shift=True)

@@ -11,7 +11,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._launch import class_tile
+from ._launch import (class_tile, clip, largest_logit_direction, load_logit_tile,
+                      nonfinite_per_pixel, phr_derivative)
 
 
 @triton.jit
@@ -22,28 +23,20 @@ def _phr_penalty_kernel(z_ptr, valid_ptr, offset_ptr, slope_ptr, direction_ptr,
     block = tl.program_id(0)
     image = tl.program_id(1).to(tl.int64)
     row = (image * tl.num_programs(0) + block) * (3 * num_classes + 2)
-    pixel = block * BLOCK + tl.arange(0, BLOCK)
-    k = tl.arange(0, CLASSES)
-    in_image = pixel < num_pixels
-    is_class = k < num_classes
-    tile = is_class[:, None] & in_image[None, :]
-    index = (image * num_classes + k[:, None]) * num_pixels + pixel[None, :]
-    z = tl.load(z_ptr + index, mask=tile, other=float('-inf'))
+    pixel, k, in_image, is_class, tile, index, z = load_logit_tile(
+        z_ptr, image, block, num_classes, num_pixels, float('-inf'), CLASSES, BLOCK)
     valid = tl.load(valid_ptr + image * num_pixels + pixel, mask=in_image, other=0) != 0
     top = tl.max(z, axis=0)
     distance = top[None, :] - z
     offset = tl.load(offset_ptr + k, mask=is_class, other=0.0)
     slope = tl.load(slope_ptr + k, mask=is_class, other=0.0)
-    y = offset[:, None] + slope[:, None] * distance
-    usable = tile & valid[None, :]
-    # y < 0 rather than a maximum: a NaN stays NaN, as torch.clamp_min keeps it.
-    x = tl.where(usable, tl.where(y < 0, 0.0, y), 0.0)
+    x = phr_derivative(offset[:, None], slope[:, None], distance, tile & valid[None, :])
     tl.store(partial_ptr + row + k, tl.sum(x * x, axis=1).to(tl.float64), mask=is_class)
     if NEED_STATS:
-        nonfinite_logits = tl.sum(tl.where(tile & (z - z != 0), 1, 0), axis=0)
+        nonfinite_logits = nonfinite_per_pixel(z, tile)
         kept_pixel = valid & in_image & (nonfinite_logits == 0)
         kept = is_class[:, None] & kept_pixel[None, :]
-        clipped = tl.where(x < lambd_min, lambd_min, tl.where(x > lambd_max, lambd_max, x))
+        clipped = clip(x, lambd_min, lambd_max)
         tl.store(partial_ptr + row + num_classes + k,
                  tl.sum(tl.where(kept, clipped, 0.0), axis=1).to(tl.float64),
                  mask=is_class)
@@ -56,11 +49,7 @@ def _phr_penalty_kernel(z_ptr, valid_ptr, offset_ptr, slope_ptr, direction_ptr,
         tl.store(partial_ptr + row + 3 * num_classes + 1,
                  tl.sum(nonfinite.to(tl.float32), axis=0).to(tl.float64))
     if NEED_GRAD:
-        # Tied largest logits split the winner's share, as the gradient of amax.
-        wins = tile & (z == top[None, :])
-        winners = tl.sum(wins.to(tl.float32), axis=0)
-        share = tl.sum(x, axis=0) / tl.where(winners > 0, winners, 1.0)
-        tl.store(direction_ptr + index, x - tl.where(wins, share[None, :], 0.0),
+        tl.store(direction_ptr + index, largest_logit_direction(x, z, top, tile),
                  mask=tile)
 
 
