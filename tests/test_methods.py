@@ -274,10 +274,9 @@ def test_loss_the_recipe_cannot_replace():
         apply_method(two, 'ls')
     weighted = _with_model(cfg, decode_head=dict(
         head, loss_decode=dict(CE, class_weight=[1.0] * 6)))
-    with pytest.raises(ValueError, match='model.decode_head.loss_decode.'
-                       'class_weight is set, and LabelSmoothingLoss takes no '
-                       'class weights'):
-        apply_method(weighted, 'ls')
+    for name in ('ls', 'fl', 'mbls', 'ecp', 'nacl', 'svls', 'cals', 'crac'):
+        loss = apply_method(weighted, name).model.decode_head.loss_decode
+        assert loss['class_weight'] == [1.0] * 6, name
     assert apply_method(weighted, 'cals').model.decode_head.loss_decode[
         'class_weight'] == [1.0] * 6
     no_classes = dict(head)

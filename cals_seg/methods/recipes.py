@@ -139,8 +139,7 @@ def apply_method(cfg: Config, name: str, **options) -> Config:
 
     - The softmax ``CrossEntropyLoss`` entry of the head's ``loss_decode`` (a dict
       or a list of dicts) is replaced by the method's loss, carrying its
-      ``loss_weight`` (written when not 1.0) and ``class_weight`` (an error for a
-      loss without class weights); other entries, e.g. a Lovasz or Dice term, stay,
+      ``loss_weight`` (written when not 1.0) and ``class_weight``; other entries, e.g. a Lovasz or Dice term, stay,
       since they belong to the user's segmentation objective. A head without a
       cross-entropy entry is an error unless ``replace_loss=True``, which makes
       the method's loss its only loss.
@@ -310,13 +309,13 @@ def _put_method_loss(method: Method, head: Head, loss_options: dict,
         raise ValueError(f'{head.key}.loss_decode has {len(entries)} '
                          f'{CROSS_ENTROPY} entries ({[k for _, k, _ in entries]}); '
                          'a method replaces exactly one')
-    (index, key, cross_entropy), = entries
+    (index, _, cross_entropy), = entries
     replace_loss_entry(head, index,
-                       _method_loss(method, head, loss_options, cross_entropy, key))
+                       _method_loss(method, head, loss_options, cross_entropy))
 
 
 def _method_loss(method: Method, head: Head, loss_options: dict,
-                 cross_entropy: dict, key: str = '') -> dict:
+                 cross_entropy: dict) -> dict:
     """The method's loss config for ``head``, carrying the weights of the
     cross-entropy entry it replaces."""
     if method.loss_type is None:
@@ -332,11 +331,7 @@ def _method_loss(method: Method, head: Head, loss_options: dict,
     if cross_entropy.get('loss_weight', 1.0) != 1.0:
         loss['loss_weight'] = cross_entropy['loss_weight']
     if cross_entropy.get('class_weight') is not None:
-        if 'class_weight' not in loss_parameters(method.loss_type):
-            raise ValueError(
-                f'{key}.class_weight is set, and {method.loss_type} takes no class '
-                f'weights: remove it (--cfg-options {key}.class_weight=None) or '
-                'choose another method')
+        # Every method's loss takes mmseg's class_weight.
         loss['class_weight'] = cross_entropy['class_weight']
     _check_builds(loss, f'{head.key}.loss_decode')
     return loss
