@@ -129,12 +129,12 @@ def test_every_calibrator_fits_reports_and_applies(saved_logits, tmp_path):
     assert list(report['metrics']) == ['uncalibrated'] + names
     for name in names:
         fit = report['fits'][name]
-        # The fitting images, split whole: some fit, at least one checks.
-        assert fit['check_images'] >= 1
-        assert fit['fit_images'] + fit['check_images'] == len(report['fit_images'])
+        # Every fitting image fits, and checks a fit of the other folds.
+        assert fit['fit_images'] == fit['check_images'] == len(report['fit_images'])
+        assert fit['check_folds'] == min(4, len(report['fit_images']))
         assert fit['kept'] == (fit['check_nll_after'] <= fit['check_nll_before'])
         state = 'kept' if fit['kept'] else 'UNDONE'
-        assert (f"on the {fit['check_images']} check images "
+        assert (f"out of fold over {fit['check_folds']} folds "
                 f"{fit['check_nll_before']:.4f} -> {fit['check_nll_after']:.4f}"
                 in result.stdout) and f'{name}: ' in result.stdout
         assert state in result.stdout

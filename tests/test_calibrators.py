@@ -11,7 +11,7 @@ from cals_seg.calibrators import (Calibrator, CalibratorFileError,
                                   CalibratorInputError, ClassTemperatureScaling,
                                   DirichletScaling, LocalTemperatureScaling,
                                   TemperatureScaling, VectorScaling,
-                                  load_calibrator, split_by_image)
+                                  image_folds, load_calibrator)
 
 C = 4
 IMAGES = 8
@@ -70,8 +70,8 @@ def test_dirichlet_scaling_recovers_the_calibrated_probabilities():
     with torch.no_grad():
         fitted = torch.softmax(calibrator.transform(logits), dim=1)
     assert (fitted - prob).abs().mean() < 0.01
-    check = split_by_image(ids)
-    true_nll = float(F.nll_loss(prob[check].log(), labels[check]))
+    # Every fold's fit lands near the truth, so out of fold NLL is the true one.
+    true_nll = float(F.nll_loss(prob.log(), labels))
     assert record.check_nll_after == pytest.approx(true_nll, abs=0.01)
 
 
@@ -101,34 +101,29 @@ class _Broken(TemperatureScaling):
 def test_fit_that_raises_the_check_nll_is_undone_with_a_warning():
     logits, labels, ids, _ = _draw(lambda z: z)
     calibrator = _Broken(C)
-    with pytest.warns(UserWarning, match=r'raised the NLL of the 2 check images '
-                      r'it was not fitted on \(\d\.\d+ before, \d\.\d+ after'):
+    with pytest.warns(UserWarning, match=r'raised the out-of-fold NLL of the 8 '
+                      r'held-out images \(\d\.\d+ before, \d\.\d+ after, 4 folds'):
         record = calibrator.fit(logits, labels, ids)
     assert not record.kept and calibrator.temperature == 1.0
     assert record.check_nll_after > record.check_nll_before
 
 
-def test_split_by_image_spreads_whole_images_and_is_deterministic():
-    # 8 images, a quarter checks: 2 images, at ranks floor((2j + 1) 8 / 4) = 2, 6.
+def test_image_folds_deal_whole_images_by_rank_and_are_deterministic():
     ids = torch.tensor([7, 0, 2, 5, 1, 6, 3, 4, 2, 6, 6, 0])
-    check = split_by_image(ids, 0.25)
-    torch.testing.assert_close(check, (ids == 2) | (ids == 6))
-    # Ranks of the distinct sorted ids count, not their values or positions.
-    torch.testing.assert_close(split_by_image(ids * 10 + 3, 0.25), check)
-    # Two images: one fits and one checks, whatever the fraction.
-    for fraction in (0.01, 0.99):
-        assert split_by_image(torch.tensor([4, 9, 9]), fraction).tolist() == [
-            False, True, True]
+    # Rank r of the sorted distinct ids goes to fold r mod 4.
+    torch.testing.assert_close(image_folds(ids, 4), ids % 4)
+    # Ranks count, not the ids' values or positions.
+    torch.testing.assert_close(image_folds(ids * 10 + 3, 4), ids % 4)
+    # Fewer images than folds: one image a fold.
+    assert image_folds(torch.tensor([4, 9, 9]), 4).tolist() == [0, 1, 1]
 
 
 def test_a_check_split_without_an_image_is_refused():
     logits, labels, _, _ = _draw(lambda z: z, pixels=500)
     with pytest.raises(CalibratorInputError, match='come from 1 image.*two images'):
         TemperatureScaling(C).fit(logits, labels, torch.zeros(500, dtype=torch.long))
-    with pytest.raises(CalibratorInputError,
-                       match=r'check_fraction must be in \(0, 1\)'):
-        TemperatureScaling(C).fit(logits, labels, torch.arange(500) % 2,
-                                  check_fraction=1.0)
+    with pytest.raises(CalibratorInputError, match='folds must be an int >= 2'):
+        TemperatureScaling(C).fit(logits, labels, torch.arange(500) % 2, folds=1)
     # Two maps, the second (the check image) without a labelled pixel: a
     # pixel-wise calibrator sees one image, a spatial one an empty check part.
     maps = logits.reshape(2, 10, 25, C).permute(0, 3, 1, 2)
@@ -138,14 +133,21 @@ def test_a_check_split_without_an_image_is_refused():
                        'from 1 image'):
         TemperatureScaling(C).fit(maps, unlabelled, torch.tensor([0, 1]))
     with pytest.raises(CalibratorInputError,
-                       match='check part of the held-out images holds no labelled'):
+                       match='check fold 1 of the held-out images holds no labelled'):
         LocalTemperatureScaling(C).fit(maps, unlabelled, torch.tensor([0, 1]))
+
+
+def _grid_temperature(logits, labels):
+    """The NLL-minimising temperature on a fine grid: a reference for L-BFGS."""
+    grid = torch.exp(torch.linspace(-2.0, 2.5, 9001, dtype=torch.float64))
+    nll = torch.stack([F.cross_entropy(logits / t, labels) for t in grid])
+    return float(grid[nll.argmin()])
 
 
 def test_well_specified_temperature_is_kept_and_recovered():
     """Logits three times the true ones, labels drawn from the true softmax:
-    temperature scaling is the right model, the check images agree with the
-    fit images, the fit is kept and finds T = 3."""
+    temperature scaling is the right model, every fold agrees, the fit is kept
+    and finds T = 3; the out-of-fold NLL equals a fold-by-fold grid search's."""
     generator = torch.Generator().manual_seed(5)
     true_logits = torch.randn(6, C, 40, 40, generator=generator,
                               dtype=torch.float64) * 2
@@ -155,39 +157,49 @@ def test_well_specified_temperature_is_kept_and_recovered():
     calibrator = TemperatureScaling(C)
     record = calibrator.fit(3 * true_logits, labels, torch.arange(6))
     assert record.kept and calibrator.temperature == pytest.approx(3.0, rel=0.05)
-    assert (record.fit_images, record.check_images) == (4, 2)
-    assert (record.fit_pixels, record.check_pixels) == (4 * 1600, 2 * 1600)
-    check = split_by_image(torch.arange(6))
-    before = F.cross_entropy(3 * true_logits[check], labels[check])
+    assert (record.fit_images, record.check_images, record.check_folds) == (6, 6, 4)
+    assert record.fit_pixels == record.check_pixels == 6 * 1600
+    before = F.cross_entropy(3 * true_logits, labels)
     assert record.check_nll_before == pytest.approx(float(before), rel=1e-9)
-    after = F.cross_entropy(3 * true_logits[check] / calibrator.temperature,
-                            labels[check])
-    assert record.check_nll_after == pytest.approx(float(after), rel=1e-9)
+    assert record.fit_nll_before == pytest.approx(float(before), rel=1e-9)
+    # Images 0..5 in folds 0, 1, 2, 3, 0, 1: each fold scored at the temperature
+    # a grid search finds on the other images.
+    folds = torch.arange(6) % 4
+    out_of_fold = 0.0
+    for fold in range(4):
+        held, rest = folds == fold, folds != fold
+        temperature = _grid_temperature(3 * true_logits[rest], labels[rest])
+        out_of_fold += float(F.cross_entropy(3 * true_logits[held] / temperature,
+                                             labels[held], reduction='sum'))
+    assert record.check_nll_after == pytest.approx(out_of_fold / labels.numel(),
+                                                   rel=1e-5)
     assert record.check_nll_after < record.check_nll_before
 
 
 def test_a_fit_that_overfits_its_images_is_undone():
-    """Four images: on the check image the labels are drawn from the logits'
-    softmax, on the three fit images they are such draws shifted by one class.
-    An unregularised Dirichlet map learns the shift: the fit images' NLL
-    falls, the check image's rises, and the fit is undone. (Checked on the
-    pixels it was fitted on, as before, the fit would have been kept.)"""
-    generator = torch.Generator().manual_seed(3)
-    logits = torch.randn(4, C, 20, 20, generator=generator, dtype=torch.float64) * 2
-    drawn = torch.multinomial(torch.softmax(logits, 1).movedim(1, -1).reshape(-1, C),
-                              1, generator=generator).reshape(4, 20, 20)
-    ids = torch.tensor([10, 11, 12, 13])
-    check = split_by_image(ids)
-    labels = torch.where(check.reshape(4, 1, 1), drawn, (drawn + 1) % C)
-    calibrator = DirichletScaling(C, off_diagonal=0.0, intercept=0.0)
-    with pytest.warns(UserWarning, match='raised the NLL of the 1 check images'):
-        record = calibrator.fit(logits, labels, ids)
-    assert not record.kept
+    """Four images of 36 pixels, labels drawn from the logits' softmax (the
+    identity is the truth), and an unregularised 12-class Dirichlet map: 156
+    parameters for 108 pixels a fold. Each fold's fit memorises its images and
+    fails the held-out one: the out-of-fold NLL rises, the fit is undone. (On
+    the images it was fitted on, the NLL fell: checked there, it would have
+    been kept.)"""
+    classes = 12
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(4, classes, 6, 6, generator=generator,
+                         dtype=torch.float64) * 2
+    labels = torch.multinomial(
+        torch.softmax(logits, 1).movedim(1, -1).reshape(-1, classes), 1,
+        generator=generator).reshape(4, 6, 6)
+    calibrator = DirichletScaling(classes, off_diagonal=0.0, intercept=0.0)
+    with pytest.warns(UserWarning, match='raised the out-of-fold NLL of the 4 '
+                      'held-out images'):
+        record = calibrator.fit(logits, labels, torch.tensor([10, 11, 12, 13]))
+    assert not record.kept and record.check_folds == 4
     assert record.fit_nll_after < record.fit_nll_before - 0.1
     assert record.check_nll_after > record.check_nll_before + 0.1
-    assert math.isclose(record.check_nll_before, float(F.cross_entropy(
-        logits[check], labels[check])), rel_tol=1e-9)
-    pixels = logits.movedim(1, -1).reshape(-1, C)
+    assert math.isclose(record.check_nll_before,
+                        float(F.cross_entropy(logits, labels)), rel_tol=1e-9)
+    pixels = logits.movedim(1, -1).reshape(-1, classes)
     with torch.no_grad():  # the identity again
         torch.testing.assert_close(torch.softmax(calibrator.transform(pixels), 1),
                                    torch.softmax(pixels, 1))
@@ -233,7 +245,7 @@ def test_save_load_apply_to_image_logits(kind, tmp_path):
 
 
 def _file(path, **content):
-    entries = dict(version=2, type='DirichletScaling', num_classes=C, options={},
+    entries = dict(version=3, type='DirichletScaling', num_classes=C, options={},
                    state_dict={}, fit_record=None)
     entries.update(content)
     torch.save(entries, str(path))
@@ -281,6 +293,16 @@ def test_version_1_files_load_without_their_fit_record(tmp_path):
     with pytest.warns(UserWarning, match='checked on the pixels it was fitted on'):
         loaded = load_calibrator(path, num_classes=C)
     assert loaded.temperature == pytest.approx(2.0) and loaded.fit_record is None
+
+
+def test_version_2_files_load_with_one_check_fold(tmp_path):
+    record = dict(fit_nll_before=0.9, fit_nll_after=0.7, check_nll_before=0.8,
+                  check_nll_after=0.75, fit_pixels=300, check_pixels=100,
+                  fit_images=3, check_images=1, kept=True)
+    path = _file(tmp_path / 'v2.pth', version=2, type='TemperatureScaling',
+                 state_dict=TemperatureScaling(C).state_dict(), fit_record=record)
+    loaded = load_calibrator(path, num_classes=C)
+    assert loaded.fit_record._asdict() == dict(record, check_folds=1)
 
 
 def test_calibrators_are_registered_for_configs():

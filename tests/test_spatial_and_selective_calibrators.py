@@ -48,8 +48,11 @@ def test_lts_with_image_learns_where_the_temperature_changes():
 
     logits, images, labels = _maps(temperature_of, count=16)
     calibrator = LocalTemperatureScaling(C, use_image=True)
+    # 30 iterations: at 100 the fits reach temperatures of 1e-3 on confident
+    # pixels that were right on their images, and the out-of-fold NLL of the
+    # 16 images rises from 1.05 to 4.35 (undone); at 30 it falls to 0.85.
     record = calibrator.fit(logits, labels, torch.arange(16), images=images,
-                            max_iterations=100)
+                            max_iterations=30)
     with torch.no_grad():
         fitted = calibrator.temperature(logits, images)
     inner = fitted[:, 0, 4:-4]  # away from the seam the 5x5 dilated maps see
@@ -59,10 +62,7 @@ def test_lts_with_image_learns_where_the_temperature_changes():
     pixels = logits.movedim(1, -1).reshape(-1, C)
     pixel_ids = torch.arange(16).repeat_interleave(32 * 32)
     global_record = scaling.fit(pixels, labels.reshape(-1), pixel_ids)
-    # On the images both were fitted on, LTS fits what one temperature cannot.
-    # (On the check images it does not beat it: 0.929 against 0.902, from
-    # temperatures of 1e-3 on confident pixels of the fit images that were all
-    # right there; the check keeps it only because it beats the identity.)
+    # LTS fits what one temperature cannot.
     assert record.kept
     assert record.fit_nll_after < global_record.fit_nll_after - 0.05
 

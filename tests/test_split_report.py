@@ -125,10 +125,9 @@ def test_temperature_fitted_on_holdout_recovers_the_one_the_labels_came_from():
                                generator=generator).reshape(2, 64, 64)
     loader = [[(i, labels[i]) for i in range(2)]]
     fitted = fit_calibrators(FixedModel(logits), loader, ['ts', 'lts'], 5)
-    for calibrator in fitted.values():  # fitted on one image, checked on the other
+    for calibrator in fitted.values():  # two folds of one image each
         record = calibrator.fit_record
-        assert record.kept and (record.fit_images, record.check_images) == (1, 1)
-        assert record.check_pixels == 64 * 64
+        assert record.kept and (record.check_images, record.check_folds) == (2, 2)
     assert fitted['ts'].temperature == pytest.approx(true_temperature, rel=0.05)
     with torch.no_grad():
         local = fitted['lts'].temperature(logits.double())

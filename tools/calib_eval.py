@@ -6,9 +6,9 @@
         --calibrators ts dirichlet lts selective                     # fit, compare
     python tools/calib_eval.py new_logits --apply OUT/calibrator_ts.pth  # apply
 
-Each calibrator is fitted on three quarters of the --fit-split images and checked
-on the other quarter, whole images each (Calibrator.fit): a fit that raises the
-NLL of its check images is undone. Reads the logits and the manifest that
+Each calibrator is fitted on the --fit-split images and checked out of fold,
+whole images per fold (Calibrator.fit): a fit that raises the out-of-fold NLL
+is undone. Reads the logits and the manifest that
 --save-logits wrote, one image at a time,
 and writes OUT/metrics.json, the fitted calibrators and the pictures (PNG): the
 reliability diagrams with the share of pixels per bin, before/after each
@@ -178,9 +178,9 @@ def _fit(names: List[str], split, context) -> Dict[str, Calibrator]:
         state = 'kept' if record.kept else 'UNDONE (identity kept)'
         print(f'{name}: NLL on the {record.fit_images} fit images '
               f'{record.fit_nll_before:.4f} -> {record.fit_nll_after:.4f} '
-              f'({record.fit_pixels} pixels), on the {record.check_images} check '
-              f'images {record.check_nll_before:.4f} -> '
-              f'{record.check_nll_after:.4f} ({record.check_pixels} pixels), {state}')
+              f'({record.fit_pixels} pixels), out of fold over '
+              f'{record.check_folds} folds {record.check_nll_before:.4f} -> '
+              f'{record.check_nll_after:.4f}, {state}')
         fitted[name] = calibrator
     return fitted
 

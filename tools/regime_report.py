@@ -155,8 +155,8 @@ def main(argv=None):
             calibrator.save(osp.join(args.save_calibrators, f'calibrator_{name}.pth'))
     for name, metrics in result.get('metrics_posthoc', {}).items():
         fit = result['fits'][name]
-        print(f"{name} fitted on the hold-out part (NLL on its "
-              f"{fit['check_images']} check images {fit['check_nll_before']:.3f} -> "
+        print(f"{name} fitted on the hold-out part (out-of-fold NLL of its "
+              f"{fit['check_images']} images {fit['check_nll_before']:.3f} -> "
               f"{fit['check_nll_after']:.3f}{'' if fit['kept'] else ', undone'}): "
               "test ECE "
               f"{result['metrics']['ECE']:.2f} -> {metrics['ECE']:.2f} %, NLL "

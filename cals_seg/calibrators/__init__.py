@@ -2,7 +2,7 @@
 from functools import partial
 
 from .base import (Calibrator, CalibratorFileError, CalibratorInputError,
-                   FitRecord, load_calibrator, split_by_image)
+                   FitRecord, load_calibrator, image_folds)
 from .linear import ClassTemperatureScaling, DirichletScaling, VectorScaling
 from .local import LocalTemperatureScaling
 from .selective import SelectiveScaling
@@ -23,5 +23,5 @@ __all__ = [
     'Calibrator', 'CalibratorFileError', 'CalibratorInputError',
     'ClassTemperatureScaling', 'DirichletScaling', 'FitRecord',
     'LocalTemperatureScaling', 'SHORT_NAMES', 'SelectiveScaling',
-    'TemperatureScaling', 'VectorScaling', 'load_calibrator', 'split_by_image'
+    'TemperatureScaling', 'VectorScaling', 'load_calibrator', 'image_folds'
 ]

@@ -8,12 +8,15 @@ a time and fit on pixels ``(P, C)`` or maps; spatial ones (``spatial = True``,
 LTS) see a neighbourhood and fit on maps ``(N, C, H, W)``.
 
 :meth:`Calibrator.fit` minimises the negative log-likelihood of held-out pixels
-and refuses to fail silently. It splits the held-out images in two, whole
-images at a time (:func:`split_by_image`): the parameters are fitted on the fit
-part, and the NLL of the check part, images the fit never saw, decides whether
-the fit is kept. A fit that raises the check NLL (it over-fits the fit images or
-diverged) is undone, the calibrator stays the identity, with a warning that
-gives both numbers. Parameters are bounded and non-finite input is an error.
+and refuses to fail silently. It cross-validates over whole images
+(:func:`image_folds`): each fold of the held-out images is scored by a fit on
+the other folds, so every image checks a fit that never saw it, and the pooled
+out-of-fold NLL decides whether the fit, made at last on all the images, is
+kept. A fit that raises that NLL (it over-fits its images or diverged) is
+undone, the calibrator stays the identity, with a warning that gives both
+numbers. Folds rather than one check part: with a hold-out of a few images a
+single check image decides by its own noise (on the demo's 4 hold-out images,
+one check image undid a temperature that lowered the NLL of the other three). Parameters are bounded and non-finite input is an error.
 Files hold the calibrator's type, class count, options, parameters and fit
 record, and load with ``torch.load(weights_only=True)``.
 """
@@ -31,19 +34,22 @@ from mmseg.registry import MODELS
 
 from ..utils.io import write_atomic
 
-FILE_VERSION = 2  # 1: the fit record was checked on the pixels it was fitted on
+# 1: the fit record was checked on the pixels it was fitted on; 2: on one check
+# part of the images; 3: out of fold.
+FILE_VERSION = 3
 IGNORE = -100  # F.cross_entropy's default ignore_index
-CHECK_FRACTION = 0.25  # share of the held-out images that check a fit
+CHECK_FOLDS = 4  # folds of the held-out images that check a fit (fewer images: one each)
 
 
 class FitRecord(NamedTuple):
     """What a fit did, in numbers.
 
-    ``fit_*``: the part of the held-out images the parameters were fitted on;
-    ``check_*``: the other images, which the fit never saw. NLLs are means over
-    labelled pixels, ``*_before`` of the identity and ``*_after`` of the fitted
-    parameters, whether kept or not. ``kept``: the fit did not raise the check
-    NLL and was kept; otherwise the calibrator is the identity.
+    ``fit_*``: the final fit, on all the held-out images; ``check_*``: the same
+    images, each scored by the fit of the other folds (out of fold), pooled over
+    the ``check_folds`` folds. NLLs are means over labelled pixels,
+    ``*_before`` of the identity and ``*_after`` of the fitted parameters,
+    whether kept or not. ``kept``: the fit did not raise the out-of-fold NLL
+    and was kept; otherwise the calibrator is the identity.
     """
     fit_nll_before: float
     fit_nll_after: float
@@ -54,6 +60,7 @@ class FitRecord(NamedTuple):
     fit_images: int
     check_images: int
     kept: bool
+    check_folds: int
 
 
 class CalibratorFileError(ValueError):
@@ -65,41 +72,33 @@ class CalibratorInputError(ValueError):
     """Logits, labels or image ids a calibrator cannot fit on or apply to."""
 
 
-def split_by_image(image_ids: Tensor,
-                   check_fraction: float = CHECK_FRACTION) -> Tensor:
-    """Which entries (pixels or maps) form the check part of a fit: whole images.
+def image_folds(image_ids: Tensor, folds: int = CHECK_FOLDS) -> Tensor:
+    """The check fold of each entry (pixel or map): whole images per fold.
 
-    The distinct ids, sorted, get ranks ``0 .. n-1``; ``k = round(n *
-    check_fraction)`` of them, at least one and at most ``n - 1``, check the
-    fit: those at ranks ``floor((2j + 1) n / (2k))`` for ``j < k``, spread evenly
-    over the ranks. Deterministic: the same ids always split alike.
+    The distinct ids, sorted, get ranks ``0 .. n-1``; rank ``r`` goes to fold
+    ``r mod k`` with ``k = min(folds, n)``, so folds differ in size by one image
+    at most. Deterministic: the same ids always fold alike.
 
     Args:
         image_ids (Tensor): ``(M, )`` integer id of each entry's image.
-        check_fraction (float): share of the images that check, in (0, 1).
+        folds (int): the most folds, at least 2.
 
     Returns:
-        Tensor: ``(M, )`` bool, True for the entries of check images.
+        Tensor: ``(M, )`` int64 fold index in ``[0, k)``.
 
     Raises:
-        CalibratorInputError: fewer than two images, or ``check_fraction``
-            outside (0, 1).
+        CalibratorInputError: fewer than two images, or ``folds`` below 2.
     """
-    if not 0 < check_fraction < 1:
-        raise CalibratorInputError(f'check_fraction must be in (0, 1), got '
-                                   f'{check_fraction}')
-    distinct = torch.unique(image_ids)  # sorted
+    if not (isinstance(folds, int) and folds >= 2):
+        raise CalibratorInputError(f'folds must be an int >= 2, got {folds!r}')
+    distinct, rank = torch.unique(image_ids, return_inverse=True)  # sorted
     count = distinct.numel()
     if count < 2:
         raise CalibratorInputError(
-            f'the labelled held-out pixels come from {count} image(s), and the '
-            'check part '
-            'of a fit would hold none: a fit is checked on images it is not '
-            'fitted on, so pass pixels of two images or more')
-    chosen = min(count - 1, max(1, round(count * check_fraction)))
-    ranks = ((2 * torch.arange(chosen, device=distinct.device) + 1) * count //
-             (2 * chosen))
-    return torch.isin(image_ids, distinct[ranks])
+            f'the labelled held-out pixels come from {count} image(s): a fit is '
+            'checked on images it is not fitted on, so pass pixels of two '
+            'images or more')
+    return rank % min(folds, count)
 
 
 class Calibrator(nn.Module):
@@ -181,15 +180,15 @@ class Calibrator(nn.Module):
 
     def fit(self, logits: Tensor, labels: Tensor, image_ids: Tensor,
             images: Optional[Tensor] = None, ignore_index: int = 255,
-            max_iterations: int = 200,
-            check_fraction: float = CHECK_FRACTION) -> FitRecord:
-        """Fit on part of the held-out images and check on the others.
+            max_iterations: int = 200, folds: int = CHECK_FOLDS) -> FitRecord:
+        """Fit on the held-out images, checked out of fold.
 
-        Starts from the identity, minimises the NLL of the fit part's pixels,
-        and keeps the result only if it does not raise the NLL of the check
-        part (:func:`split_by_image`), images the fit never saw; otherwise warns
-        with both numbers and returns to the identity. The calibrator moves to
-        the logits' device.
+        For each of the folds of :func:`image_folds`, fits from the identity on
+        the other folds and scores the fold; then fits on all the images. The
+        result is kept only if the pooled out-of-fold NLL is no higher than the
+        identity's; otherwise warns with both numbers and returns to the
+        identity. ``k + 1`` fits in all. The calibrator moves to the logits'
+        device.
 
         Args:
             logits (Tensor): held-out pixels ``(P, C)`` or maps ``(N, C, H, W)``
@@ -201,59 +200,80 @@ class Calibrator(nn.Module):
             images (Tensor, optional): ``(N, 3, H, W)``, for calibrators that
                 need them.
             ignore_index (int): label of pixels to leave out.
-            max_iterations (int): optimiser iterations.
-            check_fraction (float): share of the images kept aside to check.
+            max_iterations (int): optimiser iterations of each fit.
+            folds (int): the most check folds (fewer images: one image each).
 
         Returns:
             FitRecord: also kept as ``self.fit_record`` and saved with the file.
 
         Raises:
-            CalibratorInputError: no pixels, fewer than two images, a part
+            CalibratorInputError: no pixels, fewer than two images, a fold
                 without labelled pixels, wrong shapes, non-finite logits,
                 labels out of range, missing images.
         """
         self.to(logits.device)
         logits, labels, image_ids, images = self._check_fit_input(
             logits, labels, image_ids, images, ignore_index)
-        check = split_by_image(image_ids, check_fraction)
-        parts = {}
-        for part, members in (('fit', ~check), ('check', check)):
-            part_labels = labels[members]
-            pixels = int((part_labels != IGNORE).sum())
-            if pixels == 0:
-                raise CalibratorInputError(f'the {part} part of the held-out images '
-                                           'holds no labelled pixel')
-            parts[part] = dict(
-                data=(logits[members], part_labels,
-                      None if images is None else images[members]),
-                pixels=pixels, images=int(torch.unique(image_ids[members]).numel()))
+        fold_of = image_folds(image_ids, folds)
+        count = int(fold_of.max()) + 1
+        everything = self._part(logits, labels, images, image_ids,
+                                torch.ones_like(fold_of, dtype=torch.bool), 'fit')
         self.identity()
-        before = self._part_nlls(parts)
-        self.train()
-        with torch.enable_grad():  # also under a caller's torch.no_grad()
-            self._minimise(*parts['fit']['data'], max_iterations)
-        after = self._part_nlls(parts)
-        kept = after['check'] <= before['check']  # False for NaN
+        fit_before = self._nll_of(everything)
+        # Every part is checked before the first fit.
+        held_parts = [self._part(logits, labels, images, image_ids, fold_of == fold,
+                                 f'check fold {fold}') for fold in range(count)]
+        rest_parts = [self._part(logits, labels, images, image_ids, fold_of != fold,
+                                 f'fit part of fold {fold}') for fold in range(count)]
+        check_before = check_after = 0.0
+        for held, rest in zip(held_parts, rest_parts):
+            self.identity()
+            check_before += self._nll_of(held) * held['pixels']
+            self._fit_part(rest, max_iterations)
+            check_after += self._nll_of(held) * held['pixels']
+        check_before /= everything['pixels']
+        check_after /= everything['pixels']
+        self.identity()
+        self._fit_part(everything, max_iterations)
+        fit_after = self._nll_of(everything)
+        kept = check_after <= check_before  # False for NaN
         if not kept:
             warnings.warn(
-                f'{type(self).__name__}: the fit raised the NLL of the '
-                f'{parts["check"]["images"]} check images it was not fitted on '
-                f'({before["check"]:.6g} before, {after["check"]:.6g} after; on the '
-                f'{parts["fit"]["images"]} fit images {before["fit"]:.6g} -> '
-                f'{after["fit"]:.6g}): it over-fits or diverged; keeping the '
-                'identity')
+                f'{type(self).__name__}: the fit raised the out-of-fold NLL of '
+                f'the {everything["images"]} held-out images ({check_before:.6g} '
+                f'before, {check_after:.6g} after, {count} folds; fitted on all '
+                f'of them {fit_before:.6g} -> {fit_after:.6g}): it over-fits or '
+                'diverged; keeping the identity')
             self.identity()
         self.fit_record = FitRecord(
-            before['fit'], after['fit'], before['check'], after['check'],
-            parts['fit']['pixels'], parts['check']['pixels'],
-            parts['fit']['images'], parts['check']['images'], kept)
+            fit_before, fit_after, check_before, check_after,
+            everything['pixels'], everything['pixels'], everything['images'],
+            everything['images'], kept, count)
         return self.fit_record
 
-    def _part_nlls(self, parts: dict) -> dict:
+    @staticmethod
+    def _part(logits: Tensor, labels: Tensor, images: Optional[Tensor],
+              image_ids: Tensor, members: Tensor, name: str) -> dict:
+        part_labels = labels[members]
+        pixels = int((part_labels != IGNORE).sum())
+        if pixels == 0:
+            raise CalibratorInputError(f'the {name} of the held-out images holds '
+                                       'no labelled pixel')
+        return dict(data=(logits[members], part_labels,
+                          None if images is None else images[members]),
+                    pixels=pixels,
+                    images=int(torch.unique(image_ids[members]).numel()))
+
+    def _fit_part(self, part: dict, max_iterations: int) -> None:
+        self.identity()
+        self.train()
+        with torch.enable_grad():  # also under a caller's torch.no_grad()
+            self._minimise(*part['data'], max_iterations)
+
+    def _nll_of(self, part: dict) -> float:
         self.eval()
         with torch.no_grad():
-            return {part: float(self._nll(*content['data']))
-                    for part, content in parts.items()}
+            return float(self._nll(*part['data']))
 
     def _check_fit_input(self, logits: Tensor, labels: Tensor, image_ids,
                          images: Optional[Tensor], ignore_index: int):
@@ -322,7 +342,9 @@ def load_calibrator(path: str, num_classes: Optional[int] = None) -> Calibrator:
     """A calibrator written by :meth:`Calibrator.save`.
 
     Files of version 1 (whose fits were checked on the pixels they were fitted
-    on) load with their parameters, without their fit record, and a warning.
+    on) load with their parameters, without their fit record, and a warning;
+    those of version 2 (checked on one part of the images) with their record,
+    as one check fold.
 
     Args:
         path (str): the file.
@@ -350,9 +372,11 @@ def load_calibrator(path: str, num_classes: Optional[int] = None) -> Calibrator:
                       'Fit it again (tools/calib_eval.py) to check it on images '
                       'it was not fitted on')
         record = None
+    elif version == 2:
+        record = dict(record, check_folds=1) if record else None
     elif version != FILE_VERSION:
         raise CalibratorFileError(f'{path}: calibrator file version {version}, this '
-                                  f'cals-seg reads versions 1 and {FILE_VERSION}')
+                                  f'cals-seg reads versions 1 to {FILE_VERSION}')
     if num_classes is not None and classes != num_classes:
         raise CalibratorFileError(f'{path}: the calibrator was fitted for {classes} '
                                   f'classes, the logits have {num_classes}')
