@@ -8,13 +8,21 @@ from mmengine.structures import PixelData
 from mmseg.structures import SegDataSample
 
 from cals_seg.calibrators import TemperatureScaling
+from cals_seg.evaluation.sampling import sample_pixels
 from cals_seg.evaluation.split_report import (RAW, evaluate_split,
-                                              fit_calibrators, holdout_maps,
-                                              holdout_pixels, overconfident_bins,
+                                              fit_calibrators, overconfident_bins,
                                               summarize)
 from calibration_reference import reference_metrics, softmax
 
 IGNORE = 255
+
+
+class Loader(list):
+    """Batches, and the ``dataset`` whose length a dataloader has."""
+
+    def __init__(self, batches):
+        super().__init__(batches)
+        self.dataset = [sample for batch in batches for sample in batch]
 
 
 class FixedModel:
@@ -47,8 +55,7 @@ def _data(seed, images=3, classes=4, size=9, scale=6.0):
     # A share of pixels labelled with their argmax, so accuracy is not chance.
     agree = torch.rand(images, size, size, generator=generator) < 0.5
     labels = torch.where(agree & (labels != IGNORE), logits.argmax(1), labels)
-    loader = [[(i, labels[i]) for i in range(images)]]  # one batch of all images
-    return logits, labels, loader
+    return logits, labels, Loader([[(i, labels[i]) for i in range(images)]])
 
 
 def test_split_numbers_match_plain_loops():
@@ -123,7 +130,7 @@ def test_temperature_fitted_on_holdout_recovers_the_one_the_labels_came_from():
     prob = torch.softmax(logits / true_temperature, dim=1)
     labels = torch.multinomial(prob.permute(0, 2, 3, 1).reshape(-1, 5), 1,
                                generator=generator).reshape(2, 64, 64)
-    loader = [[(i, labels[i]) for i in range(2)]]
+    loader = Loader([[(i, labels[i]) for i in range(2)]])
     fitted = fit_calibrators(FixedModel(logits), loader, ['ts', 'lts'], 5)
     for calibrator in fitted.values():  # two folds of one image each
         record = calibrator.fit_record
@@ -134,30 +141,15 @@ def test_temperature_fitted_on_holdout_recovers_the_one_the_labels_came_from():
     assert float(local.median()) == pytest.approx(true_temperature, rel=0.1)
 
 
-def test_holdout_maps_crop_every_image_alike():
+def test_fit_calibrators_samples_as_calib_eval_does():
+    """The hold-out loader's pixels go through the same sampler as saved
+    logits: a temperature fitted by fit_calibrators equals one fitted on
+    sample_pixels of the same logits and labels."""
     logits, labels, loader = _data(4, images=3, size=12)
-    maps, crops, ids = holdout_maps(FixedModel(logits), loader, crop=8)
-    assert maps.shape == (3, 4, 8, 8) and crops.shape == (3, 8, 8)
-    for z, y, i in zip(maps, crops, ids):  # each crop is a window of its image
-        found = any(torch.equal(z, logits[i, :, r:r + 8, c:c + 8]) and
-                    torch.equal(y, labels[i, r:r + 8, c:c + 8])
-                    for r in range(5) for c in range(5))
-        assert found
-
-
-def test_holdout_pixels_keep_valid_pixels_and_cap_each_image():
-    logits, labels, loader = _data(3, images=2, size=9)
-    z, y, ids = holdout_pixels(FixedModel(logits), loader)
-    valid = labels != IGNORE
-    expected = logits.permute(0, 2, 3, 1)[valid]
-    torch.testing.assert_close(z, expected)
-    torch.testing.assert_close(y, labels[valid])
-    image_of = torch.arange(2).reshape(2, 1, 1).expand_as(labels)
-    torch.testing.assert_close(ids, image_of[valid])
-    capped, capped_labels, capped_ids = holdout_pixels(FixedModel(logits), loader,
-                                                       pixels_per_image=10)
-    assert capped.shape == (20, 4)
-    rows = {tuple(row.tolist()): (label, image)
-            for row, label, image in zip(expected, labels[valid], image_of[valid])}
-    for row, label, image in zip(capped, capped_labels, capped_ids):
-        assert rows[tuple(row.tolist())] == (label, image)
+    fitted = fit_calibrators(FixedModel(logits), loader, ['ts'], 4, max_pixels=150)
+    pixels = sample_pixels(zip(logits, labels), 3, 4, IGNORE, max_pixels=150)
+    assert pixels[0].shape == (150, 4)
+    reference = TemperatureScaling(4)
+    reference.fit(*pixels)
+    assert fitted['ts'].temperature == reference.temperature
+    assert fitted['ts'].fit_record == reference.fit_record

@@ -39,9 +39,11 @@ from cals_seg.functional.calibration import (CECE_CLASSES, DEFAULT_BOUNDARY_WIDT
                                              DEFAULT_NUM_BINS, DEFAULT_NUM_CELLS)
 from cals_seg.evaluation.metrics.calibration_metric import resolve_classes
 from cals_seg.evaluation.offline import (CalibEvalError, load_image,
-                                         load_manifest, load_pair, pair_files,
-                                         sample_crops, sample_pixels,
-                                         split_for_fitting, stream_statistics)
+                                         load_manifest, load_pair, load_pairs,
+                                         pair_files, split_for_fitting,
+                                         stream_statistics)
+from cals_seg.evaluation.sampling import (DEFAULT_MAX_FIT_PIXELS, sample_crops,
+                                          sample_pixels)
 from cals_seg.visualization.reliability import (class_diagrams, compare_diagrams,
                                              image_panels, risk_coverage_figure)
 from cals_seg.utils.device import add_device_argument
@@ -91,7 +93,7 @@ def parse_args(argv=None):
     parser.add_argument('--apply', nargs='+', default=[], metavar='FILE',
                         help='evaluate the logits after each saved calibrator '
                         '(files written by --calibrators)')
-    parser.add_argument('--max-fit-pixels', type=int, default=1_000_000,
+    parser.add_argument('--max-fit-pixels', type=int, default=DEFAULT_MAX_FIT_PIXELS,
                         help='pixels sampled to fit each calibrator on')
     parser.add_argument('--worst', type=int, default=4,
                         help='panels of this many worst-calibrated images')
@@ -152,24 +154,30 @@ def _json_metrics(result, class_names, image_eces, worst: int) -> dict:
 
 
 def _fit(names: List[str], split, context) -> Dict[str, Calibrator]:
-    """Each named calibrator, fitted on part of the fitting images' pixels or
-    crops and checked on the others' (:meth:`Calibrator.fit`)."""
+    """Each named calibrator, fitted on pixels or crops of the fitting images
+    and checked out of fold (:meth:`Calibrator.fit`)."""
     num_classes = len(context['class_names'])
     device = context['device']
+    pairs = split['fit']
+
+    def loaded(images=None):
+        return load_pairs(pairs, num_classes, context['dataset'],
+                          context['ignore_index'], images)
+
     fitted = {}
     pixels = None
     for name in names:
         calibrator = SHORT_NAMES[name](num_classes)
         if calibrator.spatial:
             logits, labels, image_ids, images = sample_crops(
-                split['fit'], num_classes, context['dataset'],
-                context['ignore_index'], context['max_fit_pixels'],
-                images=context['images'] if calibrator.needs_images else None)
+                loaded(context['images'] if calibrator.needs_images else None),
+                len(pairs), context['max_fit_pixels'])
         else:
             if pixels is None:
-                pixels = sample_pixels(split['fit'], num_classes, context['dataset'],
-                                       context['ignore_index'], context['excluded'],
-                                       context['max_fit_pixels'])
+                pixels = sample_pixels(
+                    ((logits, label) for logits, label, _ in loaded()), len(pairs),
+                    num_classes, context['ignore_index'], context['excluded'],
+                    context['max_fit_pixels'])
             (logits, labels, image_ids), images = pixels, None
         record = calibrator.fit(logits.to(device), labels.to(device),
                                 image_ids.to(device),

@@ -1,7 +1,6 @@
 """Calibration of saved logits: pairing files, loading them safely, streaming."""
 import glob
 import json
-import math
 import os.path as osp
 from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
@@ -278,74 +277,14 @@ def stream_statistics(pairs: Sequence[Pair], num_classes: int, dataset: dict,
     ]
 
 
-def _random_index(keep: torch.Tensor, limit: int, generator) -> torch.Tensor:
-    index = keep.nonzero().squeeze(1)
-    if index.numel() > limit:
-        index = index[torch.randperm(index.numel(), generator=generator)[:limit]]
-    return index
-
-
-def sample_pixels(pairs: Sequence[Pair], num_classes: int, dataset: dict,
-                  ignore_index: int, exclude_classes: Sequence[int],
-                  max_pixels: int, seed: int = 0, progress=iter):
-    """Kept pixels from ``pairs``: all of them, or an even, seeded random share
-    when there are more than ``max_pixels``.
-
-    Returns:
-        tuple: logits ``(N, C)``, labels ``(N, )`` and image ids ``(N, )`` (the
-        index in ``pairs`` of each pixel's image, for :meth:`Calibrator.fit`).
-    """
-    generator = torch.Generator().manual_seed(seed)
-    per_image = max(1, max_pixels // len(pairs))
-    logits_parts, label_parts, id_parts = [], [], []
-    for image_id, pair in enumerate(progress(pairs)):
-        logits, label = load_pair(pair, num_classes, dataset, ignore_index)
-        keep = keep_mask(label.reshape(-1), num_classes, ignore_index,
-                         exclude_classes)
-        index = _random_index(keep, per_image, generator)
-        logits_parts.append(logits.reshape(num_classes, -1)[:, index].T)
-        label_parts.append(label.reshape(-1)[index])
-        id_parts.append(torch.full((index.numel(), ), image_id))
-    return torch.cat(logits_parts), torch.cat(label_parts), torch.cat(id_parts)
-
-
-def sample_crops(pairs: Sequence[Pair], num_classes: int, dataset: dict,
-                 ignore_index: int, max_pixels: int, crop: int = 128,
-                 images: Optional[Dict[str, str]] = None, seed: int = 0,
-                 progress=iter):
-    """Square crops of the logit maps, for calibrators that see neighbourhoods.
-
-    From each image, seeded random crops of ``crop`` pixels a side (the whole
-    image when smaller; images of other sizes are cropped to the smallest
-    side among them): as many as ``max_pixels`` allows spread evenly, and no
-    more than it takes to cover the image once (more would repeat pixels).
-
-    Returns:
-        tuple: logits ``(N, C, s, s)``, labels ``(N, s, s)`` (ignored pixels
-        keep ``ignore_index``), image ids ``(N, )`` (the index in ``pairs`` of
-        each crop's image) and images ``(N, 3, s, s)`` or None.
-    """
-    generator = torch.Generator().manual_seed(seed)
-    loaded = []
+def load_pairs(pairs: Sequence[Pair], num_classes: int, dataset: dict,
+               ignore_index: int, images: Optional[Dict[str, str]] = None,
+               progress=iter):
+    """Yield ``(logits (C, H, W), labels (H, W), image (3, H, W) or None)`` per
+    pair, one image in memory at a time (for :mod:`.sampling`); the image only
+    when ``images`` (paths by name) is given."""
     for pair in progress(pairs):
         logits, label = load_pair(pair, num_classes, dataset, ignore_index)
         image = (load_image(images.get(pair.name), label.shape)
                  if images is not None else None)
-        loaded.append((logits, label, image))
-    side = min([crop] + [min(label.shape) for _, label, _ in loaded])
-    budget = max(1, max_pixels // (side * side * len(loaded)))
-    crops, labels, image_ids, image_crops = [], [], [], []
-    for image_id, (logits, label, image) in enumerate(loaded):
-        height, width = label.shape
-        covering = math.ceil(height / side) * math.ceil(width / side)
-        for _ in range(min(budget, covering)):
-            top = int(torch.randint(height - side + 1, (1, ), generator=generator))
-            left = int(torch.randint(width - side + 1, (1, ), generator=generator))
-            window = (slice(top, top + side), slice(left, left + side))
-            crops.append(logits[(slice(None), ) + window])
-            labels.append(label[window])
-            image_ids.append(image_id)
-            if image is not None:
-                image_crops.append(image[(slice(None), ) + window])
-    return (torch.stack(crops), torch.stack(labels), torch.tensor(image_ids),
-            torch.stack(image_crops) if images is not None else None)
+        yield logits, label, image

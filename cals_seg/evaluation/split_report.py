@@ -19,6 +19,7 @@ from torch import Tensor
 
 from ..calibrators import SHORT_NAMES, Calibrator
 from ..utils.data_check import leaf_datasets, with_pipeline
+from .sampling import DEFAULT_MAX_FIT_PIXELS, sample_crops, sample_pixels
 from ..functional.calibration import (DEFAULT_BOUNDARY_WIDTH, DEFAULT_NUM_BINS,
                           CalibrationStatistics, calibration_errors,
                           calibration_statistics, keep_mask)
@@ -37,77 +38,33 @@ def _logits_and_labels(model, loader):
                 yield sample.metainfo.get('img_path', ''), logits, labels
 
 
-def holdout_pixels(model, loader, ignore_index: int = 255,
-                   pixels_per_image: int = 100_000, seed: int = 0):
-    """A loader's valid pixels, for fitting pixel-wise calibrators; at most
-    ``pixels_per_image`` from each image (a seeded random subset), so a large
-    hold-out set fits in memory.
-
-    Returns:
-        tuple: logits ``(N, C)``, labels ``(N, )`` and image ids ``(N, )`` (the
-        index of each pixel's image in the loader's order), on the model's
-        device.
-    """
-    generator = torch.Generator().manual_seed(seed)
-    logits, labels, image_ids = [], [], []
-    for image_id, (_, z, y) in enumerate(_logits_and_labels(model, loader)):
-        keep = keep_mask(y.reshape(-1), z.shape[0], ignore_index).nonzero()[:, 0]
-        if keep.numel() > pixels_per_image:
-            chosen = torch.randperm(keep.numel(), generator=generator)
-            keep = keep[chosen[:pixels_per_image].to(keep.device)]
-        logits.append(z.reshape(z.shape[0], -1)[:, keep].T)
-        labels.append(y.reshape(-1)[keep])
-        image_ids.append(torch.full_like(keep, image_id))
-    if not logits:
-        raise ValueError('the hold-out loader yielded no image')
-    return torch.cat(logits), torch.cat(labels), torch.cat(image_ids)
-
-
-def holdout_maps(model, loader, ignore_index: int = 255, crop: int = 128,
-                 seed: int = 0):
-    """One seeded random square crop of each hold-out image's logits and labels,
-    ``crop`` pixels a side or the smallest image side if less, for calibrators
-    that see neighbourhoods.
-
-    Returns:
-        tuple: logits ``(N, C, s, s)``, labels ``(N, s, s)`` and image ids
-        ``(N, )`` (``0 .. N-1``, one crop per image), on the model's device.
-    """
-    generator = torch.Generator().manual_seed(seed)
-    crops = []
-    for _, z, y in _logits_and_labels(model, loader):
-        side = min(crop, *y.shape)
-        top = int(torch.randint(y.shape[0] - side + 1, (1, ), generator=generator))
-        left = int(torch.randint(y.shape[1] - side + 1, (1, ), generator=generator))
-        crops.append((z[:, top:top + side, left:left + side],
-                      y[top:top + side, left:left + side]))
-    if not crops:
-        raise ValueError('the hold-out loader yielded no image')
-    side = min(y.shape[0] for _, y in crops)  # the smallest, for one batch
-    maps = torch.stack([z[:, :side, :side] for z, _ in crops])
-    return (maps, torch.stack([y[:side, :side] for _, y in crops]),
-            torch.arange(len(crops), device=maps.device))
-
-
 def fit_calibrators(model, loader, names: Sequence[str], num_classes: int,
-                    ignore_index: int = 255) -> Dict[str, Calibrator]:
+                    ignore_index: int = 255,
+                    max_pixels: int = DEFAULT_MAX_FIT_PIXELS
+                    ) -> Dict[str, Calibrator]:
     """Calibrators (short names of :data:`cals_seg.calibrators.SHORT_NAMES`)
-    fitted on a hold-out loader: pixel-wise ones on its pixels, spatial ones on
-    crops of its maps, each checked on hold-out images it was not fitted on
-    (:meth:`Calibrator.fit`), on the model's device. Calibrators that read the
+    fitted on a hold-out loader, on the model's device: pixel-wise ones on its
+    pixels, spatial ones on crops of its maps, both sampled as
+    ``tools/calib_eval.py`` samples saved logits (:mod:`.sampling`), each
+    checked out of fold (:meth:`Calibrator.fit`). Calibrators that read the
     image are not supported here (the model sees resized images)."""
     fitted = {}
     pixels = maps = None
+    count = len(loader.dataset)
     for name in names:
         calibrator = SHORT_NAMES[name](num_classes)
         if calibrator.needs_images:
             raise ValueError(f'{name} reads the image; fit it with '
                              'tools/calib_eval.py on saved logits')
         if calibrator.spatial:
-            maps = maps or holdout_maps(model, loader, ignore_index)
-            data = maps
+            maps = maps or sample_crops(
+                ((z, y, None) for _, z, y in _logits_and_labels(model, loader)),
+                count, max_pixels)
+            data = maps[:3]
         else:
-            pixels = pixels or holdout_pixels(model, loader, ignore_index)
+            pixels = pixels or sample_pixels(
+                ((z, y) for _, z, y in _logits_and_labels(model, loader)), count,
+                num_classes, ignore_index, max_pixels=max_pixels)
             data = pixels
         calibrator.fit(*data, ignore_index=ignore_index)
         fitted[name] = calibrator
