@@ -28,12 +28,9 @@ import json
 import os
 import os.path as osp
 import sys
-from typing import Tuple
 
 import torch
 from mmengine.config import Config, DictAction
-from mmengine.registry import init_default_scope
-from mmengine.runner import Runner
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, REPO)
@@ -41,9 +38,8 @@ sys.path.insert(0, REPO)
 # The plugin and MMEngine checkpoints
 import cals_seg.utils.mmengine_checkpoints  # noqa: E402,F401
 from cals_seg.calibrators import SHORT_NAMES  # noqa: E402
-from cals_seg.evaluation.split_report import (  # noqa: E402
-    RAW, evaluate_split, fit_calibrators, regime_figures, reliability_bins,
-    split_loaders, summarize)
+from cals_seg.evaluation.run_report import evaluate_checkpoint  # noqa: E402
+from cals_seg.evaluation.split_report import RAW  # noqa: E402
 from cals_seg.utils.device import add_device_argument  # noqa: E402
 from cals_seg.utils.io import write_atomic  # noqa: E402
 
@@ -55,7 +51,9 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('config')
     parser.add_argument('checkpoint')
-    parser.add_argument('--json', help='write every reported number here')
+    parser.add_argument('--json', help='write every reported number here (the '
+                        'layout of cals_seg.evaluation.run_report.'
+                        'evaluate_checkpoint, plus the checkpoint)')
     parser.add_argument('--calibrators', nargs='*', default=['ts'],
                         choices=sorted(n for n, c in SHORT_NAMES.items()
                                        if not getattr(c, 'keywords', None)),
@@ -70,45 +68,6 @@ def parse_args(argv=None):
                         help='override config settings, as in tools/train.py')
     add_device_argument(parser, 'runs the model and the calibrators')
     return parser.parse_args(argv)
-
-
-def load_model(cfg: Config, checkpoint: str, device: torch.device):
-    from mmseg.apis import init_model
-    return init_model(cfg, checkpoint, device=str(device))
-
-
-def report(cfg: Config, checkpoint: str, calibrators=('ts', ),
-           device: torch.device = torch.device('cpu')) -> Tuple[dict, dict]:
-    """Every number of one trained run (see the module docstring), with the
-    model and the calibrators on ``device``; and the fitted calibrators by
-    short name."""
-    init_default_scope('mmseg')
-    model = load_model(cfg, checkpoint, device)
-    num_classes = model.decode_head.num_classes
-    ignore_index = getattr(model.decode_head, 'ignore_index', 255)
-    loaders = {name: Runner.build_dataloader(loader) if loader else None
-               for name, loader in split_loaders(cfg).items()}
-    fitted = {}
-    if calibrators and loaders['holdout'] is not None:
-        fitted = fit_calibrators(model, loaders['holdout'], calibrators,
-                                 num_classes, ignore_index)
-    test = evaluate_split(model, loaders['test'], num_classes, fitted,
-                          ignore_index=ignore_index)
-    train = evaluate_split(model, loaders['train'], num_classes,
-                           ignore_index=ignore_index)
-    outputs = test['outputs']
-    result = dict(checkpoint=checkpoint, figures=regime_figures(test, train),
-                  metrics=summarize(test),
-                  reliability=reliability_bins(outputs[RAW]['pooled']),
-                  fg_reliability=reliability_bins(outputs[RAW]['foreground']))
-    if fitted:
-        result['fits'] = {name: c.fit_record._asdict() for name, c in fitted.items()}
-        result['metrics_posthoc'] = {name: summarize(test, name) for name in fitted}
-        result['reliability_posthoc'] = {
-            name: reliability_bins(outputs[name]['pooled']) for name in fitted}
-    if 'ts' in fitted:
-        result['temperature'] = fitted['ts'].temperature
-    return result, fitted
 
 
 def format_figures(figures: dict) -> str:
@@ -147,20 +106,22 @@ def main(argv=None):
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
     torch.set_grad_enabled(False)
-    result, fitted = report(cfg, args.checkpoint, args.calibrators, args.device)
+    result, fitted = evaluate_checkpoint(cfg, args.checkpoint, args.calibrators,
+                                         args.device, splits=('test', 'train'))
+    result['checkpoint'] = args.checkpoint
     print(format_figures(result['figures']))
     if args.save_calibrators:
         os.makedirs(args.save_calibrators, exist_ok=True)
         for name, calibrator in fitted.items():
             calibrator.save(osp.join(args.save_calibrators, f'calibrator_{name}.pth'))
-    for name, metrics in result.get('metrics_posthoc', {}).items():
-        fit = result['fits'][name]
+    raw = result['test'][RAW]
+    for name, fit in result['fits'].items():
+        metrics = result['test'][name]
         print(f"{name} fitted on the hold-out part (out-of-fold NLL of its "
               f"{fit['check_images']} images {fit['check_nll_before']:.3f} -> "
               f"{fit['check_nll_after']:.3f}{'' if fit['kept'] else ', undone'}): "
-              "test ECE "
-              f"{result['metrics']['ECE']:.2f} -> {metrics['ECE']:.2f} %, NLL "
-              f"{result['metrics']['NLL']:.3f} -> {metrics['NLL']:.3f}")
+              f"test ECE {raw['ECE']:.2f} -> {metrics['ECE']:.2f} %, NLL "
+              f"{raw['NLL']:.3f} -> {metrics['NLL']:.3f}")
     if args.json:
         os.makedirs(osp.dirname(osp.abspath(args.json)), exist_ok=True)
         write_atomic(args.json, json.dumps(result, indent=2).encode('utf-8'))

@@ -89,6 +89,39 @@ def compare_diagrams(panels: Sequence[Tuple[str, CalibrationStatistics]]) -> byt
     return _png(fig)
 
 
+def bins_grid(panels: Sequence[Tuple[str, np.ndarray, np.ndarray, np.ndarray]],
+              columns: int = 4, title: str = '') -> bytes:
+    """PNG bytes: reliability diagrams in a grid, ``columns`` to a row (a
+    laptop screen's width), each with the share of pixels per bin under it.
+
+    Args:
+        panels: ``(title, count, confidence sums, accuracy sums)`` per panel,
+            arrays ``(B, )`` of the bins.
+        columns (int): panels per row.
+        title (str): the figure's title.
+    """
+    rows = math.ceil(len(panels) / columns)
+    fig = plt.figure(figsize=(2.9 * min(columns, len(panels)), 3.5 * rows))
+    grid = fig.add_gridspec(2 * rows, min(columns, len(panels)),
+                            height_ratios=(3, 1) * rows, hspace=0.45, wspace=0.3)
+    for index, (name, count, confidence, accuracy) in enumerate(panels):
+        row, column = divmod(index, columns)
+        count = np.asarray(count, dtype=float)
+        ax = fig.add_subplot(grid[2 * row, column])
+        share_ax = fig.add_subplot(grid[2 * row + 1, column], sharex=ax)
+        _draw(ax, count, np.asarray(confidence, dtype=float),
+              np.asarray(accuracy, dtype=float), name, 'confidence', 'accuracy',
+              share_ax)
+        ece = 100 * np.abs(np.asarray(confidence) - np.asarray(accuracy)).sum() / max(
+            count.sum(), 1)
+        ax.text(0.97, 0.05, f'ECE {ece:.2f}', transform=ax.transAxes, ha='right',
+                va='bottom', fontsize=7, bbox=dict(facecolor='white', alpha=0.8,
+                                                   edgecolor='grey'))
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return _png(fig)
+
+
 def risk_coverage_curve(stats: CalibrationStatistics):
     """Coverage and selective risk (both in [0, 1]) at each occupied cell's end,
     from the most confident pixels down."""

@@ -1,0 +1,122 @@
+"""Everything reported about one trained checkpoint, from one pass per split:
+what ``tools/regime_report.py`` prints and what the calibration study stores.
+
+:func:`evaluate_checkpoint` loads the model, fits post-hoc calibrators on the
+hold-out part of the training split (when the config has one), and evaluates
+the raw model and every calibrator on the test split; on request also the
+hold-out part (raw: what hyper-parameters are chosen on), the training part
+(the over-confidence regime's figures), and the test split under ImageNet-C
+corruptions and in a shifted domain, with the calibrators fitted in-domain.
+"""
+from typing import Dict, NamedTuple, Optional, Sequence, Tuple
+
+import torch
+
+from ..calibrators import Calibrator
+from .shift import CELL_METRICS, evaluate_shift, severity_means, shift_loader
+from .split_report import (RAW, evaluate_split, fit_calibrators, regime_figures,
+                           reliability_bins, split_loaders, summarize)
+
+SPLITS = ('test', 'holdout', 'train')
+DOMAIN = 'shifted_domain'
+
+
+class ShiftPlan(NamedTuple):
+    """Which shifted versions of the test split to evaluate.
+
+    Attributes:
+        corruptions (sequence[str]): ImageNet-C corruption names.
+        severities (sequence[int]): severities 1..5 of each.
+        seed (int): seed of the corruptions' random draws.
+        domain_root (str, optional): a shifted domain's data root, in the test
+            split's layout; None: no domain pass.
+    """
+    corruptions: Sequence[str] = ()
+    severities: Sequence[int] = ()
+    seed: int = 0
+    domain_root: Optional[str] = None
+
+
+def _build(loader_cfg):
+    from mmengine.runner import Runner
+    return Runner.build_dataloader(loader_cfg)
+
+
+def evaluate_checkpoint(cfg, checkpoint: str, calibrators: Sequence[str] = ('ts', ),
+                        device: torch.device = torch.device('cpu'),
+                        splits: Sequence[str] = ('test', ),
+                        shift: Optional[ShiftPlan] = None
+                        ) -> Tuple[dict, Dict[str, Calibrator]]:
+    """Load a checkpoint and report it.
+
+    Args:
+        cfg (Config): the training config (test split from ``test_dataloader``,
+            the hold-out part when ``train_dataloader`` reads a
+            HashSplitDataset).
+        checkpoint (str): the checkpoint file.
+        calibrators (sequence[str]): short names of post-hoc calibrators to fit
+            on the hold-out part (none without one).
+        device: where the model and the calibrators run.
+        splits (sequence[str]): of :data:`SPLITS`; 'test' always.
+        shift (ShiftPlan, optional): shifted test passes.
+
+    Returns:
+        tuple: the report (dict) and the fitted calibrators by short name. The
+        report has ``classes`` (names, when the model has them), ``test`` (per output, ``'raw'`` and each calibrator, the
+        numbers of :func:`summarize`), ``reliability`` (per output, the
+        reliability bins), ``fg_reliability`` (raw, background excluded),
+        ``fits`` (per calibrator, its fit record); with 'holdout' ``holdout``
+        (raw numbers); with 'train' ``figures`` (:func:`regime_figures`); with
+        ``shift`` ``shift`` (``[corruption][severity][output][metric]``, the
+        :data:`CELL_METRICS`), ``shift_means`` (``[severity][output][metric]``
+        over corruptions) and, with a domain, ``domain``
+        (``[output][metric]``).
+    """
+    from mmengine.registry import init_default_scope
+    from mmseg.apis import init_model
+    unknown = sorted(set(splits) - set(SPLITS))
+    if unknown:
+        raise ValueError(f'unknown splits {unknown}; the splits are {SPLITS}')
+    init_default_scope('mmseg')
+    model = init_model(cfg, checkpoint, device=str(device))
+    num_classes = model.decode_head.num_classes
+    ignore_index = getattr(model.decode_head, 'ignore_index', 255)
+    loaders = split_loaders(cfg)
+    holdout = _build(loaders['holdout']) if loaders['holdout'] else None
+    fitted = {}
+    if calibrators and holdout is not None:
+        fitted = fit_calibrators(model, holdout, calibrators, num_classes,
+                                 ignore_index)
+    outputs = [RAW, *fitted]
+    test = evaluate_split(model, _build(loaders['test']), num_classes, fitted,
+                          ignore_index=ignore_index)
+    report = dict(
+        classes=list((model.dataset_meta or {}).get('classes') or []),
+        test={name: summarize(test, name) for name in outputs},
+        reliability={name: reliability_bins(test['outputs'][name]['pooled'])
+                     for name in outputs},
+        fg_reliability=reliability_bins(test['outputs'][RAW]['foreground']),
+        fits={name: c.fit_record._asdict() for name, c in fitted.items()})
+    if 'holdout' in splits and holdout is not None:
+        report['holdout'] = summarize(evaluate_split(
+            model, holdout, num_classes, ignore_index=ignore_index))
+    if 'train' in splits:
+        train = evaluate_split(model, _build(loaders['train']), num_classes,
+                               ignore_index=ignore_index)
+        report['figures'] = regime_figures(test, train)
+    if shift is not None and shift.corruptions and shift.severities:
+        cells = ((c, s, _build(shift_loader(cfg, c, s, shift.seed)))
+                 for c in shift.corruptions for s in shift.severities)
+        results = evaluate_shift(model, cells, num_classes, fitted, ignore_index)
+        report['shift'] = {c: {str(s): v for s, v in by_severity.items()}
+                           for c, by_severity in results.items()}
+        report['shift_means'] = {
+            str(s): v for s, v in severity_means(results,
+                                                 shift.corruptions).items()}
+    if shift is not None and shift.domain_root:
+        cells = [(DOMAIN, 0, _build(shift_loader(cfg, data_root=shift.domain_root)))]
+        report['domain'] = evaluate_shift(model, cells, num_classes, fitted,
+                                          ignore_index)[DOMAIN][0]
+    return report, fitted
+
+

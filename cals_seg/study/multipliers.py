@@ -1,0 +1,47 @@
+"""The multipliers a CALS or CRaC run learned: at the end (from its last
+checkpoint) and along training (from the scalars its hook logged)."""
+import json
+import os
+import os.path as osp
+
+import torch
+
+LOGGED_PREFIX = 'cals/lambda/'  # CALSMultiplierHook's per-class scalars
+
+
+def final_multipliers(checkpoint: str) -> list:
+    """The decode head's loss multipliers in a checkpoint (one per class or
+    group).
+
+    Raises:
+        KeyError: the checkpoint holds no decode-head multipliers.
+    """
+    state = torch.load(checkpoint, map_location='cpu', weights_only=True)
+    found = [v for k, v in state['state_dict'].items()
+             if k.startswith('decode_head.') and k.endswith('.multipliers')]
+    if not found:
+        raise KeyError(f'{checkpoint} holds no decode_head multipliers')
+    return found[0].tolist()
+
+
+def logged_trajectory(work_dir: str) -> list:
+    """``[[iteration, [multiplier per class]], ...]`` from every scalars.json
+    under ``work_dir``, in iteration order."""
+    points = []
+    for root, _, files in os.walk(work_dir):
+        if 'scalars.json' not in files:
+            continue
+        with open(osp.join(root, 'scalars.json')) as f:
+            for line in f:
+                if not line.strip():
+                    continue
+                entry = json.loads(line)
+                values = [v for k, v in entry.items() if k.startswith(LOGGED_PREFIX)]
+                if values:
+                    points.append([entry['iter'], values])
+    return sorted(points)
+
+
+def multiplier_record(checkpoint: str, work_dir: str) -> dict:
+    return dict(final=final_multipliers(checkpoint),
+                trajectory=logged_trajectory(work_dir))

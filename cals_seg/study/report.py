@@ -1,0 +1,394 @@
+"""The study's report, from its manifest (``study.json``) and run records alone.
+
+Deterministic: the same records give the same bytes of markdown. Every number
+in it, the prose included, is computed here from the records; nothing is typed
+in by hand. A "best" is claimed only when the best mean beats the next one by
+more than the larger of their two seed standard deviations; otherwise the
+report names the tie. Rows whose every number equals cross-entropy's on every
+seed are flagged (SVLS on data with an ignore ring; a post-hoc fit undone on
+every seed).
+"""
+import os.path as osp
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
+
+import numpy as np
+
+from ..functional.groups import group_names
+from ..visualization.reliability import bins_grid
+from ..visualization.shift import severity_figure
+from .tuning import KNOBS, SCORE
+
+RAW = 'raw'
+LABELS = dict(ce='CE', ls='LS', fl='FL', mbls='MbLS', ecp='ECP', nacl='NACL',
+              svls='SVLS', cals='CALS', crac='CRaC')
+CALIBRATOR_LABELS = dict(ts='TS', cts='class TS', vs='VS', dirichlet='Dirichlet',
+                         lts='LTS', selective='selective')
+# In-domain columns: (record key, header, higher is better).
+COLUMNS = (('mIoU', 'mIoU', True), ('ECE', 'ECE', False),
+           ('ECE_image', 'ECE per image', False), ('fg/ECE', 'fg ECE', False),
+           ('ECE_boundary', 'boundary ECE', False), ('NLL', 'NLL', False),
+           ('Brier', 'Brier', False), ('AURC', 'AURC', False))
+VERDICT_METRICS = ('mIoU', 'ECE', 'fg/ECE', 'NLL')
+SHIFT_METRICS = (('ECE', 'ECE', False), ('mIoU', 'mIoU', True))
+EQUAL_TOLERANCE = 1e-9
+
+
+class Row(NamedTuple):
+    """One line of a table: a label and, per seed, the numbers it shows."""
+    label: str
+    method: str
+    output: str  # 'raw' or a calibrator's short name
+    records: List[dict]
+    tuned: bool = False
+    fits_undone: int = 0
+
+    def test(self) -> List[dict]:
+        return [r['test'][self.output] for r in self.records]
+
+    def values(self, metric: str) -> np.ndarray:
+        return np.array([t[metric] for t in self.test()], dtype=float)
+
+    def shift(self, column: str, metric: str) -> Optional[np.ndarray]:
+        """Per seed, ``metric`` at ``column``: 'clean', a severity ('3') or
+        'domain'; None when a record lacks it."""
+        values = []
+        for record in self.records:
+            if column == 'clean':
+                cell = record['test'][self.output]
+            elif column == 'domain':
+                cell = (record.get('domain') or {}).get(self.output)
+            else:
+                cell = (record.get('shift_means') or {}).get(column, {}).get(
+                    self.output)
+            if cell is None:
+                return None
+            values.append(cell[metric])
+        return np.array(values, dtype=float)
+
+
+def _spread(values: np.ndarray) -> float:
+    """Sample standard deviation over seeds (NaN with one seed)."""
+    return float(np.std(values, ddof=1)) if values.size > 1 else float('nan')
+
+
+def _cell(values: Optional[np.ndarray]) -> str:
+    if values is None:
+        return '–'
+    if values.size == 1:
+        return f'{values[0]:.2f}'
+    return f'{values.mean():.2f} ± {_spread(values):.2f}'
+
+
+def _number(value) -> str:
+    return f'{value:g}'
+
+
+def _options_text(options: dict) -> str:
+    return ', '.join(f'{k} {_number(v) if isinstance(v, float) else v}'
+                     for k, v in sorted(options.items()))
+
+
+def _row_label(row: dict) -> str:
+    label = LABELS.get(row['method'], row['method'])
+    knob = KNOBS.get(row['method'])
+    shown = dict(row['options'])
+    if knob is not None:
+        value = row['records'][0]['resolved_options'][knob.option]
+        shown.pop(knob.option, None)
+        label += f' {knob.symbol} {_number(value)}'
+    if shown:
+        label += f' ({_options_text(shown)})'
+    if row['kind'] == 'tuned':
+        label += ', tuned'
+    return label
+
+
+def _rows(manifest: dict, records: Dict[str, dict], config: str) -> List[Row]:
+    """The table rows of one base config: trained rows (defaults, then tuned)
+    and post-hoc rows after their method's default row."""
+    rows = []
+    for entry in manifest['rows']:
+        if entry['config'] != config:
+            continue
+        entry = dict(entry, records=[records[k] for k in entry['keys']])
+        label = _row_label(entry)
+        tuned = entry['kind'] == 'tuned'
+        rows.append(Row(label, entry['method'], RAW, entry['records'], tuned))
+        if tuned or entry['method'] not in manifest['posthoc_on']:
+            continue
+        for name in manifest['posthoc']:
+            fits = [r['fits'][name] for r in entry['records']]
+            undone = sum(not f['kept'] for f in fits)
+            rows.append(Row(f'{label} + {CALIBRATOR_LABELS.get(name, name)}',
+                            entry['method'], name, entry['records'],
+                            fits_undone=undone))
+    trained = [r for r in rows if r.output == RAW and not r.tuned]
+    return (trained + [r for r in rows if r.output != RAW] +
+            [r for r in rows if r.tuned])
+
+
+def _equals(row: Row, reference: Row) -> bool:
+    """Every shown number of ``row`` equals ``reference``'s, seed by seed."""
+    if row is reference or len(row.records) != len(reference.records):
+        return False
+    seeds = [r['seed'] for r in row.records]
+    if seeds != [r['seed'] for r in reference.records]:
+        return False
+    for mine, theirs in zip(row.test(), reference.test()):
+        for key, _, _ in COLUMNS:
+            if abs(mine[key] - theirs[key]) > EQUAL_TOLERANCE * max(1, abs(theirs[key])):
+                return False
+    return True
+
+
+def verdict(candidates: Sequence[Tuple[str, np.ndarray]], higher: bool) -> str:
+    """'best' when the best mean beats the next by more than the larger of
+    their seed standard deviations; otherwise the tie, every row within the
+    larger of its own and the best's spread. Needs two seeds or more."""
+    usable = [(label, values) for label, values in candidates if values.size > 1]
+    if len(usable) < 2:
+        return 'fewer than two rows with two seeds or more: no claim'
+    order = sorted(usable, key=lambda c: -c[1].mean() if higher else c[1].mean())
+    (best, best_values), (second, second_values) = order[0], order[1]
+    spread = max(_spread(best_values), _spread(second_values))
+    gap = abs(best_values.mean() - second_values.mean())
+    if gap > spread:
+        return (f'best {best} ({_cell(best_values)}), ahead of {second} '
+                f'({_cell(second_values)}) by {gap:.2f}, more than the seed '
+                f'spread {spread:.2f}')
+    tied = [(label, values) for label, values in order
+            if abs(values.mean() - best_values.mean()) <=
+            max(_spread(values), _spread(best_values))]
+    return (f'tie within the seed spread: ' +
+            ', '.join(f'{label} ({_cell(values)})' for label, values in tied))
+
+
+def _domain_table(rows: List[Row], ce: Optional[Row], lines: List[str]) -> List[str]:
+    """The in-domain table; returns the notes it needs."""
+    headers = [h for _, h, _ in COLUMNS]
+    lines += ['| method | seeds | ' + ' | '.join(headers) + ' | train min |',
+              '| --- ' * (len(COLUMNS) + 3) + '|']
+    notes = []
+    for row in rows:
+        flags = []
+        if ce is not None and _equals(row, ce):
+            flags.append('= CE')
+        if row.fits_undone:
+            flags.append(f'fit undone on {row.fits_undone} of {len(row.records)} '
+                         'seeds')
+        label = row.label + (f' ({"; ".join(flags)})' if flags else '')
+        minutes = ('' if row.output != RAW else
+                   f'{np.mean([r["minutes"]["train"] for r in row.records]):.1f}')
+        lines.append(f'| {label} | {len(row.records)} | ' +
+                     ' | '.join(_cell(row.values(k)) for k, _, _ in COLUMNS) +
+                     f' | {minutes} |')
+        if flags and flags[0] == '= CE' and row.output == RAW:
+            notes.append(f'{row.label} equals CE on every number and seed.')
+    return notes
+
+
+def _shift_table(rows: List[Row], columns: List[str], lines: List[str]) -> None:
+    names = {'clean': 'clean', 'domain': 'shifted domain'}
+    headers = [f'{h} {names.get(c, "severity " + c)}' for _, h, _ in SHIFT_METRICS
+               for c in columns]
+    lines += ['| method | ' + ' | '.join(headers) + ' |',
+              '| --- ' * (len(headers) + 1) + '|']
+    for row in rows:
+        cells = [_cell(row.shift(column, metric)) for metric, _, _ in SHIFT_METRICS
+                 for column in columns]
+        lines.append(f'| {row.label} | ' + ' | '.join(cells) + ' |')
+
+
+def _shift_reading(rows: List[Row], columns: List[str]) -> List[str]:
+    """Templated answers: which row is best where, and does a train-time
+    method beat in-domain TS once the images change."""
+    lines = []
+    for column in columns:
+        name = {'clean': 'clean test split', 'domain': 'shifted domain'}.get(
+            column, f'corruptions at severity {column} (mean over corruptions)')
+        candidates = [(r.label, r.shift(column, 'ECE')) for r in rows
+                      if r.shift(column, 'ECE') is not None]
+        lines.append(f'- ECE, {name}: {verdict(candidates, higher=False)}.')
+    trained = [r for r in rows if r.output == RAW and r.method != 'ce']
+    ts = next((r for r in rows if r.method == 'ce' and r.output == 'ts'), None)
+    if ts is None or not trained:
+        return lines
+    for column in columns:
+        if column == 'clean' or ts.shift(column, 'ECE') is None:
+            continue
+        ts_values = ts.shift(column, 'ECE')
+        best = min(trained, key=lambda r: r.shift(column, 'ECE').mean())
+        values = best.shift(column, 'ECE')
+        spread = max(_spread(values), _spread(ts_values))
+        gap = ts_values.mean() - values.mean()
+        where = 'shifted domain' if column == 'domain' else f'severity {column}'
+        if values.size < 2 or ts_values.size < 2:
+            outcome = 'one seed: no claim'
+        elif abs(gap) <= spread:
+            outcome = f'a tie (gap {abs(gap):.2f}, seed spread {spread:.2f})'
+        elif gap > 0:
+            outcome = (f'the train-time method is better by {gap:.2f}, beyond the '
+                       f'seed spread {spread:.2f}')
+        else:
+            outcome = (f'CE + TS is better by {-gap:.2f}, beyond the seed spread '
+                       f'{spread:.2f}')
+        lines.append(f'- At {where}, the best train-time method by mean ECE, '
+                     f'{best.label} ({_cell(values)}), against CE + TS fitted '
+                     f'in-domain ({_cell(ts_values)}): {outcome}.')
+    return lines
+
+
+def _tuning_table(manifest: dict, config: str) -> List[str]:
+    tuned = [r for r in manifest['rows'] if r['config'] == config and
+             r['kind'] == 'tuned']
+    if not tuned:
+        return []
+    lines = ['', f'Tuning: each knob\'s grid on seed {tuned[0]["tuning_seed"]}, '
+             f'scored by the raw model\'s {SCORE} on the hold-out part of the '
+             'training split (lower is better); the test split chose nothing.', '',
+             '| method | knob | held-out NLL per value | chosen |',
+             '| --- | --- | --- | --- |']
+    for row in tuned:
+        knob = KNOBS[row['method']]
+        scores = ', '.join(f'{_number(float(v))}: {s:.4f}'
+                           for v, s in sorted(row['scores'].items(),
+                                              key=lambda kv: float(kv[0])))
+        lines.append(f'| {LABELS.get(row["method"], row["method"])} | '
+                     f'{knob.option} ({knob.symbol}) | {scores} | '
+                     f'{_number(row["options"][knob.option])} |')
+    return lines
+
+
+def _multiplier_names(row: Row) -> List[str]:
+    record = row.records[0]
+    classes = record.get('classes') or []
+    count = len(record['multipliers']['final'])
+    grouping = 'region' if row.method == 'crac' else record['resolved_options'].get(
+        'groups', 'logit')
+    try:
+        names = group_names(grouping, classes)
+    except ValueError:
+        names = []
+    return names if len(names) == count else [f'group {k}' for k in range(count)]
+
+
+def _multiplier_lines(rows: List[Row]) -> List[str]:
+    lines = []
+    for row in rows:
+        if row.output != RAW or 'multipliers' not in row.records[0]:
+            continue
+        final = np.array([r['multipliers']['final'] for r in row.records])
+        names = _multiplier_names(row)
+        lines += ['', f'{row.label}: multipliers at the end (mean over seeds):', '',
+                  '| ' + ' | '.join(names) + ' |', '| --- ' * len(names) + '|',
+                  '| ' + ' | '.join(f'{v:.3g}' for v in final.mean(0)) + ' |']
+    return lines
+
+
+def _pooled_bins(records: List[dict], output: str):
+    """Reliability bins pooled over seeds: counts add, means weigh by count."""
+    bins = [r['reliability'][output] for r in records]
+    count = np.sum([b['count'] for b in bins], axis=0)
+    sums = {field: np.sum([np.nan_to_num(np.array(b[field], dtype=float)) *
+                           np.array(b['count']) for b in bins], axis=0)
+            for field in ('confidence', 'accuracy')}
+    return count, sums['confidence'], sums['accuracy']
+
+
+def _figures(rows: List[Row], stem: str, shift_columns: List[str]):
+    figures = {}
+    panels = [(r.label, *_pooled_bins(r.records, r.output)) for r in rows]
+    figures[f'reliability_{stem}.png'] = bins_grid(
+        panels, title='test split, pixels pooled over seeds')
+    severities = [c for c in shift_columns if c not in ('clean', 'domain')]
+    if severities:
+        series = {}
+        for row in rows:
+            if row.output not in (RAW, 'ts') or row.tuned:
+                continue
+            points = {}
+            for column in ['clean'] + severities:
+                ece, miou = row.shift(column, 'ECE'), row.shift(column, 'mIoU')
+                points[0 if column == 'clean' else int(column)] = dict(
+                    ECE=float(ece.mean()), mIoU=float(miou.mean()))
+            series[row.label] = points
+        figures[f'shift_{stem}.png'] = severity_figure(
+            series, title='mean over corruptions and seeds (severity 0: clean)')
+    return figures
+
+
+def _code_line(records: List[dict]) -> str:
+    versions = sorted({(r['code']['tree'], r['code']['commit'] or 'no git',
+                        bool(r['code']['dirty'])) for r in records})
+    return '; '.join(f'code tree {tree} (commit {commit[:12]}'
+                     f'{", uncommitted changes" if dirty else ""})'
+                     for tree, commit, dirty in versions)
+
+
+def build_report(manifest: dict, records: Dict[str, dict],
+                 figures_dir: str = 'figures') -> Tuple[str, Dict[str, bytes]]:
+    """The markdown report and its figures (PNG bytes by file name).
+
+    Args:
+        manifest (dict): the study's ``study.json``: ``title``, ``command``,
+            ``rows`` (per row ``kind``, ``config``, ``method``, ``options``,
+            ``seeds``, ``keys``; tuned rows also ``knob``, ``scores``,
+            ``tuning_seed``), ``posthoc``, ``posthoc_on``.
+        records (dict): run records by key.
+        figures_dir (str): where the figures will be, relative to the report.
+    """
+    used = [records[k] for row in manifest['rows'] for k in row['keys']]
+    posthoc = ', '.join(CALIBRATOR_LABELS.get(c, c) for c in manifest['posthoc'])
+    lines = [
+        f'# {manifest["title"]}', '',
+        f'Produced by `{manifest["command"]}`; rebuilt, byte for byte, from the run '
+        'records by `python tools/calib_study.py --report` with the same '
+        '`--results-dir`. Do not edit by hand. '
+        f'{len({r["key"] for r in used})} runs; {_code_line(used)}.', '',
+        'Each cell: mean ± sample standard deviation over seeds (test split unless '
+        'said). ECE, fg ECE (background excluded) and boundary ECE in %, 15 bins; '
+        'ECE per image: computed per image, then averaged (the CALS authors\' '
+        'protocol); AURC in %. Every method trains on the same part of the '
+        'training split; the held-out part updates CALS\'s and CRaC\'s '
+        f'multipliers and is what the post-hoc calibrators ({posthoc}) are fitted '
+        'on, checked out of fold: a fit that raises the out-of-fold NLL is '
+        'undone (the row then equals its method\'s). A "best" is claimed only '
+        'when the best mean leads the next by more than the larger of their seed '
+        'standard deviations.', '']
+    figures: Dict[str, bytes] = {}
+    for config in dict.fromkeys(row['config'] for row in manifest['rows']):
+        stem = osp.splitext(osp.basename(config))[0]
+        rows = _rows(manifest, records, config)
+        ce = next((r for r in rows if r.method == 'ce' and r.output == RAW
+                   and not r.tuned), None)
+        lines += [f'## {stem}', '', f'Base config `{config}`.', '',
+                  '### In-domain (test split)', '']
+        notes = _domain_table(rows, ce, lines)
+        distinct = [r for r in rows if ce is None or not _equals(r, ce)]
+        lines += ['']
+        for key, header, higher in COLUMNS:
+            if key in VERDICT_METRICS:
+                candidates = [(r.label, r.values(key)) for r in distinct]
+                lines.append(f'- {header}: {verdict(candidates, higher)}.')
+        lines += [f'- {note}' for note in notes]
+        lines += _tuning_table(manifest, config)
+        shift_columns = ['clean']
+        first = rows[0].records[0]
+        shift_columns += sorted(first.get('shift_means') or {}, key=int)
+        if first.get('domain'):
+            shift_columns.append('domain')
+        if len(shift_columns) > 1:
+            lines += ['', '### Under shift', '',
+                      'ImageNet-C corruptions (mean over the '
+                      f'{len(first.get("shift") or {})} corruptions of the '
+                      'record) and the shifted domain; calibrators fitted '
+                      'in-domain, on the held-out part.', '']
+            _shift_table(rows, shift_columns, lines)
+            lines += [''] + _shift_reading(rows, shift_columns)
+        lines += _multiplier_lines(rows)
+        config_figures = _figures(rows, stem, shift_columns)
+        figures.update(config_figures)
+        lines += ['']
+        lines += [f'![{name}]({figures_dir}/{name})' for name in config_figures]
+        lines += ['']
+    return '\n'.join(lines), figures

@@ -1,0 +1,188 @@
+"""The runs of a calibration study: what each one is, the key it is stored
+under, and its stored record.
+
+A run is one (base config, method with options, seed). Its key hashes what
+produced its numbers: the fully resolved training config (base config, the
+study's ``--cfg-options``, the method recipe and the seed), the method's full
+options (defaults filled in, so ``ls`` and ``ls smoothing=0.05`` are one run),
+how it is evaluated (calibrators, shift), the number of training processes,
+and the code (:func:`code_version`). A stored record whose key matches is
+reused; anything else that changed makes a new key, so a new run.
+"""
+import hashlib
+import json
+import os
+import os.path as osp
+import subprocess
+from typing import Any, Dict, List, NamedTuple, Optional
+
+from mmengine.config import Config
+
+from ..methods import apply_method, method_options
+from ..utils.io import write_atomic
+
+PACKAGE = osp.dirname(osp.dirname(osp.abspath(__file__)))
+# Parts of the package that draw or write the report from stored records and
+# so never change a run's numbers: editing them keeps every run valid.
+REPORT_ONLY = ('study/report.py', 'visualization/')
+CODE_SUFFIXES = ('.py', '.cpp', '.h', '.cu')
+# Settings that say where a run writes, not what it computes.
+UNKEYED = ('work_dir', 'launcher', 'resume', 'load_from')
+RECORD_VERSION = 1
+
+
+class RunSpec(NamedTuple):
+    """One run of a study.
+
+    Attributes:
+        config (str): the base config file (as given, relative or absolute).
+        method (str): a method recipe name (:data:`cals_seg.methods.METHODS`).
+        options (dict): the method options given (not the defaults).
+        seed (int): ``randomness.seed``.
+    """
+    config: str
+    method: str
+    options: Dict[str, Any]
+    seed: int
+
+    @property
+    def id(self) -> str:
+        """A hashable identity (the options are a dict)."""
+        return json.dumps([self.config, self.method, self.options, self.seed],
+                          sort_keys=True, default=str)
+
+    @property
+    def name(self) -> str:
+        """``<config stem>/<method>[_key-value...]/seed<k>``, for progress lines
+        and folder names."""
+        stem = osp.splitext(osp.basename(self.config))[0]
+        options = ''.join(f'_{k}-{v}' for k, v in sorted(self.options.items()))
+        return f'{stem}/{self.method}{options}/seed{self.seed}'
+
+
+def resolve_config(spec: RunSpec, cfg_options: Optional[dict] = None) -> Config:
+    """The training config of a run: the base config with ``cfg_options``
+    merged, the method recipe applied and the seed set.
+
+    Raises:
+        ValueError: from :func:`cals_seg.methods.apply_method` (unknown method
+            or option, a config the recipe cannot change).
+    """
+    cfg = Config.fromfile(spec.config)
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    cfg = apply_method(cfg, spec.method, **spec.options)
+    cfg.randomness = dict(cfg.get('randomness') or {}, seed=spec.seed)
+    return cfg
+
+
+def _canonical(value) -> Any:
+    """JSON-serialisable, order-independent form of a config value."""
+    if isinstance(value, dict):
+        return {str(k): _canonical(v) for k, v in sorted(value.items(),
+                                                         key=lambda kv: str(kv[0]))}
+    if isinstance(value, (list, tuple)):
+        return [_canonical(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return f'{type(value).__module__}.{getattr(value, "__qualname__", repr(value))}'
+
+
+def code_version(package: str = PACKAGE) -> Dict[str, Any]:
+    """What code a run ran: ``tree``, a hash of the package's source files (less
+    :data:`REPORT_ONLY`), which keys runs; and, for the record, the package
+    version, the git commit and whether the package's files differ from it."""
+    from .. import __version__
+    digest = hashlib.sha256()
+    for root, dirs, files in os.walk(package):
+        dirs[:] = sorted(d for d in dirs if d != '__pycache__')
+        for name in sorted(files):
+            path = osp.join(root, name)
+            relative = osp.relpath(path, package).replace(os.sep, '/')
+            if (not name.endswith(CODE_SUFFIXES) or
+                    any(relative.startswith(p) for p in REPORT_ONLY)):
+                continue
+            digest.update(relative.encode() + b'\0')
+            with open(path, 'rb') as f:
+                digest.update(f.read() + b'\0')
+    commit = dirty = None
+    try:
+        repo = osp.dirname(package)
+        commit = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=repo,
+                                capture_output=True, text=True,
+                                check=True).stdout.strip()
+        dirty = bool(subprocess.run(['git', 'status', '--porcelain', '--', package],
+                                    cwd=repo, capture_output=True, text=True,
+                                    check=True).stdout.strip())
+    except (OSError, subprocess.CalledProcessError):
+        pass  # not a git checkout: the tree hash alone says what ran
+    return dict(package=__version__, tree=digest.hexdigest()[:16], commit=commit,
+                dirty=dirty)
+
+
+def run_key(cfg: Config, spec: RunSpec, evaluation: dict, world_size: int,
+            code_tree: str) -> str:
+    """The run's key: 16 hex digits of a hash of everything that sets its
+    numbers (see the module docstring)."""
+    config = {k: v for k, v in cfg.to_dict().items() if k not in UNKEYED}
+    content = dict(config=_canonical(config), method=spec.method,
+                   options=_canonical(dict(method_options(spec.method),
+                                           **spec.options)),
+                   evaluation=_canonical(evaluation), world_size=world_size,
+                   code=code_tree, record_version=RECORD_VERSION)
+    text = json.dumps(content, sort_keys=True, separators=(',', ':'))
+    return hashlib.sha256(text.encode('utf-8')).hexdigest()[:16]
+
+
+RECORDS = 'runs'  # the records' folder in a results directory
+
+
+def record_path(results_dir: str, key: str) -> str:
+    return osp.join(results_dir, RECORDS, f'{key}.json')
+
+
+def load_record(results_dir: str, key: str) -> Optional[dict]:
+    """The finished run stored under ``key``, or None. Records are written
+    whole (atomically) and only once a run is finished, so a file that exists
+    is a finished run."""
+    path = record_path(results_dir, key)
+    if not osp.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def save_record(results_dir: str, record: dict) -> str:
+    path = record_path(results_dir, record['key'])
+    os.makedirs(osp.dirname(path), exist_ok=True)
+    text = json.dumps(record, indent=1, sort_keys=True, allow_nan=True)
+    write_atomic(path, (text + '\n').encode('utf-8'))
+    return path
+
+
+def load_records(results_dir: str) -> List[dict]:
+    """Every stored record, in key order.
+
+    Raises:
+        FileNotFoundError: ``results_dir`` does not exist.
+        ValueError: a file that is not a run record, named.
+    """
+    folder = osp.join(results_dir, RECORDS)
+    if not osp.isdir(folder):
+        raise FileNotFoundError(f'no run records in {results_dir} ({folder} is '
+                                'missing)')
+    records = []
+    for name in sorted(os.listdir(folder)):
+        if not name.endswith('.json'):
+            continue
+        path = osp.join(folder, name)
+        with open(path) as f:
+            try:
+                record = json.load(f)
+            except ValueError as error:
+                raise ValueError(f'{path} is not JSON: {error}') from None
+        if record.get('record_version') != RECORD_VERSION or 'key' not in record:
+            raise ValueError(f'{path} is not a study run record of version '
+                             f'{RECORD_VERSION}')
+        records.append(record)
+    return records

@@ -1,0 +1,444 @@
+"""Which calibration method should I use on MY model and data? Every method on
+your mmseg configs, several seeds, post-hoc calibrators, shift, one report.
+
+    python tools/calib_study.py configs/my_model_ce.py --seeds 0 1 2 \\
+        --work-dir work_dirs/study --out work_dirs/study/report.md
+    python tools/calib_study.py configs/my_model_ce.py --tune ...   # + tuned rows
+    python tools/calib_study.py --report --work-dir work_dirs/study \\
+        --out work_dirs/study/report.md        # the report again, from the records
+
+For every (base config, method, seed) it trains ``tools/train.py CONFIG
+--method NAME`` in its own process (distributed with ``--launcher pytorch
+--gpus N`` or ``--launcher slurm``), its log in the run's folder; then
+evaluates the last checkpoint once, in another process, on the GPU when there
+is one: the test split, the hold-out part of the training split, and the test
+split under ImageNet-C corruptions (and a shifted domain with
+``--domain-root``). The post-hoc calibrators of ``--posthoc`` are fitted on
+the hold-out part of the runs of ``--posthoc-on`` through the code
+``tools/calib_eval.py`` uses, and evaluated on every split.
+
+Each finished run is one small JSON record in ``RESULTS_DIR`` (default
+``WORK_DIR/results``), keyed by a hash of the resolved config, the method's
+options, the evaluation settings and the code (cals_seg.study.runs). A
+second call reuses every run whose key is stored and trains only new or
+changed ones; a killed study resumes (training from its last checkpoint) and
+a record is written only when its run is finished. ``RESULTS_DIR/study.json``
+lists the rows of the study, so ``--report`` rebuilds the same markdown from
+the records alone.
+"""
+import warnings
+
+# mmengine 0.10.7 imports pkg_resources, which the pinned setuptools deprecates
+# on every start: noise in a tool's one-line errors.
+warnings.filterwarnings('ignore', 'pkg_resources is deprecated', UserWarning)
+
+import argparse
+import ast
+import json
+import os
+import os.path as osp
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Dict, List, Optional
+
+import torch
+from mmengine.config import DictAction
+
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from cals_seg.calibrators import SHORT_NAMES  # noqa: E402
+from cals_seg.datasets.transforms import CORRUPTIONS  # noqa: E402
+from cals_seg.methods import METHODS, method_options  # noqa: E402
+from cals_seg.study import tuning  # noqa: E402
+from cals_seg.study.runs import (RunSpec, code_version, load_record,  # noqa: E402
+                                 load_records, resolve_config, run_key,
+                                 save_record)
+from cals_seg.utils.io import write_atomic  # noqa: E402
+
+STUDY_FILE = 'study.json'
+DEFAULT_POSTHOC = ('ts', 'vs', 'dirichlet', 'lts', 'selective')
+POSTHOC_CHOICES = sorted(n for n, c in SHORT_NAMES.items()
+                         if not getattr(c, 'keywords', None))
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('configs', nargs='*', metavar='BASE_CONFIG',
+                        help='cross-entropy training configs (any mmseg config; '
+                        'each method is applied by its recipe)')
+    parser.add_argument('--methods', nargs='+', default=list(METHODS),
+                        choices=list(METHODS), metavar='METHOD',
+                        help=f'default: all ({", ".join(METHODS)})')
+    parser.add_argument('--options', nargs='+', default=[], metavar='M.KEY=VALUE',
+                        help='a method option for every run of that method, '
+                        'e.g. cals.margin=10 cals.groups=label')
+    parser.add_argument('--seeds', nargs='+', type=int, default=[0, 1, 2])
+    parser.add_argument('--posthoc', nargs='*', default=list(DEFAULT_POSTHOC),
+                        choices=POSTHOC_CHOICES, metavar='NAME',
+                        help='post-hoc calibrators fitted on the hold-out part '
+                        f'(default: {" ".join(DEFAULT_POSTHOC)}; none: no fitting)')
+    parser.add_argument('--posthoc-on', nargs='*', default=['ce', 'cals'],
+                        metavar='METHOD', help='the methods whose runs get the '
+                        'post-hoc calibrators (default: ce cals)')
+    parser.add_argument('--tune', action='store_true',
+                        help="choose each method's main knob on the hold-out "
+                        'NLL (first seed), then run the choice on every seed')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='settings merged into every base config before the '
+                        'method is applied, as tools/train.py --cfg-options')
+    parser.add_argument('--corruptions', nargs='+', default=['all'],
+                        metavar='NAME', help='ImageNet-C corruptions of the '
+                        'shift columns: all (default) or names')
+    parser.add_argument('--shift-severities', nargs='*', type=int, default=[3, 5],
+                        help='severities of the shift columns (default: 3 5; '
+                        'none: no corrupted passes)')
+    parser.add_argument('--domain-root', help='a shifted domain\'s data root in '
+                        'the test split\'s layout (tools/make_demo_data.py '
+                        '--domain shifted), evaluated as a column')
+    parser.add_argument('--launcher', choices=('none', 'pytorch', 'slurm'),
+                        default='none')
+    parser.add_argument('--gpus', type=int, default=1,
+                        help='processes per training run with --launcher')
+    parser.add_argument('--partition', help='slurm partition (--launcher slurm)')
+    parser.add_argument('--jobs', type=int, default=1,
+                        help='runs at once, each with cpu_count/jobs threads '
+                        '(CPU studies; on 2 cores two one-thread runs take '
+                        'about the time of one two-thread run)')
+    parser.add_argument('--device', default='cuda' if torch.cuda.is_available()
+                        else 'cpu', help='where runs are evaluated (default: '
+                        'cuda when available)')
+    parser.add_argument('--work-dir', default='work_dirs/calib_study')
+    parser.add_argument('--results-dir', help='the run records (default: '
+                        'WORK_DIR/results)')
+    parser.add_argument('--out', help='the report (default: WORK_DIR/report.md); '
+                        'figures go to figures/ beside it')
+    parser.add_argument('--title', default='Calibration study')
+    parser.add_argument('--report', action='store_true',
+                        help='only rebuild the report from RESULTS_DIR')
+    parser.add_argument('--evaluate-run', metavar='RUN_DIR',
+                        help=argparse.SUPPRESS)  # the study's own worker
+    args = parser.parse_args(argv)
+    args.results_dir = args.results_dir or osp.join(args.work_dir, 'results')
+    args.out = args.out or osp.join(args.work_dir, 'report.md')
+    if args.evaluate_run or args.report:
+        return args
+    if not args.configs:
+        parser.error('name at least one BASE_CONFIG (or --report)')
+    missing = [c for c in args.configs if not osp.isfile(c)]
+    if missing:
+        parser.error(f'config file(s) not found: {", ".join(missing)}')
+    if args.corruptions == ['all']:
+        args.corruptions = list(CORRUPTIONS)
+    unknown = sorted(set(args.corruptions) - set(CORRUPTIONS))
+    if unknown:
+        parser.error(f'unknown corruptions {unknown}; valid: all or '
+                     f'{", ".join(CORRUPTIONS)}')
+    bad = [s for s in args.shift_severities if not 1 <= s <= 5]
+    if bad:
+        parser.error(f'--shift-severities must be in 1..5, got {bad}')
+    unknown = sorted(set(args.posthoc_on) - set(args.methods))
+    if unknown:
+        parser.error(f'--posthoc-on names methods the study does not run: '
+                     f'{unknown}')
+    if args.gpus < 1 or args.jobs < 1:
+        parser.error('--gpus and --jobs must be >= 1')
+    if args.launcher != 'none' and args.jobs != 1:
+        parser.error('--jobs is for runs on one machine without a launcher')
+    if args.domain_root and not osp.isdir(args.domain_root):
+        parser.error(f'--domain-root {args.domain_root} does not exist')
+    try:
+        args.method_options = parse_method_options(args.options, args.methods)
+    except ValueError as error:
+        parser.error(str(error))
+    return args
+
+
+def parse_method_options(items: List[str], methods: List[str]) -> Dict[str, dict]:
+    """``['cals.margin=10']`` as ``{'cals': {'margin': 10.0}}``; values are
+    Python literals where they parse, else strings.
+
+    Raises:
+        ValueError: a malformed item, a method not in ``methods``, or an option
+            the method does not take.
+    """
+    options: Dict[str, dict] = {}
+    for item in items:
+        match = re.fullmatch(r'([\w-]+)\.(\w+)=(.*)', item)
+        if not match:
+            raise ValueError(f'--options {item!r}: expected METHOD.KEY=VALUE')
+        method, key, text = match.groups()
+        if method not in methods:
+            raise ValueError(f'--options {item!r}: {method!r} is not one of the '
+                             f'study\'s methods {methods}')
+        if key not in method_options(method):
+            raise ValueError(f'--options {item!r}: {method} has no option {key!r}; '
+                             f'its options are {sorted(method_options(method))}')
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            value = text
+        options.setdefault(method, {})[key] = value
+    return options
+
+
+class Study:
+    """Runs (or reuses) the study's runs, at most ``jobs`` at once, printing a
+    line per finished run with the time left."""
+
+    def __init__(self, args):
+        self.args = args
+        self.code = code_version()
+        self.world_size = args.gpus if args.launcher != 'none' else 1
+        self.evaluation = dict(
+            posthoc=list(args.posthoc),
+            corruptions=list(args.corruptions) if args.shift_severities else [],
+            severities=sorted(set(args.shift_severities)),
+            domain_root=args.domain_root)
+        self.lock = threading.Lock()
+        self.done = self.total = self.trained = 0
+        self.seconds = 0.0
+        self.started = time.time()
+
+    def settings(self, spec: RunSpec) -> dict:
+        """How a run is evaluated (part of its key)."""
+        return dict(self.evaluation, posthoc=(self.evaluation['posthoc']
+                                              if spec.method in self.args.posthoc_on
+                                              else []))
+
+    def run_all(self, specs: List[RunSpec]) -> Dict[str, dict]:
+        """The record of every spec, by :attr:`RunSpec.id`."""
+        # Configs are read here, one at a time: mmengine's Config.fromfile is
+        # not thread-safe (its pkg_resources lookups fail under threads).
+        configs = [resolve_config(spec, self.args.cfg_options) for spec in specs]
+        keys = [run_key(cfg, spec, self.settings(spec), self.world_size,
+                        self.code['tree']) for spec, cfg in zip(specs, configs)]
+        with self.lock:
+            self.total += len(specs)
+        with ThreadPoolExecutor(max_workers=self.args.jobs) as pool:
+            records = list(pool.map(self.run, specs, configs, keys))
+        return {spec.id: record for spec, record in zip(specs, records)}
+
+    def run(self, spec: RunSpec, cfg, key: str) -> dict:
+        record = load_record(self.args.results_dir, key)
+        if record is not None:
+            self._progress(spec, f'reused {key}')
+            return record
+        run_dir = osp.join(self.args.work_dir, 'runs',
+                           spec.name.replace('/', '_') + f'_{key}')
+        os.makedirs(run_dir, exist_ok=True)
+        cfg.dump(osp.join(run_dir, 'config.py'))
+        start = time.time()
+        self._train(run_dir)
+        trained = time.time()
+        write_atomic(osp.join(run_dir, 'run.json'), json.dumps(dict(
+            settings=self.settings(spec), device=self.args.device,
+            multiplier_hook=spec.method in ('cals', 'crac'))).encode())
+        self._subprocess([sys.executable, osp.abspath(__file__), '--evaluate-run',
+                          run_dir], run_dir, 'evaluate.log')
+        with open(osp.join(run_dir, 'evaluation.json')) as f:
+            evaluation = json.load(f)
+        record = dict(
+            key=key, record_version=1, config=spec.config, method=spec.method,
+            options=spec.options,
+            resolved_options=dict(method_options(spec.method), **spec.options),
+            seed=spec.seed, world_size=self.world_size, code=self.code,
+            device=self.args.device,
+            settings=self.settings(spec),
+            minutes=dict(train=(trained - start) / 60,
+                         evaluate=(time.time() - trained) / 60),
+            **evaluation)
+        save_record(self.args.results_dir, record)
+        with self.lock:
+            self.trained += 1
+            self.seconds += time.time() - start
+        self._progress(spec, f'trained {record["minutes"]["train"]:.1f} min, '
+                       f'evaluated {record["minutes"]["evaluate"]:.1f} min')
+        return record
+
+    def _progress(self, spec: RunSpec, what: str) -> None:
+        with self.lock:
+            self.done += 1
+            left = self.total - self.done
+            eta = ''
+            if self.trained and left:
+                seconds = self.seconds / self.trained * left / self.args.jobs
+                eta = f'; at most {seconds / 3600:.1f} h left if none is reused'
+            print(f'[{self.done}/{self.total}] {spec.name}: {what}{eta}', flush=True)
+
+    def _threads_env(self) -> dict:
+        threads = str(max(1, (os.cpu_count() or 1) // self.args.jobs))
+        return dict(os.environ, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads,
+                    PYTHONPATH=REPO + os.pathsep + os.environ.get('PYTHONPATH', ''))
+
+    def _train(self, run_dir: str) -> None:
+        train = [osp.join(REPO, 'tools', 'train.py'), osp.join(run_dir, 'config.py'),
+                 '--work-dir', osp.join(run_dir, 'train'), '--resume']
+        args = self.args
+        if args.launcher == 'pytorch':
+            with socket.socket() as s:
+                s.bind(('127.0.0.1', 0))
+                port = s.getsockname()[1]
+            command = [sys.executable, '-m', 'torch.distributed.run',
+                       f'--nproc_per_node={args.gpus}', f'--master_port={port}',
+                       *train, '--launcher', 'pytorch']
+        elif args.launcher == 'slurm':
+            command = ['srun', f'--ntasks={args.gpus}',
+                       f'--ntasks-per-node={args.gpus}', f'--gres=gpu:{args.gpus}',
+                       *([f'--partition={args.partition}'] if args.partition
+                         else []), sys.executable, '-u', *train,
+                       '--launcher', 'slurm']
+        else:
+            command = [sys.executable, *train]
+        self._subprocess(command, run_dir, 'train.log')
+
+    def _subprocess(self, command, run_dir: str, log: str) -> None:
+        path = osp.join(run_dir, log)
+        with open(path, 'w') as out:
+            result = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT,
+                                    env=self._threads_env())
+        if result.returncode != 0:
+            with open(path) as f:
+                tail = f.read()[-2000:]
+            raise RuntimeError(f'{" ".join(command[:4])} ... failed (exit '
+                               f'{result.returncode}); the log {path} ends:\n{tail}')
+
+
+def evaluate_run(run_dir: str) -> None:
+    """The study's evaluation of one trained run, in its own process: writes
+    RUN_DIR/evaluation.json."""
+    import cals_seg.utils.mmengine_checkpoints  # noqa: F401
+    from mmengine.config import Config
+    from cals_seg.evaluation.run_report import ShiftPlan, evaluate_checkpoint
+    from cals_seg.study.multipliers import multiplier_record
+
+    with open(osp.join(run_dir, 'run.json')) as f:
+        run = json.load(f)
+    settings = run['settings']
+    cfg = Config.fromfile(osp.join(run_dir, 'config.py'))
+    train_dir = osp.join(run_dir, 'train')
+    with open(osp.join(train_dir, 'last_checkpoint')) as f:
+        checkpoint = f.read().strip()
+    torch.set_grad_enabled(False)
+    shift = ShiftPlan(settings['corruptions'], settings['severities'], 0,
+                      settings['domain_root'])
+    report, _ = evaluate_checkpoint(cfg, checkpoint, settings['posthoc'],
+                                    torch.device(run['device']),
+                                    splits=('test', 'holdout'), shift=shift)
+    if run['multiplier_hook']:
+        report['multipliers'] = multiplier_record(checkpoint, train_dir)
+    write_atomic(osp.join(run_dir, 'evaluation.json'),
+                 json.dumps(report).encode('utf-8'))
+
+
+def plan(args) -> List[dict]:
+    """The study's rows: per base config, each method at its defaults (and the
+    user's --options) on every seed."""
+    return [dict(kind='default', config=config, method=method,
+                 options=args.method_options.get(method, {}), seeds=args.seeds)
+            for config in args.configs for method in args.methods]
+
+
+def tune(study: Study, args) -> List[dict]:
+    """The tuned rows: each knob's grid on the first seed, the value with the
+    lowest hold-out NLL, then that value on every seed."""
+    grid_specs, rows = {}, []
+    for config in args.configs:
+        for method in tuning.tunable(args.methods):
+            knob = tuning.KNOBS[method]
+            base = args.method_options.get(method, {})
+            if knob.option in base:
+                continue  # the user fixed it
+            for value in knob.grid:
+                grid_specs[(config, method, value)] = RunSpec(
+                    config, method, dict(base, **{knob.option: value}),
+                    args.seeds[0])
+    records = study.run_all(list(grid_specs.values()))
+    for config in args.configs:
+        for method in tuning.tunable(args.methods):
+            knob = tuning.KNOBS[method]
+            scores = {value: records[spec.id]['holdout'][tuning.SCORE]
+                      for (c, m, value), spec in grid_specs.items()
+                      if c == config and m == method}
+            if not scores:
+                continue
+            chosen = tuning.choose(scores)
+            rows.append(dict(kind='tuned', config=config, method=method,
+                             options=dict(args.method_options.get(method, {}),
+                                          **{knob.option: chosen}),
+                             seeds=args.seeds, knob=knob.option,
+                             scores={str(v): s for v, s in scores.items()},
+                             tuning_seed=args.seeds[0]))
+    return rows
+
+
+def write_report(args, manifest: dict) -> None:
+    from cals_seg.study.report import build_report
+    records = {r['key']: r for r in load_records(args.results_dir)}
+    missing = [key for row in manifest['rows'] for key in row['keys']
+               if key not in records]
+    if missing:
+        raise FileNotFoundError(f'{len(missing)} run record(s) of {STUDY_FILE} are '
+                                f'not in {args.results_dir}, e.g. {missing[0]}')
+    out_dir = osp.dirname(osp.abspath(args.out))
+    figures_dir = osp.join(out_dir, 'figures')
+    text, figures = build_report(manifest, records, osp.relpath(figures_dir, out_dir))
+    os.makedirs(figures_dir, exist_ok=True)
+    for name, data in figures.items():
+        write_atomic(osp.join(figures_dir, name), data)
+    write_atomic(args.out, text.encode('utf-8'))
+    print(f'wrote {args.out} and {len(figures)} figure(s) in {figures_dir}')
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.evaluate_run:
+        evaluate_run(args.evaluate_run)
+        return
+    manifest_path = osp.join(args.results_dir, STUDY_FILE)
+    if args.report:
+        if not osp.isfile(manifest_path):
+            sys.exit(f'error: {manifest_path} not found: run the study first')
+        with open(manifest_path) as f:
+            write_report(args, json.load(f))
+        return
+    study = Study(args)
+    print(f'cals-seg {study.code["package"]}, code {study.code["tree"]} '
+          f'(commit {study.code["commit"]}{", dirty" if study.code["dirty"] else ""})'
+          f'; records in {args.results_dir}, logs in {args.work_dir}/runs',
+          flush=True)
+    rows = plan(args)
+    specs = [RunSpec(r['config'], r['method'], r['options'], seed)
+             for r in rows for seed in r['seeds']]
+    try:
+        records = study.run_all(specs)
+        if args.tune:
+            tuned = tune(study, args)
+            specs = [RunSpec(r['config'], r['method'], r['options'], seed)
+                     for r in tuned for seed in r['seeds']]
+            records.update(study.run_all(specs))
+            rows += tuned
+    except (RuntimeError, ValueError) as error:
+        sys.exit(f'error: {error}')
+    for row in rows:
+        row['keys'] = [records[RunSpec(row['config'], row['method'], row['options'],
+                                       seed).id]['key'] for seed in row['seeds']]
+    command = 'python tools/calib_study.py ' + ' '.join(
+        sys.argv[1:] if argv is None else argv)
+    manifest = dict(title=args.title, command=command.strip(), rows=rows,
+                    posthoc=list(args.posthoc), posthoc_on=list(args.posthoc_on),
+                    seeds=args.seeds, tuned=args.tune)
+    write_atomic(manifest_path, json.dumps(manifest, indent=1).encode('utf-8'))
+    write_report(args, manifest)
+    minutes = (time.time() - study.started) / 60
+    print(f'{study.trained} run(s) trained, {study.done - study.trained} reused, '
+          f'{minutes:.1f} min')
+
+
+if __name__ == '__main__':
+    main()
