@@ -56,9 +56,11 @@ from cals_seg.calibrators import SHORT_NAMES  # noqa: E402
 from cals_seg.datasets.transforms import CORRUPTIONS  # noqa: E402
 from cals_seg.methods import METHODS, method_options  # noqa: E402
 from cals_seg.study import tuning  # noqa: E402
-from cals_seg.study.runs import (RunSpec, code_version, load_record,  # noqa: E402
-                                 load_records, resolve_config, run_key,
-                                 save_record)
+from cals_seg.study.evaluate import (EVALUATION_FILE, RUN_FILE,  # noqa: E402
+                                     TRAIN_DIR)
+from cals_seg.study.runs import (RECORD_VERSION, RunSpec,  # noqa: E402
+                                 code_version, covers, load_record, load_records,
+                                 resolve_config, run_key, save_record, union)
 from cals_seg.utils.io import write_atomic  # noqa: E402
 
 STUDY_FILE = 'study.json'
@@ -205,60 +207,67 @@ class Study:
         self.seconds = 0.0
         self.started = time.time()
 
-    def settings(self, spec: RunSpec) -> dict:
-        """How a run is evaluated (part of its key)."""
-        return dict(self.evaluation, posthoc=(self.evaluation['posthoc']
-                                              if spec.method in self.args.posthoc_on
-                                              else []))
+    def settings(self, spec: RunSpec, full: bool = True) -> dict:
+        """How a run is evaluated: calibrators for the methods of
+        --posthoc-on, shift passes; ``full=False``: the hold-out and test
+        splits only (enough to choose a knob)."""
+        posthoc = self.evaluation['posthoc'] if spec.method in self.args.posthoc_on else []
+        if not full:
+            return dict(posthoc=[], corruptions=[], severities=[], domain_root=None)
+        return dict(self.evaluation, posthoc=posthoc)
 
-    def run_all(self, specs: List[RunSpec]) -> Dict[str, dict]:
+    def run_all(self, specs: List[RunSpec], full: bool = True) -> Dict[str, dict]:
         """The record of every spec, by :attr:`RunSpec.id`."""
         # Configs are read here, one at a time: mmengine's Config.fromfile is
         # not thread-safe (its pkg_resources lookups fail under threads).
         configs = [resolve_config(spec, self.args.cfg_options) for spec in specs]
-        keys = [run_key(cfg, spec, self.settings(spec), self.world_size,
-                        self.code['tree']) for spec, cfg in zip(specs, configs)]
+        keys = [run_key(cfg, spec, self.world_size, self.code['tree'])
+                for spec, cfg in zip(specs, configs)]
+        settings = [self.settings(spec, full) for spec in specs]
         with self.lock:
             self.total += len(specs)
         with ThreadPoolExecutor(max_workers=self.args.jobs) as pool:
-            records = list(pool.map(self.run, specs, configs, keys))
+            records = list(pool.map(self.run, specs, configs, keys, settings))
         return {spec.id: record for spec, record in zip(specs, records)}
 
-    def run(self, spec: RunSpec, cfg, key: str) -> dict:
+    def run(self, spec: RunSpec, cfg, key: str, settings: dict) -> dict:
         record = load_record(self.args.results_dir, key)
-        if record is not None:
+        if record is not None and covers(record['settings'], settings):
             self._progress(spec, f'reused {key}')
             return record
+        if record is not None:  # evaluate again, never with less than before
+            settings = union(record['settings'], settings)
         run_dir = osp.join(self.args.work_dir, 'runs',
                            spec.name.replace('/', '_') + f'_{key}')
         os.makedirs(run_dir, exist_ok=True)
         cfg.dump(osp.join(run_dir, 'config.py'))
         start = time.time()
+        # A finished training resumes at its last iteration and stops at once.
         self._train(run_dir)
         trained = time.time()
-        write_atomic(osp.join(run_dir, 'run.json'), json.dumps(dict(
-            settings=self.settings(spec), device=self.args.device,
-            multiplier_hook=spec.method in ('cals', 'crac'))).encode())
+        write_atomic(osp.join(run_dir, RUN_FILE), json.dumps(dict(
+            settings=settings, device=self.args.device)).encode())
         self._subprocess([sys.executable, osp.abspath(__file__), '--evaluate-run',
                           run_dir], run_dir, 'evaluate.log')
-        with open(osp.join(run_dir, 'evaluation.json')) as f:
+        with open(osp.join(run_dir, EVALUATION_FILE)) as f:
             evaluation = json.load(f)
+        minutes = dict(train=(trained - start) / 60,
+                       evaluate=(time.time() - trained) / 60)
+        if record is not None:  # training was resumed, not redone
+            minutes['train'] = record['minutes']['train']
         record = dict(
-            key=key, record_version=1, config=spec.config, method=spec.method,
-            options=spec.options,
+            key=key, record_version=RECORD_VERSION, config=spec.config,
+            method=spec.method, options=spec.options,
             resolved_options=dict(method_options(spec.method), **spec.options),
             seed=spec.seed, world_size=self.world_size, code=self.code,
-            device=self.args.device,
-            settings=self.settings(spec),
-            minutes=dict(train=(trained - start) / 60,
-                         evaluate=(time.time() - trained) / 60),
+            device=self.args.device, settings=settings, minutes=minutes,
             **evaluation)
         save_record(self.args.results_dir, record)
         with self.lock:
             self.trained += 1
             self.seconds += time.time() - start
-        self._progress(spec, f'trained {record["minutes"]["train"]:.1f} min, '
-                       f'evaluated {record["minutes"]["evaluate"]:.1f} min')
+        self._progress(spec, f'trained {minutes["train"]:.1f} min, '
+                       f'evaluated {minutes["evaluate"]:.1f} min')
         return record
 
     def _progress(self, spec: RunSpec, what: str) -> None:
@@ -267,8 +276,10 @@ class Study:
             left = self.total - self.done
             eta = ''
             if self.trained and left:
-                seconds = self.seconds / self.trained * left / self.args.jobs
-                eta = f'; at most {seconds / 3600:.1f} h left if none is reused'
+                minutes = round(self.seconds / self.trained * left / self.args.jobs
+                                / 60)
+                eta = (f'; {left} left, at most {minutes // 60} h {minutes % 60:02d} '
+                       'min if none is reused')
             print(f'[{self.done}/{self.total}] {spec.name}: {what}{eta}', flush=True)
 
     def _threads_env(self) -> dict:
@@ -278,7 +289,7 @@ class Study:
 
     def _train(self, run_dir: str) -> None:
         train = [osp.join(REPO, 'tools', 'train.py'), osp.join(run_dir, 'config.py'),
-                 '--work-dir', osp.join(run_dir, 'train'), '--resume']
+                 '--work-dir', osp.join(run_dir, TRAIN_DIR), '--resume']
         args = self.args
         if args.launcher == 'pytorch':
             with socket.socket() as s:
@@ -309,33 +320,6 @@ class Study:
                                f'{result.returncode}); the log {path} ends:\n{tail}')
 
 
-def evaluate_run(run_dir: str) -> None:
-    """The study's evaluation of one trained run, in its own process: writes
-    RUN_DIR/evaluation.json."""
-    import cals_seg.utils.mmengine_checkpoints  # noqa: F401
-    from mmengine.config import Config
-    from cals_seg.evaluation.run_report import ShiftPlan, evaluate_checkpoint
-    from cals_seg.study.multipliers import multiplier_record
-
-    with open(osp.join(run_dir, 'run.json')) as f:
-        run = json.load(f)
-    settings = run['settings']
-    cfg = Config.fromfile(osp.join(run_dir, 'config.py'))
-    train_dir = osp.join(run_dir, 'train')
-    with open(osp.join(train_dir, 'last_checkpoint')) as f:
-        checkpoint = f.read().strip()
-    torch.set_grad_enabled(False)
-    shift = ShiftPlan(settings['corruptions'], settings['severities'], 0,
-                      settings['domain_root'])
-    report, _ = evaluate_checkpoint(cfg, checkpoint, settings['posthoc'],
-                                    torch.device(run['device']),
-                                    splits=('test', 'holdout'), shift=shift)
-    if run['multiplier_hook']:
-        report['multipliers'] = multiplier_record(checkpoint, train_dir)
-    write_atomic(osp.join(run_dir, 'evaluation.json'),
-                 json.dumps(report).encode('utf-8'))
-
-
 def plan(args) -> List[dict]:
     """The study's rows: per base config, each method at its defaults (and the
     user's --options) on every seed."""
@@ -358,7 +342,7 @@ def tune(study: Study, args) -> List[dict]:
                 grid_specs[(config, method, value)] = RunSpec(
                     config, method, dict(base, **{knob.option: value}),
                     args.seeds[0])
-    records = study.run_all(list(grid_specs.values()))
+    records = study.run_all(list(grid_specs.values()), full=False)
     for config in args.configs:
         for method in tuning.tunable(args.methods):
             knob = tuning.KNOBS[method]
@@ -398,6 +382,8 @@ def write_report(args, manifest: dict) -> None:
 def main(argv=None):
     args = parse_args(argv)
     if args.evaluate_run:
+        import cals_seg.utils.mmengine_checkpoints  # noqa: F401
+        from cals_seg.study.evaluate import evaluate_run
         evaluate_run(args.evaluate_run)
         return
     manifest_path = osp.join(args.results_dir, STUDY_FILE)

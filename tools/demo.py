@@ -3,12 +3,13 @@
     make demo                   # or: python tools/demo.py
 
 Generates the demo dataset if missing (VOC layout; few training images, so the
-network memorises them and ends over-confident as real networks do), trains the
-tiny DeepLabV3 with cross-entropy and with CALS by the authors' protocol
-(multipliers from the held-out part of the training split, once per epoch) on the
-same schedule, tests both with mIoU and the calibration metrics, and prints them
-side by side with the multipliers CALS learned per class and where the
-reliability diagrams are.
+network memorises them and ends over-confident as real networks do), then runs
+the calibration study (tools/calib_study.py, the machinery of ``make
+benchmark``) on the tiny DeepLabV3: cross-entropy and CALS by the authors'
+protocol, one seed, both trained at once (one thread each), temperature
+scaling fitted on the held-out part. It prints a line per run and the table;
+the training logs, the records and the report with its reliability diagrams
+are under --work-dir. A second call reuses the finished runs.
 """
 import warnings
 
@@ -17,101 +18,69 @@ import warnings
 warnings.filterwarnings('ignore', 'pkg_resources is deprecated', UserWarning)
 
 import argparse
+import os
 import os.path as osp
 import subprocess
 import sys
-import time
-
-from mmengine.config import Config
-from mmengine.runner import Runner
-
-# The plugin and MMEngine checkpoints
-import cals_seg.utils.mmengine_checkpoints  # noqa: F401
-from cals_seg.utils.data_check import set_data_root
-from cals_seg.datasets.demo_data import make_demo_dataset
-from cals_seg.functional.calibration import DEFAULT_NUM_BINS
-from cals_seg.engine.hooks import find_cals_losses
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
-CONFIGS = {
-    'CE': 'configs/demo/deeplabv3_r18tiny_1500it_demo-voc_ce.py',
-    'CALS': 'configs/demo/deeplabv3_r18tiny_1500it_demo-voc_cals.py',
-}
-COLUMNS = ('mIoU', 'ECE', 'img/ECE', 'fg/ECE', 'AECE', 'CECE', 'NLL', 'Brier')
+sys.path.insert(0, REPO)
+
+from cals_seg.datasets.demo_data import make_demo_dataset  # noqa: E402
+
+CONFIG = 'configs/demo/deeplabv3_r18tiny_1500it_demo-voc_ce.py'
+DEFAULT_ITERS = 1500
+TABLE = '### In-domain (test split)'
 
 
-def parse_args():
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--data-root', default='data/cals_demo/voc')
     parser.add_argument('--work-dir', default='work_dirs/demo')
-    parser.add_argument('--iters', type=int, help='training iterations '
-                        '(default: the configs\', 1500)')
-    return parser.parse_args()
+    parser.add_argument('--iters', type=int, default=DEFAULT_ITERS,
+                        help=f'training iterations (default: {DEFAULT_ITERS})')
+    return parser.parse_args(argv)
 
 
-def train_and_test(name: str, args) -> dict:
-    cfg = Config.fromfile(osp.join(REPO, CONFIGS[name]))
-    set_data_root(cfg, osp.join(args.data_root, 'VOCdevkit', 'VOC2012'))
-    work_dir = osp.join(args.work_dir, name.lower())
-    cfg.work_dir = work_dir
-    # Visualizers are process-wide singletons by name: one per run keeps each
-    # run's scalars.json in its own work_dir.
-    cfg.visualizer.name = f'demo_{name.lower()}'
-    if args.iters:
-        cfg.train_cfg.max_iters = args.iters
-        cfg.train_cfg.val_interval = args.iters
-        cfg.param_scheduler[0].end = args.iters
-    logits_dir = osp.join(work_dir, 'logits')
-    cfg.custom_hooks = list(cfg.get('custom_hooks', [])) + [
-        dict(type='SaveLogitsHook', out_dir=logits_dir)
-    ]
-    runner = Runner.from_cfg(cfg)
-    start = time.time()
-    runner.train()
-    metrics = runner.test()
-    metrics['minutes'] = (time.time() - start) / 60
-    losses = find_cals_losses(runner.model)
-    if losses:
-        classes = runner.test_dataloader.dataset.metainfo['classes']
-        metrics['multipliers'] = dict(
-            zip(classes, losses[0][1].multipliers.tolist()))
-    metrics['logits_dir'] = logits_dir
-    return metrics
+def study_command(args) -> list:
+    """The study the demo runs: CE and CALS, seed 0, TS, no shift passes; the
+    run validates and saves once, at its end."""
+    data_root = osp.join(args.data_root, 'VOCdevkit', 'VOC2012')
+    iters = args.iters
+    options = [f'train_cfg.max_iters={iters}', f'train_cfg.val_interval={iters}',
+               f'param_scheduler.0.end={iters}',
+               f'default_hooks.checkpoint.interval={iters}']
+    options += [f'{loader}.dataset.data_root={data_root}'
+                for loader in ('val_dataloader', 'test_dataloader')]
+    options += [f'{loader}.dataset.dataset.data_root={data_root}'
+                for loader in ('train_dataloader', 'holdout_dataloader')]
+    return [sys.executable, osp.join(REPO, 'tools', 'calib_study.py'),
+            osp.join(REPO, CONFIG), '--methods', 'ce', 'cals', '--seeds', '0',
+            '--posthoc', 'ts', '--shift-severities', '--jobs', '2',
+            '--title', 'The demo: CE against CALS on the tiny DeepLabV3',
+            '--work-dir', args.work_dir, '--cfg-options', *options]
 
 
-def main():
-    args = parse_args()
+def table_of(report: str) -> str:
+    """The in-domain section of a study report: the table and its verdicts."""
+    section = report[report.index(TABLE) + len(TABLE):]
+    return section.split('\n![', 1)[0].split('\n### ', 1)[0].strip()
+
+
+def main(argv=None):
+    args = parse_args(argv)
     if not osp.isdir(osp.join(args.data_root, 'VOCdevkit')):
         make_demo_dataset(args.data_root, 'voc')
-        print(f'generated the demo dataset under {args.data_root}')
-    results = {name: train_and_test(name, args) for name in CONFIGS}
-
-    for name, result in results.items():
-        out = osp.join(args.work_dir, name.lower(), 'calibration')
-        subprocess.run([
-            sys.executable,
-            osp.join(REPO, 'tools', 'calib_eval.py'), result['logits_dir'], '--out',
-            out
-        ], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        result['diagrams'] = out
-    print(format_table(results))
-
-
-def format_table(results: dict) -> str:
-    header = f'{"method":<8}' + ''.join(f'{c:>10}' for c in COLUMNS) + f'{"minutes":>10}'
-    lines = ['', 'tiny DeepLabV3 on the demo data, test split '
-             f'({DEFAULT_NUM_BINS} bins; ECE, AECE, CECE in %; img = per image, '
-             'averaged; fg = background excluded)', header]
-    for name, result in results.items():
-        lines.append(f'{name:<8}' + ''.join(f'{result[c]:>10.3f}' for c in COLUMNS) +
-                     f'{result["minutes"]:>10.1f}')
-    for name, result in results.items():
-        if 'multipliers' in result:
-            values = ', '.join(f'{k} {v:.3g}' for k, v in result['multipliers'].items())
-            lines.append(f'{name} multipliers per class: {values}')
-    for name, result in results.items():
-        lines.append(f'{name} reliability diagrams: {result["diagrams"]}')
-    return '\n'.join(lines)
+        print(f'generated the demo dataset under {args.data_root}', flush=True)
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep +
+               os.environ.get('PYTHONPATH', ''))
+    result = subprocess.run(study_command(args), env=env)
+    if result.returncode != 0:
+        sys.exit(result.returncode)
+    report_path = osp.join(args.work_dir, 'report.md')
+    with open(report_path) as f:
+        print('\n' + table_of(f.read()))
+    print(f'\nreport with the reliability diagrams: {report_path}')
 
 
 if __name__ == '__main__':

@@ -5,9 +5,10 @@ A run is one (base config, method with options, seed). Its key hashes what
 produced its numbers: the fully resolved training config (base config, the
 study's ``--cfg-options``, the method recipe and the seed), the method's full
 options (defaults filled in, so ``ls`` and ``ls smoothing=0.05`` are one run),
-how it is evaluated (calibrators, shift), the number of training processes,
-and the code (:func:`code_version`). A stored record whose key matches is
-reused; anything else that changed makes a new key, so a new run.
+the number of training processes, and the code (:func:`code_version`), which
+trains and evaluates. A stored record whose key matches is reused when its
+evaluation covers what is asked (:func:`covers`: the calibrators and shift
+passes); anything else that changed makes a new key, so a new run.
 """
 import hashlib
 import json
@@ -120,21 +121,39 @@ def code_version(package: str = PACKAGE) -> Dict[str, Any]:
                 dirty=dirty)
 
 
-def run_key(cfg: Config, spec: RunSpec, evaluation: dict, world_size: int,
-            code_tree: str) -> str:
+def run_key(cfg: Config, spec: RunSpec, world_size: int, code_tree: str) -> str:
     """The run's key: 16 hex digits of a hash of everything that sets its
-    numbers (see the module docstring)."""
+    trained weights and how they are scored (see the module docstring)."""
     config = {k: v for k, v in cfg.to_dict().items() if k not in UNKEYED}
     content = dict(config=_canonical(config), method=spec.method,
                    options=_canonical(dict(method_options(spec.method),
                                            **spec.options)),
-                   evaluation=_canonical(evaluation), world_size=world_size,
-                   code=code_tree, record_version=RECORD_VERSION)
+                   world_size=world_size, code=code_tree,
+                   record_version=RECORD_VERSION)
     text = json.dumps(content, sort_keys=True, separators=(',', ':'))
     return hashlib.sha256(text.encode('utf-8')).hexdigest()[:16]
 
 
 RECORDS = 'runs'  # the records' folder in a results directory
+
+
+def covers(done: dict, wanted: dict) -> bool:
+    """Whether a record evaluated with settings ``done`` holds everything that
+    settings ``wanted`` ask for: its calibrators, corruptions and severities
+    (or more), and the same shifted domain when one is asked for."""
+    return (set(wanted['posthoc']) <= set(done['posthoc'])
+            and set(wanted['corruptions']) <= set(done['corruptions'])
+            and set(wanted['severities']) <= set(done['severities'])
+            and wanted['domain_root'] in (None, done['domain_root']))
+
+
+def union(done: dict, wanted: dict) -> dict:
+    """Settings that cover both ``done`` and ``wanted`` (in their order)."""
+    def merged(key):
+        return list(dict.fromkeys(list(done[key]) + list(wanted[key])))
+    return dict(posthoc=merged('posthoc'), corruptions=merged('corruptions'),
+                severities=sorted(set(done['severities']) | set(wanted['severities'])),
+                domain_root=wanted['domain_root'] or done['domain_root'])
 
 
 def record_path(results_dir: str, key: str) -> str:

@@ -1,0 +1,212 @@
+"""tools/calib_study.py as a user calls it, on a demo config shrunk to a few
+iterations: runs, reuse, a changed option redoing only its run, tuning on the
+hold-out split, the report rebuilt byte for byte from the records, and a
+two-rank gloo study; and the report's rules (best against tie, rows equal to
+CE) and the run keys on their own."""
+import json
+import os.path as osp
+
+import numpy as np
+import pytest
+from mmengine.config import Config
+
+from cals_seg.datasets.demo_data import make_demo_dataset
+from cals_seg.study import tuning
+from cals_seg.study.report import Row, _equals, verdict
+from cals_seg.study.runs import (RunSpec, code_version, covers, resolve_config,
+                                 run_key, union)
+from helpers import REPO, run_tool
+
+CONFIG = 'configs/demo/pspnet_r18tiny_1500it_demo-voc_ce.py'
+
+
+@pytest.fixture(scope='module')
+def data_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp('study')
+    make_demo_dataset(str(root), 'voc', num_train=6, num_val=3, size=48, seed=2)
+    return osp.join(str(root), 'VOCdevkit', 'VOC2012')
+
+
+def _shrunk(data_root, iterations=4):
+    """--cfg-options that shrink the demo config to a few iterations on the
+    test data (half of its 6 training images held out)."""
+    return ['--cfg-options', f'train_cfg.max_iters={iterations}',
+            f'train_cfg.val_interval={iterations}',
+            f'param_scheduler.0.end={iterations}',
+            f'default_hooks.checkpoint.interval={iterations}',
+            'train_dataloader.batch_size=2', 'train_dataloader.num_workers=0',
+            'train_dataloader.persistent_workers=False',
+            f'train_dataloader.dataset.dataset.data_root={data_root}',
+            'train_dataloader.dataset.holdout_fraction=0.5',
+            f'holdout_dataloader.dataset.dataset.data_root={data_root}',
+            'holdout_dataloader.dataset.holdout_fraction=0.5',
+            f'val_dataloader.dataset.data_root={data_root}',
+            f'test_dataloader.dataset.data_root={data_root}']
+
+
+def _progress(result):
+    return [line for line in result.stdout.splitlines() if line.startswith('[')]
+
+
+def test_study_runs_reuses_redoes_tunes_and_rebuilds_its_report(tmp_path,
+                                                                 data_root):
+    work = tmp_path / 'study'
+    base = ['tools/calib_study.py', CONFIG, '--methods', 'ce', 'ls', '--seeds', '0',
+            '--posthoc', 'ts', '--shift-severities', '--work-dir', str(work)]
+    base += _shrunk(data_root)
+    first = run_tool(base)
+    assert first.returncode == 0, first.stderr[-3000:]
+    lines = _progress(first)
+    assert len(lines) == 2 and all('trained' in line for line in lines)
+    assert '[1/2]' in first.stdout and '[2/2]' in first.stdout
+    assert 'Epoch' not in first.stdout and 'Iter(train)' not in first.stdout
+    runs = sorted(p for p in (work / 'results' / 'runs').iterdir())
+    assert len(runs) == 2
+    record = json.loads(runs[0].read_text())
+    assert record['settings']['posthoc'] in ([], ['ts'])
+    assert {'test', 'holdout', 'reliability', 'fits'} <= set(record)
+    for run_dir in (work / 'runs').iterdir():  # the logs are in the run folders
+        assert 'Iter(train)' in (run_dir / 'train.log').read_text()
+    report = (work / 'report.md').read_text()
+    assert '| CE | 1 |' in report and '| LS ε 0.05 | 1 |' in report
+    assert '| CE + TS' in report and 'no claim' in report
+    assert osp.isfile(work / 'figures' / f'reliability_{osp.basename(CONFIG)[:-3]}.png')
+
+    # Tuning: LS's grid on seed 0, its default value the run already made.
+    tuned = run_tool(base + ['--tune'])
+    assert tuned.returncode == 0, tuned.stderr[-3000:]
+    lines = _progress(tuned)
+    reused = [line for line in lines if 'reused' in line]
+    trained = [line for line in lines if 'trained' in line]
+    assert len(reused) >= 3 and len(trained) == 2  # smoothing 0.1 and 0.2
+    assert all('smoothing' in line for line in trained)
+    manifest = json.loads((work / 'results' / 'study.json').read_text())
+    row = next(r for r in manifest['rows'] if r['kind'] == 'tuned')
+    scores = {float(v): s for v, s in row['scores'].items()}
+    assert set(scores) == set(tuning.KNOBS['ls'].grid)
+    assert row['options']['smoothing'] == tuning.choose(scores)
+    held_out = {}
+    for path in (work / 'results' / 'runs').iterdir():
+        run = json.loads(path.read_text())
+        if run['method'] == 'ls':
+            held_out[run['resolved_options']['smoothing']] = run['holdout']['NLL']
+    assert held_out == scores  # chosen on the hold-out NLL, not the test split
+    report = (work / 'report.md').read_text()
+    assert ', tuned |' in report and 'held-out NLL per value' in report
+
+    # The report again, from the records alone: the same bytes.
+    (work / 'report.md').unlink()
+    rebuilt = run_tool(['tools/calib_study.py', '--report', '--work-dir', str(work)])
+    assert rebuilt.returncode == 0, rebuilt.stderr[-3000:]
+    assert (work / 'report.md').read_text() == report
+
+    # A changed option redoes its run only.
+    changed = run_tool(base + ['--options', 'ls.smoothing=0.3'])
+    assert changed.returncode == 0, changed.stderr[-3000:]
+    lines = _progress(changed)
+    assert [('reused' in line, 'trained' in line) for line in lines] == [
+        (True, False), (False, True)]
+    assert 'ls_smoothing-0.3' in lines[1]
+
+
+def test_two_rank_gloo_study_with_shift(tmp_path, data_root):
+    work = tmp_path / 'study'
+    result = run_tool(['tools/calib_study.py', CONFIG, '--methods', 'ce', '--seeds',
+                       '0', '--posthoc', 'ts', '--launcher', 'pytorch', '--gpus', '2',
+                       '--corruptions', 'gaussian_noise', '--shift-severities', '3',
+                       '--work-dir', str(work)] + _shrunk(data_root))
+    assert result.returncode == 0, result.stderr[-3000:]
+    (path, ) = (work / 'results' / 'runs').iterdir()
+    record = json.loads(path.read_text())
+    assert record['world_size'] == 2
+    (run_dir, ) = (work / 'runs').iterdir()
+    assert 'Distributed training: True' in (run_dir / 'train.log').read_text()
+    assert set(record['shift']) == {'gaussian_noise'}
+    assert set(record['shift_means']['3']) == {'raw', 'ts'}
+    report = (work / 'report.md').read_text()
+    assert '### Under shift' in report and 'ECE severity 3' in report
+
+
+def test_bad_study_arguments_are_named(tmp_path):
+    result = run_tool(['tools/calib_study.py', CONFIG, '--options', 'ls.margin=3',
+                       '--work-dir', str(tmp_path)])
+    assert result.returncode == 2 and "ls has no option 'margin'" in result.stderr
+    result = run_tool(['tools/calib_study.py', 'no_such_config.py'])
+    assert result.returncode == 2 and 'no_such_config.py' in result.stderr
+    result = run_tool(['tools/calib_study.py', '--report', '--work-dir',
+                       str(tmp_path)])
+    assert result.returncode != 0 and 'study.json' in result.stderr
+
+
+def test_run_keys_follow_what_changes_the_numbers(tmp_path):
+    tree = code_version()['tree']
+    path = osp.join(REPO, CONFIG)
+    default = RunSpec(path, 'ls', {}, 0)
+    explicit = RunSpec(path, 'ls', dict(smoothing=0.05), 0)
+
+    def key(spec, options=None, world_size=1):
+        return run_key(resolve_config(spec, options), spec, world_size, tree)
+
+    assert key(default) == key(explicit)  # the default, spelled out
+    assert key(default) != key(RunSpec(path, 'ls', dict(smoothing=0.1), 0))
+    assert key(default) != key(RunSpec(path, 'ls', {}, 1))
+    assert key(default) != key(default, {'train_cfg.max_iters': 10})
+    assert key(default) != key(default, world_size=2)
+    # The work dir says where a run writes, not what it computes.
+    cfg = resolve_config(default)
+    moved = Config(dict(cfg.to_dict(), work_dir='elsewhere'))
+    assert run_key(moved, default, 1, tree) == key(default)
+
+
+def test_code_version_ignores_report_only_files(tmp_path):
+    package = tmp_path / 'cals_seg'
+    (package / 'study').mkdir(parents=True)
+    (package / 'losses.py').write_text('a = 1\n')
+    (package / 'study' / 'report.py').write_text('b = 1\n')
+    before = code_version(str(package))['tree']
+    (package / 'study' / 'report.py').write_text('b = 2\n')
+    assert code_version(str(package))['tree'] == before
+    (package / 'losses.py').write_text('a = 2\n')
+    assert code_version(str(package))['tree'] != before
+
+
+def test_settings_cover_and_union():
+    done = dict(posthoc=['ts', 'lts'], corruptions=['fog'], severities=[3, 5],
+                domain_root='d')
+    assert covers(done, dict(posthoc=['ts'], corruptions=[], severities=[],
+                             domain_root=None))
+    assert not covers(done, dict(posthoc=['vs'], corruptions=[], severities=[],
+                                 domain_root=None))
+    assert not covers(done, dict(posthoc=[], corruptions=['snow'], severities=[3],
+                                 domain_root=None))
+    wanted = dict(posthoc=['vs'], corruptions=['snow'], severities=[1],
+                  domain_root=None)
+    assert union(done, wanted) == dict(posthoc=['ts', 'lts', 'vs'],
+                                       corruptions=['fog', 'snow'],
+                                       severities=[1, 3, 5], domain_root='d')
+
+
+def _row(label, eces, seeds=None):
+    records = [dict(seed=s, test=dict(raw=dict(
+        mIoU=50.0, ECE=e, ECE_image=e, **{'fg/ECE': e}, ECE_boundary=e, NLL=e / 10,
+        Brier=0.1, AURC=3.0))) for s, e in zip(seeds or range(len(eces)), eces)]
+    return Row(label, label.lower(), 'raw', records)
+
+
+def test_best_is_claimed_only_beyond_the_seed_spread():
+    a, b = np.array([1.0, 1.2, 1.1]), np.array([2.0, 2.3, 2.1])
+    assert verdict([('A', a), ('B', b)], higher=False).startswith('best A')
+    close = np.array([1.05, 1.25, 1.15])  # 0.05 apart, std 0.1 each
+    text = verdict([('A', a), ('C', close), ('B', b)], higher=False)
+    assert text.startswith('tie within the seed spread: A') and 'C (' in text
+    assert 'B (' not in text
+    assert verdict([('A', a), ('B', b)], higher=True).startswith('best B')
+    assert 'no claim' in verdict([('A', a[:1]), ('B', b[:1])], higher=False)
+
+
+def test_rows_equal_to_ce_are_found_seed_by_seed():
+    ce = _row('CE', [5.0, 6.0])
+    assert _equals(_row('SVLS', [5.0, 6.0]), ce)
+    assert not _equals(_row('LS', [5.0, 6.1]), ce)
+    assert not _equals(_row('LS', [5.0, 6.0], seeds=[0, 2]), ce)
+    assert not _equals(ce, ce)
