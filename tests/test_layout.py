@@ -73,13 +73,15 @@ def test_import_changes_neither_warning_filters_nor_torch_safe_globals():
 
 @pytest.mark.parametrize('layer, forbidden', [
     ('functional', ('models', 'engine', 'evaluation', 'datasets', 'calibrators',
-                    'visualization', 'utils')),
+                    'visualization', 'utils', 'study')),
     ('ops', ('functional', 'models', 'engine', 'evaluation', 'datasets',
-             'calibrators', 'visualization', 'utils')),
-    ('models', ('engine', 'evaluation', 'visualization')),
-    ('calibrators', ('engine', 'evaluation', 'models', 'visualization')),
+             'calibrators', 'visualization', 'utils', 'study')),
+    ('models', ('engine', 'evaluation', 'visualization', 'study')),
+    ('calibrators', ('engine', 'evaluation', 'models', 'visualization', 'study')),
     ('utils', ('functional', 'ops', 'models', 'engine', 'evaluation', 'datasets',
-               'calibrators', 'visualization')),
+               'calibrators', 'visualization', 'study')),
+    ('evaluation', ('study', )),
+    ('methods', ('study', 'evaluation', 'visualization')),
 ])
 def test_no_import_runs_back_up(layer, forbidden):
     """A module imports only from its own layer and those below it."""

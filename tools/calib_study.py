@@ -65,6 +65,7 @@ from cals_seg.utils.io import write_atomic  # noqa: E402
 
 STUDY_FILE = 'study.json'
 DEFAULT_POSTHOC = ('ts', 'vs', 'dirichlet', 'lts', 'selective')
+DEFAULT_POSTHOC_ON = ('ce', 'cals')
 POSTHOC_CHOICES = sorted(n for n, c in SHORT_NAMES.items()
                          if not getattr(c, 'keywords', None))
 
@@ -85,9 +86,10 @@ def parse_args(argv=None):
                         choices=POSTHOC_CHOICES, metavar='NAME',
                         help='post-hoc calibrators fitted on the hold-out part '
                         f'(default: {" ".join(DEFAULT_POSTHOC)}; none: no fitting)')
-    parser.add_argument('--posthoc-on', nargs='*', default=['ce', 'cals'],
-                        metavar='METHOD', help='the methods whose runs get the '
-                        'post-hoc calibrators (default: ce cals)')
+    parser.add_argument('--posthoc-on', nargs='*', metavar='METHOD',
+                        help='the methods whose runs get the post-hoc calibrators '
+                        f'(default: those of {" ".join(DEFAULT_POSTHOC_ON)} the '
+                        'study runs)')
     parser.add_argument('--tune', action='store_true',
                         help="choose each method's main knob on the hold-out "
                         'NLL (first seed), then run the choice on every seed')
@@ -144,6 +146,8 @@ def parse_args(argv=None):
     bad = [s for s in args.shift_severities if not 1 <= s <= 5]
     if bad:
         parser.error(f'--shift-severities must be in 1..5, got {bad}')
+    if args.posthoc_on is None:
+        args.posthoc_on = [m for m in DEFAULT_POSTHOC_ON if m in args.methods]
     unknown = sorted(set(args.posthoc_on) - set(args.methods))
     if unknown:
         parser.error(f'--posthoc-on names methods the study does not run: '
@@ -211,10 +215,11 @@ class Study:
         """How a run is evaluated: calibrators for the methods of
         --posthoc-on, shift passes; ``full=False``: the hold-out and test
         splits only (enough to choose a knob)."""
-        posthoc = self.evaluation['posthoc'] if spec.method in self.args.posthoc_on else []
         if not full:
             return dict(posthoc=[], corruptions=[], severities=[], domain_root=None)
-        return dict(self.evaluation, posthoc=posthoc)
+        calibrated = spec.method in self.args.posthoc_on
+        return dict(self.evaluation,
+                    posthoc=self.evaluation['posthoc'] if calibrated else [])
 
     def run_all(self, specs: List[RunSpec], full: bool = True) -> Dict[str, dict]:
         """The record of every spec, by :attr:`RunSpec.id`."""

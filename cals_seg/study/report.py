@@ -16,7 +16,7 @@ import numpy as np
 from ..functional.groups import group_names
 from ..visualization.reliability import bins_grid
 from ..visualization.shift import severity_figure
-from .tuning import KNOBS, SCORE
+from .tuning import KNOBS, SCORE, default_value
 
 RAW = 'raw'
 LABELS = dict(ce='CE', ls='LS', fl='FL', mbls='MbLS', ecp='ECP', nacl='NACL',
@@ -99,7 +99,9 @@ def _row_label(row: dict) -> str:
     if shown:
         label += f' ({_options_text(shown)})'
     if row['kind'] == 'tuned':
-        label += ', tuned'
+        chose_default = (knob is not None and
+                         row['options'][knob.option] == default_value(row['method']))
+        label += ', tuned (chose the default)' if chose_default else ', tuned'
     return label
 
 
@@ -139,6 +141,19 @@ def _equals(row: Row, reference: Row) -> bool:
             if abs(mine[key] - theirs[key]) > EQUAL_TOLERANCE * max(1, abs(theirs[key])):
                 return False
     return True
+
+
+def _distinct(rows: List[Row], ce: Optional[Row]) -> List[Row]:
+    """The rows that say something of their own: not equal to CE, and not a
+    tuned row that chose its method's default (the same runs again)."""
+    seen, distinct = set(), []
+    for row in rows:
+        runs = (tuple(r['key'] for r in row.records), row.output)
+        if runs in seen or (ce is not None and _equals(row, ce)):
+            continue
+        seen.add(runs)
+        distinct.append(row)
+    return distinct
 
 
 def verdict(candidates: Sequence[Tuple[str, np.ndarray]], higher: bool) -> str:
@@ -364,7 +379,7 @@ def build_report(manifest: dict, records: Dict[str, dict],
         lines += [f'## {stem}', '', f'Base config `{config}`.', '',
                   '### In-domain (test split)', '']
         notes = _domain_table(rows, ce, lines)
-        distinct = [r for r in rows if ce is None or not _equals(r, ce)]
+        distinct = _distinct(rows, ce)
         lines += ['']
         for key, header, higher in COLUMNS:
             if key in VERDICT_METRICS:
@@ -384,7 +399,7 @@ def build_report(manifest: dict, records: Dict[str, dict],
                       'record) and the shifted domain; calibrators fitted '
                       'in-domain, on the held-out part.', '']
             _shift_table(rows, shift_columns, lines)
-            lines += [''] + _shift_reading(rows, shift_columns)
+            lines += [''] + _shift_reading(distinct, shift_columns)
         lines += _multiplier_lines(rows)
         config_figures = _figures(rows, stem, shift_columns)
         figures.update(config_figures)

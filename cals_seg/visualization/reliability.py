@@ -101,14 +101,15 @@ def bins_grid(panels: Sequence[Tuple[str, np.ndarray, np.ndarray, np.ndarray]],
         title (str): the figure's title.
     """
     rows = math.ceil(len(panels) / columns)
-    fig = plt.figure(figsize=(2.9 * min(columns, len(panels)), 3.5 * rows))
-    grid = fig.add_gridspec(2 * rows, min(columns, len(panels)),
-                            height_ratios=(3, 1) * rows, hspace=0.45, wspace=0.3)
+    fig = plt.figure(figsize=(3.0 * min(columns, len(panels)), 3.9 * rows))
+    outer = fig.add_gridspec(rows, min(columns, len(panels)), hspace=0.4,
+                             wspace=0.35)
     for index, (name, count, confidence, accuracy) in enumerate(panels):
-        row, column = divmod(index, columns)
+        cell = outer[divmod(index, columns)].subgridspec(
+            2, 1, height_ratios=(3, 1), hspace=0.08)
         count = np.asarray(count, dtype=float)
-        ax = fig.add_subplot(grid[2 * row, column])
-        share_ax = fig.add_subplot(grid[2 * row + 1, column], sharex=ax)
+        ax = fig.add_subplot(cell[0])
+        share_ax = fig.add_subplot(cell[1], sharex=ax)
         _draw(ax, count, np.asarray(confidence, dtype=float),
               np.asarray(accuracy, dtype=float), name, 'confidence', 'accuracy',
               share_ax)
