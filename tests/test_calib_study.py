@@ -69,8 +69,30 @@ def test_study_runs_reuses_redoes_tunes_and_rebuilds_its_report(tmp_path,
         assert 'Iter(train)' in (run_dir / 'train.log').read_text()
     report = (work / 'report.md').read_text()
     assert '| CE | 1 |' in report and '| LS ε 0.05 | 1 |' in report
-    assert '| CE + TS' in report and 'no claim' in report
+    assert '| CE + TS' in report and 'One seed per row' in report
     assert osp.isfile(work / 'figures' / f'reliability_{osp.basename(CONFIG)[:-3]}.png')
+
+    # The regime report as a user calls it on one of those runs, whose
+    # numbers come from the same evaluation as the record's.
+    ce_dir = next(d for d in (work / 'runs').iterdir() if '_ce_seed0_' in d.name)
+    checkpoint = (ce_dir / 'train' / 'last_checkpoint').read_text().strip()
+    printed = run_tool(['tools/regime_report.py', str(ce_dir / 'config.py'),
+                        checkpoint, '--device', 'cpu', '--json',
+                        str(tmp_path / 'regime.json'), '--save-calibrators',
+                        str(tmp_path / 'calibrators')])
+    assert printed.returncode == 0, printed.stderr[-3000:]
+    assert '4. training-part pixel accuracy' in printed.stdout
+    assert 'ts fitted on the hold-out part (out-of-fold NLL' in printed.stdout
+    regime = json.loads((tmp_path / 'regime.json').read_text())
+    ce_record = next(json.loads(p.read_text()) for p in runs
+                     if json.loads(p.read_text())['method'] == 'ce')
+    for output in ('raw', 'ts'):
+        assert regime['test'][output] == pytest.approx(ce_record['test'][output],
+                                                       rel=1e-6)
+    assert regime['fits']['ts']['kept'] == ce_record['fits']['ts']['kept']
+    assert set(regime['figures']) == {'ECE', 'ECE_image', 'fg/ECE', 'overconfident',
+                                      'train_aAcc', 'test_mIoU', 'distance_share'}
+    assert osp.isfile(tmp_path / 'calibrators' / 'calibrator_ts.pth')
 
     # Tuning: LS's grid on seed 0, its default value the run already made.
     tuned = run_tool(base + ['--tune'])
@@ -210,3 +232,15 @@ def test_rows_equal_to_ce_are_found_seed_by_seed():
     assert not _equals(_row('LS', [5.0, 6.1]), ce)
     assert not _equals(_row('LS', [5.0, 6.0], seeds=[0, 2]), ce)
     assert not _equals(ce, ce)
+
+
+def test_demo_prints_progress_and_the_table(tmp_path):
+    result = run_tool(['tools/demo.py', '--data-root', str(tmp_path / 'data'),
+                       '--work-dir', str(tmp_path / 'demo'), '--iters', '4'])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert 'generated the demo dataset' in result.stdout
+    lines = [line for line in result.stdout.splitlines() if line.startswith('[')]
+    assert len(lines) == 2 and all('trained' in line for line in lines)
+    assert '| CE | 1 |' in result.stdout and '| CALS m 20 | 1 |' in result.stdout
+    assert '| CE + TS' in result.stdout and 'Iter(train)' not in result.stdout
+    assert osp.isfile(tmp_path / 'demo' / 'report.md')

@@ -333,6 +333,14 @@ def plan(args) -> List[dict]:
             for config in args.configs for method in args.methods]
 
 
+def seed_major(rows: List[dict]) -> List[RunSpec]:
+    """The runs of ``rows``, every row's first seed before any row's second: a
+    study stopped part way has every method at the same number of seeds."""
+    most = max(len(row['seeds']) for row in rows)
+    return [RunSpec(row['config'], row['method'], row['options'], row['seeds'][k])
+            for k in range(most) for row in rows if k < len(row['seeds'])]
+
+
 def tune(study: Study, args) -> List[dict]:
     """The tuned rows: each knob's grid on the first seed, the value with the
     lowest hold-out NLL, then that value on every seed."""
@@ -404,15 +412,12 @@ def main(argv=None):
           f'; records in {args.results_dir}, logs in {args.work_dir}/runs',
           flush=True)
     rows = plan(args)
-    specs = [RunSpec(r['config'], r['method'], r['options'], seed)
-             for r in rows for seed in r['seeds']]
+    specs = seed_major(rows)
     try:
         records = study.run_all(specs)
         if args.tune:
             tuned = tune(study, args)
-            specs = [RunSpec(r['config'], r['method'], r['options'], seed)
-                     for r in tuned for seed in r['seeds']]
-            records.update(study.run_all(specs))
+            records.update(study.run_all(seed_major(tuned)))
             rows += tuned
     except (RuntimeError, ValueError) as error:
         sys.exit(f'error: {error}')

@@ -31,6 +31,8 @@ COLUMNS = (('mIoU', 'mIoU', True), ('ECE', 'ECE', False),
 VERDICT_METRICS = ('mIoU', 'ECE', 'fg/ECE', 'NLL')
 SHIFT_METRICS = (('ECE', 'ECE', False), ('mIoU', 'mIoU', True))
 EQUAL_TOLERANCE = 1e-9
+ONE_SEED = ('One seed per row: no "best" is claimed, since a claim needs the '
+            'spread over seeds.')
 
 
 class Row(NamedTuple):
@@ -380,11 +382,14 @@ def build_report(manifest: dict, records: Dict[str, dict],
                   '### In-domain (test split)', '']
         notes = _domain_table(rows, ce, lines)
         distinct = _distinct(rows, ce)
+        several_seeds = max(len(r.records) for r in rows) > 1
         lines += ['']
         for key, header, higher in COLUMNS:
-            if key in VERDICT_METRICS:
+            if key in VERDICT_METRICS and several_seeds:
                 candidates = [(r.label, r.values(key)) for r in distinct]
                 lines.append(f'- {header}: {verdict(candidates, higher)}.')
+        if not several_seeds:
+            lines.append(f'- {ONE_SEED}')
         lines += [f'- {note}' for note in notes]
         lines += _tuning_table(manifest, config)
         shift_columns = ['clean']
@@ -399,7 +404,8 @@ def build_report(manifest: dict, records: Dict[str, dict],
                       'record) and the shifted domain; calibrators fitted '
                       'in-domain, on the held-out part.', '']
             _shift_table(rows, shift_columns, lines)
-            lines += [''] + _shift_reading(distinct, shift_columns)
+            lines += [''] + (_shift_reading(distinct, shift_columns)
+                             if several_seeds else [f'- {ONE_SEED}'])
         lines += _multiplier_lines(rows)
         config_figures = _figures(rows, stem, shift_columns)
         figures.update(config_figures)
