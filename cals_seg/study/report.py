@@ -238,7 +238,8 @@ def _shift_reading(rows: List[Row], columns: List[str]) -> List[str]:
         values = best.shift(column, 'ECE')
         spread = max(_spread(values), _spread(ts_values))
         gap = ts_values.mean() - values.mean()
-        where = 'shifted domain' if column == 'domain' else f'severity {column}'
+        where = ('In the shifted domain' if column == 'domain' else
+                 f'At severity {column}')
         if values.size < 2 or ts_values.size < 2:
             outcome = 'one seed: no claim'
         elif abs(gap) <= spread:
@@ -249,9 +250,63 @@ def _shift_reading(rows: List[Row], columns: List[str]) -> List[str]:
         else:
             outcome = (f'CE + TS is better by {-gap:.2f}, beyond the seed spread '
                        f'{spread:.2f}')
-        lines.append(f'- At {where}, the best train-time method by mean ECE, '
+        lines.append(f'- {where}, the best train-time method by mean ECE, '
                      f'{best.label} ({_cell(values)}), against CE + TS fitted '
                      f'in-domain ({_cell(ts_values)}): {outcome}.')
+    return lines
+
+
+def _paired_gain(row: Row, ce: Row, column: str) -> Optional[np.ndarray]:
+    """Per seed, CE's ECE minus the row's at ``column`` (> 0: the row is
+    better calibrated than CE on that seed); None unless both have every seed."""
+    mine, theirs = row.shift(column, 'ECE'), ce.shift(column, 'ECE')
+    if mine is None or theirs is None or [r['seed'] for r in row.records] != [
+            r['seed'] for r in ce.records]:
+        return None
+    return theirs - mine
+
+
+def _survival(gain_clean: np.ndarray, gain_shifted: np.ndarray) -> str:
+    """What becomes of a row's ECE advantage over CE under shift: an advantage
+    counts when the mean paired gain exceeds its seed standard deviation."""
+    def real(gain):
+        return gain.size > 1 and gain.mean() > _spread(gain)
+
+    if not real(gain_clean):
+        return 'appears' if real(gain_shifted) else 'none in either'
+    if not real(gain_shifted):
+        return 'vanishes'
+    change = gain_shifted - gain_clean
+    if change.mean() > _spread(change):
+        return 'grows'
+    if -change.mean() > _spread(change):
+        return 'shrinks'
+    return 'holds'
+
+
+def _gain_table(rows: List[Row], ce: Row, columns: List[str]) -> List[str]:
+    """ECE gained over CE per column, paired by seed, and what becomes of it."""
+    shifted = [c for c in columns if c != 'clean']
+    names = {'clean': 'clean', 'domain': 'shifted domain'}
+    headers = [names.get(c, f'severity {c}') for c in columns]
+    lines = ['', 'ECE gained over CE (points, CE minus the row, paired by seed: > 0 '
+             'is better calibrated than CE), and what becomes of an in-domain '
+             'advantage under each shift (an advantage counts when the mean gain '
+             'exceeds its seed standard deviation):', '',
+             '| method | ' + ' | '.join(headers) + ' | ' +
+             ' | '.join(f'advantage, {names.get(c, "severity " + c)}'
+                        for c in shifted) + ' |',
+             '| --- ' * (1 + len(columns) + len(shifted)) + '|']
+    for row in rows:
+        if row is ce:
+            continue
+        gains = {c: _paired_gain(row, ce, c) for c in columns}
+        if any(g is None for g in gains.values()):
+            continue
+        fates = [_survival(gains['clean'], gains[c]) for c in shifted]
+        lines.append(f'| {row.label} | ' +
+                     ' | '.join(_cell(gains[c]) for c in columns) + ' | ' +
+                     ' | '.join(fates) + ' |')
     return lines
 
 
@@ -406,6 +461,8 @@ def build_report(manifest: dict, records: Dict[str, dict],
             _shift_table(rows, shift_columns, lines)
             lines += [''] + (_shift_reading(distinct, shift_columns)
                              if several_seeds else [f'- {ONE_SEED}'])
+            if ce is not None and several_seeds:
+                lines += _gain_table(distinct, ce, shift_columns)
         lines += _multiplier_lines(rows)
         config_figures = _figures(rows, stem, shift_columns)
         figures.update(config_figures)
