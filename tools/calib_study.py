@@ -38,6 +38,7 @@ import json
 import os
 import os.path as osp
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -293,8 +294,13 @@ class Study:
                     PYTHONPATH=REPO + os.pathsep + os.environ.get('PYTHONPATH', ''))
 
     def _train(self, run_dir: str) -> None:
+        work_dir = osp.join(run_dir, TRAIN_DIR)
+        if not osp.isfile(osp.join(work_dir, 'last_checkpoint')):
+            # Killed before its first checkpoint: start afresh, so that no log
+            # of the killed attempt is read as this run's (the multipliers).
+            shutil.rmtree(work_dir, ignore_errors=True)
         train = [osp.join(REPO, 'tools', 'train.py'), osp.join(run_dir, 'config.py'),
-                 '--work-dir', osp.join(run_dir, TRAIN_DIR), '--resume']
+                 '--work-dir', work_dir, '--resume']
         args = self.args
         if args.launcher == 'pytorch':
             with socket.socket() as s:
