@@ -3,6 +3,7 @@ iterations: runs, reuse, a changed option redoing only its run, tuning on the
 hold-out split, the report rebuilt byte for byte from the records, and a
 two-rank gloo study; and the report's rules (best against tie, rows equal to
 CE) and the run keys on their own."""
+import importlib.util
 import json
 import os.path as osp
 
@@ -62,9 +63,13 @@ def test_study_runs_reuses_redoes_tunes_and_rebuilds_its_report(tmp_path,
     assert 'Epoch' not in first.stdout and 'Iter(train)' not in first.stdout
     runs = sorted(p for p in (work / 'results' / 'runs').iterdir())
     assert len(runs) == 2
-    record = json.loads(runs[0].read_text())
-    assert record['settings']['posthoc'] in ([], ['ts'])
-    assert {'test', 'holdout', 'reliability', 'fits'} <= set(record)
+    by_method = {json.loads(p.read_text())['method']: json.loads(p.read_text())
+                 for p in runs}
+    # The calibrators go on CE's runs (--posthoc-on defaults to ce and cals).
+    assert by_method['ce']['settings']['posthoc'] == ['ts']
+    assert by_method['ls']['settings']['posthoc'] == []
+    assert set(by_method['ce']['fits']) == {'ts'} and by_method['ls']['fits'] == {}
+    assert {'test', 'holdout', 'reliability', 'fits'} <= set(by_method['ce'])
     for run_dir in (work / 'runs').iterdir():  # the logs are in the run folders
         assert 'Iter(train)' in (run_dir / 'train.log').read_text()
     report = (work / 'report.md').read_text()
@@ -100,7 +105,9 @@ def test_study_runs_reuses_redoes_tunes_and_rebuilds_its_report(tmp_path,
     lines = _progress(tuned)
     reused = [line for line in lines if 'reused' in line]
     trained = [line for line in lines if 'trained' in line]
-    assert len(reused) >= 3 and len(trained) == 2  # smoothing 0.1 and 0.2
+    # Reused: CE and LS, LS's grid value 0.05 (its default run), and the
+    # chosen value on seed 0 (a grid run); trained: smoothing 0.1 and 0.2.
+    assert len(reused) == 4 and len(trained) == 2
     assert all('smoothing' in line for line in trained)
     manifest = json.loads((work / 'results' / 'study.json').read_text())
     row = next(r for r in manifest['rows'] if r['kind'] == 'tuned')
@@ -180,6 +187,23 @@ def test_run_keys_follow_what_changes_the_numbers(tmp_path):
     assert run_key(moved, default, 1, tree) == key(default)
 
 
+def test_whole_numbers_become_the_float_options_they_name():
+    spec = importlib.util.spec_from_file_location(
+        'calib_study', osp.join(REPO, 'tools', 'calib_study.py'))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    options = tool.parse_method_options(['cals.margin=20', 'cals.groups=label',
+                                         'fl.gamma=2'], ['cals', 'fl'])
+    assert options == dict(cals=dict(margin=20.0, groups='label'),
+                           fl=dict(gamma=2.0))
+    assert type(options['cals']['margin']) is float
+    tree = code_version()['tree']
+    path = osp.join(REPO, CONFIG)
+    keys = [run_key(resolve_config(s), s, 1, tree) for s in (
+        RunSpec(path, 'cals', {}, 0), RunSpec(path, 'cals', dict(margin=20.0), 0))]
+    assert keys[0] == keys[1]
+
+
 def test_code_version_ignores_report_only_files(tmp_path):
     package = tmp_path / 'cals_seg'
     (package / 'study').mkdir(parents=True)
@@ -248,3 +272,46 @@ def test_demo_prints_progress_and_the_table(tmp_path):
     assert '| CE | 1 |' in result.stdout and '| CALS m 20 | 1 |' in result.stdout
     assert '| CE + TS' in result.stdout and 'Iter(train)' not in result.stdout
     assert osp.isfile(tmp_path / 'demo' / 'report.md')
+
+
+def _record(key, method, seed, ece, shift, domain=None):
+    metrics = dict(mIoU=50.0, ECE=ece, ECE_image=ece, ECE_boundary=ece, NLL=1.0,
+                   Brier=0.1, AURC=3.0, **{'fg/ECE': ece})
+    bins = dict(count=[1.0, 1.0], confidence=[0.25, 0.75], accuracy=[0.5, 0.5])
+    record = dict(key=key, seed=seed, method=method, test=dict(raw=metrics),
+                  reliability=dict(raw=bins), fits={}, classes=['a', 'b'],
+                  resolved_options=dict(smoothing=0.05), minutes=dict(train=1.0),
+                  code=dict(tree='t', commit='c', dirty=False),
+                  settings=dict(posthoc=[], corruptions=list(shift), severities=[3],
+                                domain_root='d' if domain else None),
+                  shift={c: {'3': dict(raw=dict(metrics, ECE=e))}
+                         for c, e in shift.items()})
+    if domain is not None:
+        record['domain'] = dict(raw=dict(metrics, ECE=domain))
+    return record
+
+
+def test_report_columns_are_the_study_s_even_where_a_record_holds_more():
+    """A reused record evaluated with more corruptions and a domain than the
+    study asks: its severity column averages the study's corruptions only,
+    and no domain column appears."""
+    from cals_seg.study.report import build_report
+    records = {
+        'k0': _record('k0', 'ce', 0, 5.0, dict(fog=20.0, snow=40.0), domain=9.0),
+        'k1': _record('k1', 'ce', 1, 6.0, dict(fog=22.0)),
+        'k2': _record('k2', 'ls', 0, 4.0, dict(fog=18.0)),
+        'k3': _record('k3', 'ls', 1, 4.5, dict(fog=19.0)),
+    }
+    manifest = dict(title='t', command='c', posthoc=[], posthoc_on=[],
+                    settings=dict(posthoc=[], corruptions=['fog'], severities=[3],
+                                  domain_root=None),
+                    rows=[dict(kind='default', config='x/base_ce.py', method=m,
+                               options={}, seeds=[0, 1], keys=keys)
+                          for m, keys in (('ce', ['k0', 'k1']), ('ls', ['k2', 'k3']))])
+    text, figures = build_report(manifest, records)
+    assert '| CE | 5.50 ± 0.71 | 21.00 ± 1.41 |' in text  # fog alone, not snow
+    assert 'shifted domain' not in text
+    # Gains over CE paired by seed: 5 - 4, 6 - 4.5 clean; 20 - 18, 22 - 19 at 3.
+    assert '| LS ε 0.05 | 1.25 ± 0.35 | 2.50 ± 0.71 | grows |' in text
+    assert text == build_report(manifest, records)[0]  # deterministic
+    assert set(figures) == {'reliability_base_ce.png', 'shift_base_ce.png'}

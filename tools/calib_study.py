@@ -17,12 +17,14 @@ split under ImageNet-C corruptions (and a shifted domain with
 the hold-out part of the runs of ``--posthoc-on`` through the code
 ``tools/calib_eval.py`` uses, and evaluated on every split.
 
-Each finished run is one small JSON record in ``RESULTS_DIR`` (default
+Each finished run is one small JSON record in ``RESULTS_DIR/runs`` (default
 ``WORK_DIR/results``), keyed by a hash of the resolved config, the method's
-options, the evaluation settings and the code (cals_seg.study.runs). A
-second call reuses every run whose key is stored and trains only new or
-changed ones; a killed study resumes (training from its last checkpoint) and
-a record is written only when its run is finished. ``RESULTS_DIR/study.json``
+options, the number of training processes and the code
+(cals_seg.study.runs). A second call reuses every stored run whose
+evaluation covers what is asked, evaluates a kept checkpoint again when more
+is asked, and trains only new or changed runs; a killed study resumes
+(training from its last checkpoint) and a record is written only when its
+run is finished. ``RESULTS_DIR/study.json``
 lists the rows of the study, so ``--report`` rebuilds the same markdown from
 the records alone.
 """
@@ -44,7 +46,7 @@ import subprocess
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Dict, List, Optional
 
 import torch
@@ -168,7 +170,8 @@ def parse_args(argv=None):
 
 def parse_method_options(items: List[str], methods: List[str]) -> Dict[str, dict]:
     """``['cals.margin=10']`` as ``{'cals': {'margin': 10.0}}``; values are
-    Python literals where they parse, else strings.
+    Python literals where they parse, else strings, and whole numbers become
+    floats where the option's default is a float (one run, one key).
 
     Raises:
         ValueError: a malformed item, a method not in ``methods``, or an option
@@ -190,8 +193,15 @@ def parse_method_options(items: List[str], methods: List[str]) -> Dict[str, dict
             value = ast.literal_eval(text)
         except (ValueError, SyntaxError):
             value = text
+        default = method_options(method)[key]
+        if isinstance(default, float) and type(value) is int:
+            value = float(value)  # margin=10 is the run of margin 10.0
         options.setdefault(method, {})[key] = value
     return options
+
+
+class StudyError(Exception):
+    """Runs of the study failed; the message names each and why."""
 
 
 class Study:
@@ -232,9 +242,21 @@ class Study:
         settings = [self.settings(spec, full) for spec in specs]
         with self.lock:
             self.total += len(specs)
+        records, failures = {}, []
         with ThreadPoolExecutor(max_workers=self.args.jobs) as pool:
-            records = list(pool.map(self.run, specs, configs, keys, settings))
-        return {spec.id: record for spec, record in zip(specs, records)}
+            futures = {pool.submit(self.run, *job): job[0]
+                       for job in zip(specs, configs, keys, settings)}
+            for future in as_completed(futures):
+                spec = futures[future]
+                try:
+                    records[spec.id] = future.result()
+                except Exception as error:  # every failure is named at the end
+                    failures.append(f'{spec.name}: {type(error).__name__}: {error}')
+                    print(f'{spec.name}: FAILED (the others go on)', flush=True)
+        if failures:
+            raise StudyError(f'{len(failures)} run(s) failed:\n' +
+                             '\n'.join(failures))
+        return records
 
     def run(self, spec: RunSpec, cfg, key: str, settings: dict) -> dict:
         record = load_record(self.args.results_dir, key)
@@ -247,6 +269,7 @@ class Study:
                            spec.name.replace('/', '_') + f'_{key}')
         os.makedirs(run_dir, exist_ok=True)
         cfg.dump(osp.join(run_dir, 'config.py'))
+        resumed = osp.isfile(osp.join(run_dir, TRAIN_DIR, 'last_checkpoint'))
         start = time.time()
         # A finished training resumes at its last iteration and stops at once.
         self._train(run_dir)
@@ -259,7 +282,8 @@ class Study:
             evaluation = json.load(f)
         minutes = dict(train=(trained - start) / 60,
                        evaluate=(time.time() - trained) / 60)
-        if record is not None:  # training was resumed, not redone
+        again = record is not None
+        if again and resumed:  # the kept checkpoint, evaluated again
             minutes['train'] = record['minutes']['train']
         record = dict(
             key=key, record_version=RECORD_VERSION, config=spec.config,
@@ -272,8 +296,13 @@ class Study:
         with self.lock:
             self.trained += 1
             self.seconds += time.time() - start
-        self._progress(spec, f'trained {minutes["train"]:.1f} min, '
-                       f'evaluated {minutes["evaluate"]:.1f} min')
+        if again and resumed:
+            done = 'evaluated again from its checkpoint'
+        elif again:
+            done = f'trained again (no checkpoint kept) {minutes["train"]:.1f} min'
+        else:
+            done = f'trained {minutes["train"]:.1f} min'
+        self._progress(spec, f'{done}, evaluated {minutes["evaluate"]:.1f} min')
         return record
 
     def _progress(self, spec: RunSpec, what: str) -> None:
@@ -284,7 +313,7 @@ class Study:
             if self.trained and left:
                 minutes = round(self.seconds / self.trained * left / self.args.jobs
                                 / 60)
-                eta = (f'; {left} left, at most {minutes // 60} h {minutes % 60:02d} '
+                eta = (f'; {left} left, about {minutes // 60} h {minutes % 60:02d} '
                        'min if none is reused')
             print(f'[{self.done}/{self.total}] {spec.name}: {what}{eta}', flush=True)
 
@@ -342,7 +371,7 @@ def plan(args) -> List[dict]:
 def seed_major(rows: List[dict]) -> List[RunSpec]:
     """The runs of ``rows``, every row's first seed before any row's second: a
     study stopped part way has every method at the same number of seeds."""
-    most = max(len(row['seeds']) for row in rows)
+    most = max((len(row['seeds']) for row in rows), default=0)
     return [RunSpec(row['config'], row['method'], row['options'], row['seeds'][k])
             for k in range(most) for row in rows if k < len(row['seeds'])]
 
@@ -425,7 +454,7 @@ def main(argv=None):
             tuned = tune(study, args)
             records.update(study.run_all(seed_major(tuned)))
             rows += tuned
-    except (RuntimeError, ValueError) as error:
+    except (StudyError, ValueError) as error:
         sys.exit(f'error: {error}')
     for row in rows:
         row['keys'] = [records[RunSpec(row['config'], row['method'], row['options'],
@@ -434,7 +463,7 @@ def main(argv=None):
         sys.argv[1:] if argv is None else argv)
     manifest = dict(title=args.title, command=command.strip(), rows=rows,
                     posthoc=list(args.posthoc), posthoc_on=list(args.posthoc_on),
-                    seeds=args.seeds, tuned=args.tune)
+                    seeds=args.seeds, tuned=args.tune, settings=study.evaluation)
     write_atomic(manifest_path, json.dumps(manifest, indent=1).encode('utf-8'))
     write_report(args, manifest)
     minutes = (time.time() - study.started) / 60

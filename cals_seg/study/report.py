@@ -41,6 +41,7 @@ class Row(NamedTuple):
     method: str
     output: str  # 'raw' or a calibrator's short name
     records: List[dict]
+    corruptions: Tuple[str, ...] = ()  # the study's, for the shift columns
     tuned: bool = False
     fits_undone: int = 0
 
@@ -51,20 +52,22 @@ class Row(NamedTuple):
         return np.array([t[metric] for t in self.test()], dtype=float)
 
     def shift(self, column: str, metric: str) -> Optional[np.ndarray]:
-        """Per seed, ``metric`` at ``column``: 'clean', a severity ('3') or
-        'domain'; None when a record lacks it."""
+        """Per seed, ``metric`` at ``column``: 'clean', a severity ('3': the
+        mean over the study's corruptions) or 'domain'; None when a record
+        lacks any of it (a record may hold more than the study asked for)."""
         values = []
         for record in self.records:
             if column == 'clean':
-                cell = record['test'][self.output]
+                cells = [record['test'].get(self.output)]
             elif column == 'domain':
-                cell = (record.get('domain') or {}).get(self.output)
+                cells = [(record.get('domain') or {}).get(self.output)]
             else:
-                cell = (record.get('shift_means') or {}).get(column, {}).get(
-                    self.output)
-            if cell is None:
+                by_corruption = record.get('shift') or {}
+                cells = [by_corruption.get(c, {}).get(column, {}).get(self.output)
+                         for c in self.corruptions] or [None]
+            if any(cell is None for cell in cells):
                 return None
-            values.append(cell[metric])
+            values.append(float(np.mean([cell[metric] for cell in cells])))
         return np.array(values, dtype=float)
 
 
@@ -107,9 +110,18 @@ def _row_label(row: dict) -> str:
     return label
 
 
+def _settings(manifest: dict, records: Dict[str, dict]) -> dict:
+    """What the study asked its runs to be evaluated on (a manifest written
+    before the study stored it: its first run's settings)."""
+    if 'settings' in manifest:
+        return manifest['settings']
+    return records[manifest['rows'][0]['keys'][0]]['settings']
+
+
 def _rows(manifest: dict, records: Dict[str, dict], config: str) -> List[Row]:
     """The table rows of one base config: trained rows (defaults, then tuned)
     and post-hoc rows after their method's default row."""
+    corruptions = tuple(_settings(manifest, records)['corruptions'])
     rows = []
     for entry in manifest['rows']:
         if entry['config'] != config:
@@ -117,14 +129,15 @@ def _rows(manifest: dict, records: Dict[str, dict], config: str) -> List[Row]:
         entry = dict(entry, records=[records[k] for k in entry['keys']])
         label = _row_label(entry)
         tuned = entry['kind'] == 'tuned'
-        rows.append(Row(label, entry['method'], RAW, entry['records'], tuned))
+        rows.append(Row(label, entry['method'], RAW, entry['records'],
+                        corruptions, tuned))
         if tuned or entry['method'] not in manifest['posthoc_on']:
             continue
         for name in manifest['posthoc']:
             fits = [r['fits'][name] for r in entry['records']]
             undone = sum(not f['kept'] for f in fits)
             rows.append(Row(f'{label} + {CALIBRATOR_LABELS.get(name, name)}',
-                            entry['method'], name, entry['records'],
+                            entry['method'], name, entry['records'], corruptions,
                             fits_undone=undone))
     trained = [r for r in rows if r.output == RAW and not r.tuned]
     return (trained + [r for r in rows if r.output != RAW] +
@@ -226,12 +239,12 @@ def _shift_reading(rows: List[Row], columns: List[str]) -> List[str]:
         candidates = [(r.label, r.shift(column, 'ECE')) for r in rows
                       if r.shift(column, 'ECE') is not None]
         lines.append(f'- ECE, {name}: {verdict(candidates, higher=False)}.')
-    trained = [r for r in rows if r.output == RAW and r.method != 'ce']
     ts = next((r for r in rows if r.method == 'ce' and r.output == 'ts'), None)
-    if ts is None or not trained:
-        return lines
     for column in columns:
-        if column == 'clean' or ts.shift(column, 'ECE') is None:
+        trained = [r for r in rows if r.output == RAW and r.method != 'ce'
+                   and r.shift(column, 'ECE') is not None]
+        if (column == 'clean' or ts is None or not trained
+                or ts.shift(column, 'ECE') is None):
             continue
         ts_values = ts.shift(column, 'ECE')
         best = min(trained, key=lambda r: r.shift(column, 'ECE').mean())
@@ -301,9 +314,10 @@ def _gain_table(rows: List[Row], ce: Row, columns: List[str]) -> List[str]:
         if row is ce:
             continue
         gains = {c: _paired_gain(row, ce, c) for c in columns}
-        if any(g is None for g in gains.values()):
+        if gains['clean'] is None:
             continue
-        fates = [_survival(gains['clean'], gains[c]) for c in shifted]
+        fates = [_survival(gains['clean'], gains[c]) if gains[c] is not None
+                 else '–' for c in shifted]
         lines.append(f'| {row.label} | ' +
                      ' | '.join(_cell(gains[c]) for c in columns) + ' | ' +
                      ' | '.join(fates) + ' |')
@@ -373,17 +387,20 @@ def _figures(rows: List[Row], stem: str, shift_columns: List[str]):
     figures[f'reliability_{stem}.png'] = bins_grid(
         panels, title='test split, pixels pooled over seeds')
     severities = [c for c in shift_columns if c not in ('clean', 'domain')]
+    series = {}
     if severities:
-        series = {}
         for row in rows:
             if row.output not in (RAW, 'ts') or row.tuned:
                 continue
             points = {}
             for column in ['clean'] + severities:
                 ece, miou = row.shift(column, 'ECE'), row.shift(column, 'mIoU')
-                points[0 if column == 'clean' else int(column)] = dict(
-                    ECE=float(ece.mean()), mIoU=float(miou.mean()))
-            series[row.label] = points
+                if ece is not None and miou is not None:
+                    points[0 if column == 'clean' else int(column)] = dict(
+                        ECE=float(ece.mean()), mIoU=float(miou.mean()))
+            if len(points) > 1:
+                series[row.label] = points
+    if series:
         figures[f'shift_{stem}.png'] = severity_figure(
             series, title='mean over corruptions and seeds (severity 0: clean)')
     return figures
@@ -447,17 +464,19 @@ def build_report(manifest: dict, records: Dict[str, dict],
             lines.append(f'- {ONE_SEED}')
         lines += [f'- {note}' for note in notes]
         lines += _tuning_table(manifest, config)
-        shift_columns = ['clean']
-        first = rows[0].records[0]
-        shift_columns += sorted(first.get('shift_means') or {}, key=int)
-        if first.get('domain'):
+        settings = _settings(manifest, records)
+        shift_columns = ['clean'] + [str(s) for s in sorted(settings['severities'])
+                                     if settings['corruptions']]
+        if settings['domain_root']:
             shift_columns.append('domain')
         if len(shift_columns) > 1:
+            domain = (f' and the shifted domain `{settings["domain_root"]}`'
+                      if settings['domain_root'] else '')
             lines += ['', '### Under shift', '',
-                      'ImageNet-C corruptions (mean over the '
-                      f'{len(first.get("shift") or {})} corruptions of the '
-                      'record) and the shifted domain; calibrators fitted '
-                      'in-domain, on the held-out part.', '']
+                      f'The test split under {len(settings["corruptions"])} '
+                      'ImageNet-C corruptions (each severity column: the mean over '
+                      f'them){domain}; the calibrators are fitted in-domain, on the '
+                      'held-out part.', '']
             _shift_table(rows, shift_columns, lines)
             lines += [''] + (_shift_reading(distinct, shift_columns)
                              if several_seeds else [f'- {ONE_SEED}'])
