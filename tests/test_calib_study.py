@@ -315,3 +315,18 @@ def test_report_columns_are_the_study_s_even_where_a_record_holds_more():
     assert '| LS ε 0.05 | 1.25 ± 0.35 | 2.50 ± 0.71 | grows |' in text
     assert text == build_report(manifest, records)[0]  # deterministic
     assert set(figures) == {'reliability_base_ce.png', 'shift_base_ce.png'}
+
+
+def test_multiplier_trajectory_keeps_the_latest_attempt(tmp_path):
+    """A run resumed after a kill logs some iterations twice: the resumed
+    attempt's values count."""
+    from cals_seg.study.multipliers import logged_trajectory
+    for stamp, lines in (('20261202_040000', [(10, [1.0, 2.0]), (20, [3.0, 4.0])]),
+                         ('20261202_050000', [(20, [5.0, 6.0]), (30, [7.0, 8.0])])):
+        folder = tmp_path / stamp / 'vis_data'
+        folder.mkdir(parents=True)
+        (folder / 'scalars.json').write_text(''.join(
+            json.dumps({'iter': it, 'loss': 0.1, 'cals/lambda/a': a,
+                        'cals/lambda/b': b}) + '\n' for it, (a, b) in lines))
+    assert logged_trajectory(str(tmp_path)) == [[10, [1.0, 2.0]], [20, [5.0, 6.0]],
+                                                 [30, [7.0, 8.0]]]

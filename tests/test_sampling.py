@@ -71,3 +71,12 @@ def test_no_image_is_an_error():
         sample_pixels([], 0, 4)
     with pytest.raises(ValueError, match='no image to crop'):
         sample_crops([], 0)
+
+
+def test_crops_do_not_keep_their_images_alive():
+    logits, labels = _images(count=1, shapes=((64, 64), ))[0]
+    maps, crops, _, _ = sample_crops([(logits, labels, None)], 1, max_pixels=64,
+                                     crop=8)
+    # One 8 x 8 crop: its storage holds the crop, not the 64 x 64 image.
+    assert maps.untyped_storage().nbytes() == maps.numel() * maps.element_size()
+    assert maps.numel() == 4 * 8 * 8

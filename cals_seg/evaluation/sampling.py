@@ -106,11 +106,12 @@ def sample_crops(images: Iterable[Tuple[Tensor, Tensor, Optional[Tensor]]],
             top = int(torch.randint(height - side + 1, (1, ), generator=generator))
             left = int(torch.randint(width - side + 1, (1, ), generator=generator))
             window = (slice(top, top + side), slice(left, left + side))
-            crops.append(logits[(slice(None), ) + window])
-            labels.append(label[window])
+            # Copies: a view would keep the whole image's logits alive.
+            crops.append(logits[(slice(None), ) + window].clone())
+            labels.append(label[window].clone())
             image_ids.append(image_id)
             if image is not None:
-                image_crops.append(image[(slice(None), ) + window])
+                image_crops.append(image[(slice(None), ) + window].clone())
     if not crops:
         raise ValueError('no image to crop')
     side = min(label.shape[0] for label in labels)

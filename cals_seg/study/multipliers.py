@@ -25,21 +25,26 @@ def final_multipliers(checkpoint: str) -> list:
 
 
 def logged_trajectory(work_dir: str) -> list:
-    """``[[iteration, [multiplier per class]], ...]`` from every scalars.json
-    under ``work_dir``, in iteration order."""
-    points = []
+    """``[[iteration, [multiplier per class]], ...]`` from the scalars.json of
+    every attempt under ``work_dir`` (mmengine writes one timestamped folder per
+    start), in iteration order; where a resumed attempt logged an iteration an
+    earlier one had logged too, the later attempt's values count."""
+    points = {}
+    logs = []
     for root, _, files in os.walk(work_dir):
-        if 'scalars.json' not in files:
-            continue
-        with open(osp.join(root, 'scalars.json')) as f:
+        if 'scalars.json' in files:
+            logs.append(osp.join(root, 'scalars.json'))
+    # Timestamped folder names sort in time order.
+    for path in sorted(logs):
+        with open(path) as f:
             for line in f:
                 if not line.strip():
                     continue
                 entry = json.loads(line)
                 values = [v for k, v in entry.items() if k.startswith(LOGGED_PREFIX)]
                 if values:
-                    points.append([entry['iter'], values])
-    return sorted(points)
+                    points[entry['iter']] = values
+    return [[iteration, points[iteration]] for iteration in sorted(points)]
 
 
 def multiplier_record(checkpoint: str, work_dir: str) -> dict:

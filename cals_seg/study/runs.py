@@ -28,7 +28,7 @@ PACKAGE = osp.dirname(osp.dirname(osp.abspath(__file__)))
 REPORT_ONLY = ('study/report.py', 'visualization/')
 CODE_SUFFIXES = ('.py', '.cpp', '.h', '.cu')
 # Settings that say where a run writes, not what it computes.
-UNKEYED = ('work_dir', 'launcher', 'resume', 'load_from')
+UNKEYED = ('work_dir', 'launcher', 'resume')
 RECORD_VERSION = 1
 
 
