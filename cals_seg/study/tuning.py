@@ -1,7 +1,8 @@
 """Fair tuning: each training method's one main knob, chosen on held-out data.
 
-Every method gets the same chance: a grid of three values around its published
-default (the default included), each trained on the study's first seed and
+Every method gets the same chance: a grid of three values that includes its
+published default (at an end of the grid where the default is already at the
+strong or weak end of common use), each trained on the study's first seed and
 scored by the NLL of the raw model on the hold-out part of the training split
 (images no method trains on; CALS and CRaC read it for their multipliers, as
 the post-hoc calibrators do for their parameters). NLL because it is a proper
