@@ -58,7 +58,7 @@ def test_study_runs_reuses_redoes_tunes_and_rebuilds_its_report(tmp_path,
     first = run_tool(base)
     assert first.returncode == 0, first.stderr[-3000:]
     lines = _progress(first)
-    assert len(lines) == 2 and all('trained' in line for line in lines)
+    assert len(lines) == 2 and all(': trained ' in line for line in lines)
     assert '[1/2]' in first.stdout and '[2/2]' in first.stdout
     assert 'Epoch' not in first.stdout and 'Iter(train)' not in first.stdout
     runs = sorted(p for p in (work / 'results' / 'runs').iterdir())
@@ -103,8 +103,8 @@ def test_study_runs_reuses_redoes_tunes_and_rebuilds_its_report(tmp_path,
     tuned = run_tool(base + ['--tune'])
     assert tuned.returncode == 0, tuned.stderr[-3000:]
     lines = _progress(tuned)
-    reused = [line for line in lines if 'reused' in line]
-    trained = [line for line in lines if 'trained' in line]
+    reused = [line for line in lines if ': reused ' in line]
+    trained = [line for line in lines if ': trained ' in line]
     # Reused: CE and LS, LS's grid value 0.05 (its default run), and the
     # chosen value on seed 0 (a grid run); trained: smoothing 0.1 and 0.2.
     assert len(reused) == 4 and len(trained) == 2
@@ -133,7 +133,7 @@ def test_study_runs_reuses_redoes_tunes_and_rebuilds_its_report(tmp_path,
     changed = run_tool(base + ['--options', 'ls.smoothing=0.3'])
     assert changed.returncode == 0, changed.stderr[-3000:]
     lines = _progress(changed)
-    assert [('reused' in line, 'trained' in line) for line in lines] == [
+    assert [(': reused ' in line, ': trained ' in line) for line in lines] == [
         (True, False), (False, True)]
     assert 'ls_smoothing-0.3' in lines[1]
 
@@ -268,7 +268,7 @@ def test_demo_prints_progress_and_the_table(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert 'generated the demo dataset' not in result.stdout
     lines = [line for line in result.stdout.splitlines() if line.startswith('[')]
-    assert len(lines) == 2 and all('trained' in line for line in lines)
+    assert len(lines) == 2 and all(': trained ' in line for line in lines)
     assert '| CE | 1 |' in result.stdout and '| CALS m 20 | 1 |' in result.stdout
     assert '| CE + TS' in result.stdout and 'Iter(train)' not in result.stdout
     assert osp.isfile(tmp_path / 'demo' / 'report.md')
