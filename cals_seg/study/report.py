@@ -30,7 +30,11 @@ COLUMNS = (('mIoU', 'mIoU', True), ('ECE', 'ECE', False),
            ('Brier', 'Brier', False), ('AURC', 'AURC', False))
 VERDICT_METRICS = ('mIoU', 'ECE', 'fg/ECE', 'NLL')
 SHIFT_METRICS = (('ECE', 'ECE', False), ('mIoU', 'mIoU', True))
-EQUAL_TOLERANCE = 1e-9
+# Relative: an undone Dirichlet fit (the identity on log-probabilities) gives
+# CE's numbers to float rounding, not bit for bit.
+EQUAL_TOLERANCE = 1e-6
+# A gain below the tables' precision is no gain, whatever its spread.
+PRECISION = 0.005
 ONE_SEED = ('One seed per row: no "best" is claimed, since a claim needs the '
             'spread over seeds.')
 
@@ -283,7 +287,7 @@ def _survival(gain_clean: np.ndarray, gain_shifted: np.ndarray) -> str:
     """What becomes of a row's ECE advantage over CE under shift: an advantage
     counts when the mean paired gain exceeds its seed standard deviation."""
     def real(gain):
-        return gain.size > 1 and gain.mean() > _spread(gain)
+        return gain.size > 1 and gain.mean() > max(_spread(gain), PRECISION)
 
     if not real(gain_clean):
         return 'appears' if real(gain_shifted) else 'none in either'
