@@ -274,13 +274,14 @@ def test_demo_prints_progress_and_the_table(tmp_path):
     assert osp.isfile(tmp_path / 'demo' / 'report.md')
 
 
-def _record(key, method, seed, ece, shift, domain=None):
+def _record(key, method, seed, ece, shift, domain=None, options=None):
     metrics = dict(mIoU=50.0, ECE=ece, ECE_image=ece, ECE_boundary=ece, NLL=1.0,
                    Brier=0.1, AURC=3.0, **{'fg/ECE': ece})
     bins = dict(count=[1.0, 1.0], confidence=[0.25, 0.75], accuracy=[0.5, 0.5])
     record = dict(key=key, seed=seed, method=method, test=dict(raw=metrics),
                   reliability=dict(raw=bins), fits={}, classes=['a', 'b'],
-                  resolved_options=dict(smoothing=0.05), minutes=dict(train=1.0),
+                  resolved_options=options or dict(smoothing=0.05),
+                  minutes=dict(train=1.0),
                   code=dict(tree='t', commit='c', dirty=False),
                   settings=dict(posthoc=[], corruptions=list(shift), severities=[3],
                                 domain_root='d' if domain else None),
@@ -315,6 +316,41 @@ def test_report_columns_are_the_study_s_even_where_a_record_holds_more():
     assert '| LS ε 0.05 | 1.25 ± 0.35 | 2.50 ± 0.71 | grows |' in text
     assert text == build_report(manifest, records)[0]  # deterministic
     assert set(figures) == {'reliability_base_ce.png', 'shift_base_ce.png'}
+
+
+def test_fair_setting_reading_names_what_tuned_cals_wins():
+    """Each method at its fair setting (tuned CALS, not its default; LS, never
+    tuned, at its default) and the CALS line built from the same verdicts."""
+    from cals_seg.study.report import build_report
+    runs = dict(  # method, options, ECE per seed, fog ECE at severity 3 per seed
+        ce=('ce', {}, (5.0, 6.0), (20.0, 22.0)),
+        cals=('cals', dict(margin=20.0), (5.0, 6.0), (20.0, 22.0)),
+        cals_tuned=('cals', dict(margin=10.0), (2.0, 2.2), (21.0, 23.0)),
+        ls=('ls', dict(smoothing=0.05), (4.0, 4.5), (10.0, 11.0)))
+    records, rows = {}, []
+    for name, (method, options, eces, fogs) in runs.items():
+        keys = [f'{name}{seed}' for seed in (0, 1)]
+        for seed, key in enumerate(keys):
+            records[key] = _record(key, method, seed, eces[seed],
+                                   dict(fog=fogs[seed]), options=options)
+        row = dict(kind='default', config='x/base_ce.py', method=method,
+                   options={}, seeds=[0, 1], keys=keys)
+        if name == 'cals_tuned':
+            row.update(kind='tuned', options=dict(margin=10.0), knob='margin',
+                       scores={'10.0': 0.5, '20.0': 0.6}, tuning_seed=0)
+        rows.append(row)
+    manifest = dict(title='t', command='c', posthoc=[], posthoc_on=[], rows=rows,
+                    settings=dict(posthoc=[], corruptions=['fog'], severities=[3],
+                                  domain_root=None))
+    text = build_report(manifest, records)[0]
+    fair = text[text.index('### Which method wins'):]
+    assert 'CALS m 20 (' not in fair  # its default row gives way to the tuned one
+    assert '- ECE: best CALS m 10, tuned (2.10 ± 0.14), ahead of LS' in fair
+    assert '- ECE, severity 3: best LS ε 0.05 (10.50 ± 0.71)' in fair
+    # mIoU and NLL are equal everywhere: a tie of every row.
+    assert ('- CALS m 10, tuned: best on ECE, fg ECE; tied for best on mIoU, NLL; '
+            'behind on ECE, severity 3. ECE gained over CE, paired by seed: clean '
+            '3.40 ± 0.57, severity 3 -1.00 ± 0.00.') in fair
 
 
 def test_multiplier_trajectory_keeps_the_latest_attempt(tmp_path):

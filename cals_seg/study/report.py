@@ -9,7 +9,7 @@ seed are flagged (SVLS on data with an ignore ring; a post-hoc fit undone on
 every seed).
 """
 import os.path as osp
-from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -175,26 +175,34 @@ def _distinct(rows: List[Row], ce: Optional[Row]) -> List[Row]:
     return distinct
 
 
-def verdict(candidates: Sequence[Tuple[str, np.ndarray]], higher: bool) -> str:
-    """'best' when the best mean beats the next by more than the larger of
-    their seed standard deviations; otherwise the tie, every row within the
-    larger of its own and the best's spread. Needs two seeds or more."""
+def _leaders(candidates: Sequence[Tuple[str, np.ndarray]],
+             higher: bool) -> Tuple[List[str], str]:
+    """The labels in front and the sentence saying so: one label when the best
+    mean beats the next by more than the larger of their seed standard
+    deviations; otherwise the tie, every row within the larger of its own and
+    the best's spread. Needs two rows with two seeds or more (else no label)."""
     usable = [(label, values) for label, values in candidates if values.size > 1]
     if len(usable) < 2:
-        return 'fewer than two rows with two seeds or more: no claim'
+        return [], 'fewer than two rows with two seeds or more: no claim'
     order = sorted(usable, key=lambda c: -c[1].mean() if higher else c[1].mean())
     (best, best_values), (second, second_values) = order[0], order[1]
     spread = max(_spread(best_values), _spread(second_values))
     gap = abs(best_values.mean() - second_values.mean())
     if gap > spread:
-        return (f'best {best} ({_cell(best_values)}), ahead of {second} '
-                f'({_cell(second_values)}) by {gap:.2f}, more than the seed '
-                f'spread {spread:.2f}')
+        return [best], (f'best {best} ({_cell(best_values)}), ahead of {second} '
+                        f'({_cell(second_values)}) by {gap:.2f}, more than the '
+                        f'seed spread {spread:.2f}')
     tied = [(label, values) for label, values in order
             if abs(values.mean() - best_values.mean()) <=
             max(_spread(values), _spread(best_values))]
-    return (f'tie within the seed spread: ' +
-            ', '.join(f'{label} ({_cell(values)})' for label, values in tied))
+    return [label for label, _ in tied], (
+        'tie within the seed spread: ' +
+        ', '.join(f'{label} ({_cell(values)})' for label, values in tied))
+
+
+def verdict(candidates: Sequence[Tuple[str, np.ndarray]], higher: bool) -> str:
+    """The sentence of :func:`_leaders`: 'best ...' or 'tie ...'."""
+    return _leaders(candidates, higher)[1]
 
 
 def _domain_table(rows: List[Row], ce: Optional[Row], lines: List[str]) -> List[str]:
@@ -221,9 +229,15 @@ def _domain_table(rows: List[Row], ce: Optional[Row], lines: List[str]) -> List[
     return notes
 
 
+def _column_name(column: str) -> str:
+    """A shift column's name in prose and headers: 'clean', 'severity 3',
+    'shifted domain'."""
+    return {'clean': 'clean', 'domain': 'shifted domain'}.get(
+        column, f'severity {column}')
+
+
 def _shift_table(rows: List[Row], columns: List[str], lines: List[str]) -> None:
-    names = {'clean': 'clean', 'domain': 'shifted domain'}
-    headers = [f'{h} {names.get(c, "severity " + c)}' for _, h, _ in SHIFT_METRICS
+    headers = [f'{h} {_column_name(c)}' for _, h, _ in SHIFT_METRICS
                for c in columns]
     lines += ['| method | ' + ' | '.join(headers) + ' |',
               '| --- ' * (len(headers) + 1) + '|']
@@ -304,14 +318,13 @@ def _survival(gain_clean: np.ndarray, gain_shifted: np.ndarray) -> str:
 def _gain_table(rows: List[Row], ce: Row, columns: List[str]) -> List[str]:
     """ECE gained over CE per column, paired by seed, and what becomes of it."""
     shifted = [c for c in columns if c != 'clean']
-    names = {'clean': 'clean', 'domain': 'shifted domain'}
-    headers = [names.get(c, f'severity {c}') for c in columns]
+    headers = [_column_name(c) for c in columns]
     lines = ['', 'ECE gained over CE (points, CE minus the row, paired by seed: > 0 '
              'is better calibrated than CE), and what becomes of an in-domain '
              'advantage under each shift (an advantage counts when the mean gain '
              'exceeds its seed standard deviation):', '',
              '| method | ' + ' | '.join(headers) + ' | ' +
-             ' | '.join(f'advantage, {names.get(c, "severity " + c)}'
+             ' | '.join(f'advantage, {_column_name(c)}'
                         for c in shifted) + ' |',
              '| --- ' * (1 + len(columns) + len(shifted)) + '|']
     for row in rows:
@@ -325,6 +338,64 @@ def _gain_table(rows: List[Row], ce: Row, columns: List[str]) -> List[str]:
         lines.append(f'| {row.label} | ' +
                      ' | '.join(_cell(gains[c]) for c in columns) + ' | ' +
                      ' | '.join(fates) + ' |')
+    return lines
+
+
+def _fair_rows(rows: List[Row]) -> List[Row]:
+    """Each trained method once, at its fair setting: the tuned row where the
+    study tuned its knob, its default row otherwise (CE, SVLS, a knob the user
+    fixed); and CE + TS, whose one parameter is fitted on the same hold-out
+    part the knobs were chosen on."""
+    tuned = {r.method for r in rows if r.tuned}
+    return [r for r in rows if (r.output == RAW and (r.tuned or r.method not in tuned))
+            or (r.method == 'ce' and r.output == 'ts')]
+
+
+def _criteria(columns: List[str]) -> List[Tuple[str, bool, Callable]]:
+    """What a method can win: the in-domain verdict metrics and ECE under each
+    shift, as (name, higher is better, the row's values per seed)."""
+    criteria = [(header, higher, lambda row, key=key: row.values(key))
+                for key, header, higher in COLUMNS if key in VERDICT_METRICS]
+    criteria += [(f'ECE, {_column_name(c)}', False,
+                  lambda row, c=c: row.shift(c, 'ECE'))
+                 for c in columns if c != 'clean']
+    return criteria
+
+
+def _fair_reading(rows: List[Row], ce: Optional[Row],
+                  columns: List[str]) -> List[str]:
+    """Templated answer to the study's question: which method wins at its fair
+    setting, and does CALS with its held-out margin win anything."""
+    fair = _distinct(_fair_rows(rows), ce)
+    with_ts = (', beside CE + TS (its temperature fitted on the same hold-out '
+               'part)' if any(r.output == 'ts' for r in fair) else '')
+    lines = ['', '### Which method wins at its fair setting', '',
+             'Each method once, at its knob\'s held-out choice where the study '
+             f'tuned it and at its default otherwise{with_ts}; rows equal to CE '
+             'are left out.', '']
+    standing = {}
+    for name, higher, values in _criteria(columns):
+        candidates = [(r.label, values(r)) for r in fair if values(r) is not None]
+        leaders, text = _leaders(candidates, higher)
+        standing[name] = leaders
+        lines.append(f'- {name}: {text}.')
+    cals = next((r for r in fair if r.method == 'cals' and r.output == RAW), None)
+    if cals is None:
+        return lines
+    best = [n for n, leaders in standing.items() if leaders == [cals.label]]
+    tied = [n for n, leaders in standing.items()
+            if cals.label in leaders and len(leaders) > 1]
+    behind = [n for n in standing if n not in best + tied]
+    parts = [f'best on {", ".join(best) or "nothing"}']
+    if tied:
+        parts.append(f'tied for best on {", ".join(tied)}')
+    if behind:
+        parts.append(f'behind on {", ".join(behind)}')
+    gains = [(c, _paired_gain(cals, ce, c)) for c in columns] if ce else []
+    gains = ', '.join(f'{_column_name(c)} {_cell(g)}' for c, g in gains
+                      if g is not None)
+    lines.append(f'- {cals.label}: {"; ".join(parts)}.' +
+                 (f' ECE gained over CE, paired by seed: {gains}.' if gains else ''))
     return lines
 
 
@@ -486,6 +557,8 @@ def build_report(manifest: dict, records: Dict[str, dict],
                              if several_seeds else [f'- {ONE_SEED}'])
             if ce is not None and several_seeds:
                 lines += _gain_table(distinct, ce, shift_columns)
+        if several_seeds and any(r.tuned for r in rows):
+            lines += _fair_reading(rows, ce, shift_columns)
         lines += _multiplier_lines(rows)
         config_figures = _figures(rows, stem, shift_columns)
         figures.update(config_figures)
