@@ -346,11 +346,25 @@ def test_fair_setting_reading_names_what_tuned_cals_wins():
     fair = text[text.index('### Which method wins'):]
     assert 'CALS m 20 (' not in fair  # its default row gives way to the tuned one
     assert '- ECE: best CALS m 10, tuned (2.10 ± 0.14), ahead of LS' in fair
-    assert '- ECE, severity 3: best LS ε 0.05 (10.50 ± 0.71)' in fair
+    assert '- ECE at severity 3: best LS ε 0.05 (10.50 ± 0.71)' in fair
     # mIoU and NLL are equal everywhere: a tie of every row.
     assert ('- CALS m 10, tuned: best on ECE, fg ECE; tied for best on mIoU, NLL; '
-            'behind on ECE, severity 3. ECE gained over CE, paired by seed: clean '
+            'behind on ECE at severity 3. ECE gained over CE, paired by seed: clean '
             '3.40 ± 0.57, severity 3 -1.00 ± 0.00.') in fair
+
+
+def test_multipliers_of_the_same_runs_are_shown_once():
+    """A tuned row that chose the default is the default row's runs again."""
+    from cals_seg.study.report import _multiplier_lines
+    records = [dict(key=f'k{seed}', classes=['a', 'b'],
+                    resolved_options=dict(groups='logit'),
+                    multipliers=dict(final=[0.1 * seed, 0.2])) for seed in (1, 2)]
+    default = Row('CALS m 20', 'cals', 'raw', records)
+    chose_default = Row('CALS m 20, tuned (chose the default)', 'cals', 'raw',
+                        records, tuned=True)
+    lines = _multiplier_lines([default, chose_default])
+    assert sum('multipliers at the end' in line for line in lines) == 1
+    assert '| 0.15 | 0.2 |' in lines
 
 
 def test_multiplier_trajectory_keeps_the_latest_attempt(tmp_path):

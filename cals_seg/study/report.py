@@ -356,9 +356,10 @@ def _criteria(columns: List[str]) -> List[Tuple[str, bool, Callable]]:
     shift, as (name, higher is better, the row's values per seed)."""
     criteria = [(header, higher, lambda row, key=key: row.values(key))
                 for key, header, higher in COLUMNS if key in VERDICT_METRICS]
-    criteria += [(f'ECE, {_column_name(c)}', False,
-                  lambda row, c=c: row.shift(c, 'ECE'))
-                 for c in columns if c != 'clean']
+    for column in columns[1:]:  # after 'clean', the in-domain ECE again
+        where = 'in the' if column == 'domain' else 'at'
+        criteria.append((f'ECE {where} {_column_name(column)}', False,
+                         lambda row, column=column: row.shift(column, 'ECE')))
     return criteria
 
 
@@ -434,10 +435,12 @@ def _multiplier_names(row: Row) -> List[str]:
 
 
 def _multiplier_lines(rows: List[Row]) -> List[str]:
-    lines = []
+    lines, seen = [], set()
     for row in rows:
-        if row.output != RAW or 'multipliers' not in row.records[0]:
-            continue
+        runs = tuple(r['key'] for r in row.records)
+        if row.output != RAW or 'multipliers' not in row.records[0] or runs in seen:
+            continue  # a tuned row that chose the default: the same runs again
+        seen.add(runs)
         final = np.array([r['multipliers']['final'] for r in row.records])
         names = _multiplier_names(row)
         lines += ['', f'{row.label}: multipliers at the end (mean over seeds):', '',
