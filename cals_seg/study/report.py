@@ -461,7 +461,15 @@ def _pooled_bins(records: List[dict], output: str):
 
 def _figures(rows: List[Row], stem: str, shift_columns: List[str]):
     figures = {}
-    panels = [(r.label, *_pooled_bins(r.records, r.output)) for r in rows]
+    # One panel per set of pixels: no tuned row that chose the default (its
+    # default row's runs), no fit undone on every seed (the raw row again).
+    shown, panels = set(), []
+    for row in rows:
+        runs = (tuple(r['key'] for r in row.records), row.output)
+        if runs in shown or (row.output != RAW and row.fits_undone == len(row.records)):
+            continue
+        shown.add(runs)
+        panels.append((row.label, *_pooled_bins(row.records, row.output)))
     figures[f'reliability_{stem}.png'] = bins_grid(
         panels, title='test split, pixels pooled over seeds')
     severities = [c for c in shift_columns if c not in ('clean', 'domain')]

@@ -101,9 +101,11 @@ def bins_grid(panels: Sequence[Tuple[str, np.ndarray, np.ndarray, np.ndarray]],
         title (str): the figure's title.
     """
     rows = math.ceil(len(panels) / columns)
-    fig = plt.figure(figsize=(3.0 * min(columns, len(panels)), 3.9 * rows))
+    height = 3.9 * rows
+    fig = plt.figure(figsize=(3.0 * min(columns, len(panels)), height))
+    # Margins in inches, not in fractions of a figure that grows with the rows.
     outer = fig.add_gridspec(rows, min(columns, len(panels)), hspace=0.4,
-                             wspace=0.35)
+                             wspace=0.35, top=1 - 0.5 / height, bottom=0.45 / height)
     for index, (name, count, confidence, accuracy) in enumerate(panels):
         cell = outer[divmod(index, columns)].subgridspec(
             2, 1, height_ratios=(3, 1), hspace=0.08)
@@ -119,7 +121,7 @@ def bins_grid(panels: Sequence[Tuple[str, np.ndarray, np.ndarray, np.ndarray]],
                 va='bottom', fontsize=7, bbox=dict(facecolor='white', alpha=0.8,
                                                    edgecolor='grey'))
     if title:
-        fig.suptitle(title, fontsize=9)
+        fig.suptitle(title, fontsize=9, y=1 - 0.12 / height)
     return _png(fig)
 
 
