@@ -49,6 +49,11 @@ class Row(NamedTuple):
     tuned: bool = False
     fits_undone: int = 0
 
+    @property
+    def runs(self) -> Tuple[Tuple[str, ...], str]:
+        """What the row shows: its runs' keys and the output read from them."""
+        return tuple(r['key'] for r in self.records), self.output
+
     def test(self) -> List[dict]:
         return [r['test'][self.output] for r in self.records]
 
@@ -167,10 +172,9 @@ def _distinct(rows: List[Row], ce: Optional[Row]) -> List[Row]:
     tuned row that chose its method's default (the same runs again)."""
     seen, distinct = set(), []
     for row in rows:
-        runs = (tuple(r['key'] for r in row.records), row.output)
-        if runs in seen or (ce is not None and _equals(row, ce)):
+        if row.runs in seen or (ce is not None and _equals(row, ce)):
             continue
-        seen.add(runs)
+        seen.add(row.runs)
         distinct.append(row)
     return distinct
 
@@ -376,7 +380,7 @@ def _fair_reading(rows: List[Row], ce: Optional[Row],
              'are left out.', '']
     standing = {}
     for name, higher, values in _criteria(columns):
-        candidates = [(r.label, values(r)) for r in fair if values(r) is not None]
+        candidates = [(r.label, v) for r in fair if (v := values(r)) is not None]
         leaders, text = _leaders(candidates, higher)
         standing[name] = leaders
         lines.append(f'- {name}: {text}.')
@@ -437,10 +441,9 @@ def _multiplier_names(row: Row) -> List[str]:
 def _multiplier_lines(rows: List[Row]) -> List[str]:
     lines, seen = [], set()
     for row in rows:
-        runs = tuple(r['key'] for r in row.records)
-        if row.output != RAW or 'multipliers' not in row.records[0] or runs in seen:
+        if row.output != RAW or 'multipliers' not in row.records[0] or row.runs in seen:
             continue  # a tuned row that chose the default: the same runs again
-        seen.add(runs)
+        seen.add(row.runs)
         final = np.array([r['multipliers']['final'] for r in row.records])
         names = _multiplier_names(row)
         lines += ['', f'{row.label}: multipliers at the end (mean over seeds):', '',
@@ -465,10 +468,10 @@ def _figures(rows: List[Row], stem: str, shift_columns: List[str]):
     # default row's runs), no fit undone on every seed (the raw row again).
     shown, panels = set(), []
     for row in rows:
-        runs = (tuple(r['key'] for r in row.records), row.output)
-        if runs in shown or (row.output != RAW and row.fits_undone == len(row.records)):
+        if row.runs in shown or (row.output != RAW and
+                                 row.fits_undone == len(row.records)):
             continue
-        shown.add(runs)
+        shown.add(row.runs)
         panels.append((row.label, *_pooled_bins(row.records, row.output)))
     figures[f'reliability_{stem}.png'] = bins_grid(
         panels, title='test split, pixels pooled over seeds')
