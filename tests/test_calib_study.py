@@ -353,6 +353,45 @@ def test_fair_setting_reading_names_what_tuned_cals_wins():
             '3.40 ± 0.57, severity 3 -1.00 ± 0.00.') in fair
 
 
+def test_fits_undone_on_every_seed_are_named_once(monkeypatch):
+    """A post-hoc row whose fit was undone on every seed is its method's pixels
+    again: neither the verdicts nor the reliability grid name it twice; a fit
+    kept on one seed is a row of its own."""
+    from cals_seg.study import report
+    panels = []
+    monkeypatch.setattr(report, 'bins_grid',
+                        lambda rows, title: panels.extend(r[0] for r in rows))
+    runs = dict(ce=('ce', {}, (5.0, 6.0)),
+                cals=('cals', dict(margin=20.0), (5.01, 6.02)))
+    records, rows = {}, []
+    for name, (method, options, eces) in runs.items():
+        keys = [f'{name}{seed}' for seed in (0, 1)]
+        for seed, key in enumerate(keys):
+            record = _record(key, method, seed, eces[seed], {}, options=options)
+            raw = record['test']['raw']
+            record['test'].update(ts=dict(raw, ECE=eces[seed] / 4), vs=raw)
+            record['reliability'].update(ts=record['reliability']['raw'],
+                                         vs=record['reliability']['raw'])
+            record['fits'] = dict(ts=dict(kept=True), vs=dict(kept=False))
+            if name == 'ce' and seed == 1:  # CE's VS kept on one seed of two
+                record['fits']['vs']['kept'] = True
+            records[key] = record
+        rows.append(dict(kind='default', config='x/base_ce.py', method=method,
+                         options={}, seeds=[0, 1], keys=keys))
+    manifest = dict(title='t', command='c', posthoc=['ts', 'vs'],
+                    posthoc_on=['ce', 'cals'], rows=rows,
+                    settings=dict(posthoc=['ts', 'vs'], corruptions=[],
+                                  severities=[], domain_root=None))
+    text = report.build_report(manifest, records)[0]
+    assert '| CALS m 20 + VS (fit undone on 2 of 2 seeds) | 2 |' in text
+    # Every NLL is 1.0: the tie names every distinct row.
+    verdicts = [line for line in text.splitlines() if line.startswith('- NLL:')]
+    assert len(verdicts) == 1 and 'CALS m 20 (' in verdicts[0]
+    assert 'CALS m 20 + TS (' in verdicts[0]
+    assert 'CALS m 20 + VS' not in verdicts[0]
+    assert panels == ['CE', 'CALS m 20', 'CE + TS', 'CE + VS', 'CALS m 20 + TS']
+
+
 def test_multipliers_of_the_same_runs_are_shown_once():
     """A tuned row that chose the default is the default row's runs again."""
     from cals_seg.study.report import _multiplier_lines

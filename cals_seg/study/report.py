@@ -168,11 +168,14 @@ def _equals(row: Row, reference: Row) -> bool:
 
 
 def _distinct(rows: List[Row], ce: Optional[Row]) -> List[Row]:
-    """The rows that say something of their own: not equal to CE, and not a
-    tuned row that chose its method's default (the same runs again)."""
+    """The rows that say something of their own, each set of pixels once: not
+    equal to CE, not a tuned row that chose its method's default (the same
+    runs again), not a post-hoc fit undone on every seed (its method's row
+    again)."""
     seen, distinct = set(), []
     for row in rows:
-        if row.runs in seen or (ce is not None and _equals(row, ce)):
+        if (row.runs in seen or (ce is not None and _equals(row, ce)) or
+                (row.output != RAW and row.fits_undone == len(row.records))):
             continue
         seen.add(row.runs)
         distinct.append(row)
@@ -464,15 +467,9 @@ def _pooled_bins(records: List[dict], output: str):
 
 def _figures(rows: List[Row], stem: str, shift_columns: List[str]):
     figures = {}
-    # One panel per set of pixels: no tuned row that chose the default (its
-    # default row's runs), no fit undone on every seed (the raw row again).
-    shown, panels = set(), []
-    for row in rows:
-        if row.runs in shown or (row.output != RAW and
-                                 row.fits_undone == len(row.records)):
-            continue
-        shown.add(row.runs)
-        panels.append((row.label, *_pooled_bins(row.records, row.output)))
+    # One panel per set of pixels, CE's included.
+    panels = [(row.label, *_pooled_bins(row.records, row.output))
+              for row in _distinct(rows, ce=None)]
     figures[f'reliability_{stem}.png'] = bins_grid(
         panels, title='test split, pixels pooled over seeds')
     severities = [c for c in shift_columns if c not in ('clean', 'domain')]
