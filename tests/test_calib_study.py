@@ -6,6 +6,7 @@ CE) and the run keys on their own."""
 import importlib.util
 import json
 import os.path as osp
+import shlex
 
 import numpy as np
 import pytest
@@ -100,7 +101,7 @@ def test_study_runs_reuses_redoes_tunes_and_rebuilds_its_report(tmp_path,
     assert osp.isfile(tmp_path / 'calibrators' / 'calibrator_ts.pth')
 
     # Tuning: LS's grid on seed 0, its default value the run already made.
-    tuned = run_tool(base + ['--tune'])
+    tuned = run_tool(base + ['--tune', '--title', "LS's tuning: one seed"])
     assert tuned.returncode == 0, tuned.stderr[-3000:]
     lines = _progress(tuned)
     reused = [line for line in lines if ': reused ' in line]
@@ -110,6 +111,7 @@ def test_study_runs_reuses_redoes_tunes_and_rebuilds_its_report(tmp_path,
     assert len(reused) == 4 and len(trained) == 2
     assert all('smoothing' in line for line in trained)
     manifest = json.loads((work / 'results' / 'study.json').read_text())
+    assert shlex.split(manifest['command'])[-2:] == ['--title', "LS's tuning: one seed"]
     row = next(r for r in manifest['rows'] if r['kind'] == 'tuned')
     scores = {float(v): s for v, s in row['scores'].items()}
     assert set(scores) == set(tuning.KNOBS['ls'].grid)

@@ -40,6 +40,7 @@ import json
 import os
 import os.path as osp
 import re
+import shlex
 import shutil
 import socket
 import subprocess
@@ -459,7 +460,8 @@ def main(argv=None):
     for row in rows:
         row['keys'] = [records[RunSpec(row['config'], row['method'], row['options'],
                                        seed).id]['key'] for seed in row['seeds']]
-    command = 'python tools/calib_study.py ' + ' '.join(
+    # Quoted as a shell needs it, so that the report's first line runs as shown.
+    command = 'python tools/calib_study.py ' + shlex.join(
         sys.argv[1:] if argv is None else argv)
     manifest = dict(title=args.title, command=command.strip(), rows=rows,
                     posthoc=list(args.posthoc), posthoc_on=list(args.posthoc_on),
