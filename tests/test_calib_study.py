@@ -6,6 +6,7 @@ CE) and the run keys on their own."""
 import importlib.util
 import json
 import os.path as osp
+import re
 import shlex
 
 import numpy as np
@@ -421,3 +422,52 @@ def test_multiplier_trajectory_keeps_the_latest_attempt(tmp_path):
                         'cals/lambda/b': b}) + '\n' for it, (a, b) in lines))
     assert logged_trajectory(str(tmp_path)) == [[10, [1.0, 2.0]], [20, [5.0, 6.0]],
                                                  [30, [7.0, 8.0]]]
+
+
+
+def _markdown_tables(text):
+    """Each table of ``text`` as (its first header, {row label: {header: the
+    cell's number, its mean where it holds a spread}})."""
+    tables, headers = [], None
+    for line in text.splitlines():
+        if not line.startswith('|'):
+            headers = None
+            continue
+        cells = [c.strip().strip('*') for c in line.strip().strip('|').split('|')]
+        if headers is None:
+            headers = cells
+            tables.append((headers[0], {}))
+        elif not set(cells[0]) <= {'-', ' '}:
+            tables[-1][1][cells[0]] = {
+                h: float(c.split(' ±')[0]) for h, c in zip(headers, cells)
+                if re.fullmatch(r'-?[\d.]+( ± [\d.]+)?', c)}
+    return tables
+
+
+def test_readme_headline_numbers_are_the_report_s():
+    """The README copies its headline tables from docs/results.md: each of
+    their numbers is the report's mean for the same model, row and column."""
+    readme = open(osp.join(REPO, 'README.md')).read()
+    results = open(osp.join(REPO, 'docs', 'results.md')).read()
+    headline = readme[readme.index('## Headline results'):
+                      readme.index('## Documentation')]
+    columns = {'mIoU': 'mIoU', 'ECE clean': 'ECE', 'fg ECE': 'fg ECE',
+               'ECE, corruptions sev. 3': 'ECE severity 3',
+               'sev. 5': 'ECE severity 5',
+               'ECE, shifted domain': 'ECE shifted domain'}
+    report = {}  # model ('deeplabv3') -> row label -> header -> mean
+    for section in re.split(r'^## ', results, flags=re.M)[1:]:
+        rows = report.setdefault(section.split('_')[0], {})
+        for _, table in _markdown_tables(section):
+            for label, numbers in table.items():
+                rows.setdefault(label, {}).update(numbers)
+    checked = 0
+    for model, table in _markdown_tables(headline):
+        rows = report[model.lower()]
+        for label, numbers in table.items():
+            shown = re.sub(r" \((default|authors' default)[^)]*\)$", '', label)
+            assert shown in rows, (model, label)
+            for header, value in numbers.items():
+                assert rows[shown][columns[header]] == value, (model, label, header)
+                checked += 1
+    assert checked == 2 * 11 * len(columns)
