@@ -424,7 +424,6 @@ def test_multiplier_trajectory_keeps_the_latest_attempt(tmp_path):
                                                  [30, [7.0, 8.0]]]
 
 
-
 def _markdown_tables(text):
     """Each table of ``text`` as (its first header, {row label: {header: the
     cell's number, its mean where it holds a spread}})."""
