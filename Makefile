@@ -1,6 +1,18 @@
-# Set-up, tests and demo. `make test` and `make demo` set up .venv first when needed.
+# Set-up, tests and demo. `make test` and `make demo` set up the stack's venv first.
+#
+# Two supported stacks (README, "Stacks"): STACK=maintained (the default; the OneDL forks
+# of MMEngine and MMSegmentation with mmcv-lite, nothing compiled but cals-seg's own
+# kernels) and STACK=upstream (mmsegmentation 1.2.2, mmengine 0.10.7, mmcv 2.1.0 compiled
+# with its ops). Each has its own venv, so `make test STACK=upstream` leaves .venv alone.
 PYTHON ?= python3.11
-VENV := .venv
+STACK ?= maintained
+ifeq ($(STACK),maintained)
+VENV ?= .venv
+else ifeq ($(STACK),upstream)
+VENV ?= .venv-upstream
+else
+$(error STACK is 'maintained' (the default) or 'upstream', not '$(STACK)')
+endif
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
@@ -9,15 +21,24 @@ STAMP := $(VENV)/.installed
 
 setup: $(STAMP)
 
-# torch first (the CPU build), then mmcv compiled against it (its setup.py imports
-# torch and pkg_resources, hence --no-build-isolation and setuptools<81), then the rest;
-# last cals-seg itself, whose CPU kernels (cals_seg/ops/csrc) compile against torch too.
-$(STAMP): requirements.txt setup.py $(wildcard cals_seg/ops/csrc/*.cpp cals_seg/ops/csrc/*.h)
+# torch first and alone (the CPU build), then the stack, last cals-seg itself, whose CPU
+# kernels (cals_seg/ops/csrc) compile against the installed torch (hence
+# --no-build-isolation). Upstream: mmcv 2.1.0 is compiled against torch before the rest
+# (its setup.py imports torch and pkg_resources, hence --no-build-isolation and
+# setuptools<81). Maintained: mmcv-lite goes in with --no-deps (requirements/
+# maintained-no-deps.txt says why).
+$(STAMP): requirements/common.txt requirements/$(STACK).txt $(wildcard requirements/$(STACK)-no-deps.txt) \
+		setup.py $(wildcard cals_seg/ops/csrc/*.cpp cals_seg/ops/csrc/*.h)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade "pip>=24" wheel
 	$(PIP) install torch==2.13.0 "setuptools>=77.0.3,<81"
+ifeq ($(STACK),upstream)
 	MMCV_WITH_OPS=1 MAX_JOBS=2 $(PIP) install --no-build-isolation mmcv==2.1.0
-	$(PIP) install -r requirements.txt
+endif
+	$(PIP) install -r requirements/$(STACK).txt
+ifeq ($(STACK),maintained)
+	$(PIP) install --no-deps -r requirements/maintained-no-deps.txt
+endif
 	MAX_JOBS=2 $(PIP) install --no-build-isolation --no-deps -e .
 	touch $(STAMP)
 
@@ -49,4 +70,4 @@ bench: setup
 	cd bench && ../$(PY) run_all.py
 
 clean-venv:
-	rm -rf $(VENV) build cals_seg/ops/_kernels*.so
+	rm -rf .venv .venv-upstream build cals_seg/ops/_kernels*.so

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from cals_seg.datasets.demo_data import make_demo_dataset
+from cals_seg.utils.checkpoint import load_mmengine_checkpoint
 from helpers import REPO, deterministic_config, read_scalars, shipped_args
 
 KEYS = ('multipliers', 'rho', 'prev_constraint', 'num_rounds')
@@ -53,7 +54,8 @@ def _free_port():
 
 def _train(config, work_dir, ranks):
     """2 ranks through tools/dist_train.sh as the README shows; 1 without."""
-    env = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS='1',
+    # PYTHON: dist_train.sh would otherwise take .venv's, whatever stack runs the tests
+    env = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS='1', PYTHON=sys.executable,
                PORT=str(_free_port()),
                PATH=osp.dirname(sys.executable) + os.pathsep + os.environ['PATH'])
     if ranks > 1:
@@ -65,7 +67,7 @@ def _train(config, work_dir, ranks):
     result = subprocess.run(command, env=env, capture_output=True, text=True,
                             timeout=600)
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
-    state = torch.load(osp.join(work_dir, 'iter_6.pth'), weights_only=True)
+    state = load_mmengine_checkpoint(osp.join(work_dir, 'iter_6.pth'))
     prefix = 'decode_head.loss_decode.'
     loss_state = {k: state['state_dict'][prefix + k] for k in KEYS}
     val = [r for r in read_scalars(work_dir) if 'ECE' in r][-1]
@@ -140,19 +142,24 @@ def test_shipped_r50_config_runs_on_cpu_ranks_through_dist_train(tmp_path):
     work_dir = str(tmp_path / 'work')
     args = shipped_args('configs/deeplabv3_voc_cals.py', info['data_root'],
                         work_dir, iterations=2)
-    venv_python = osp.join(REPO, '.venv', 'bin', 'python')
-    # Without the project's venv on PATH, `python` there cannot import torch;
-    # where the suite runs from another environment, that one stays on PATH.
-    path = '/usr/bin:/bin' if osp.exists(venv_python) else (
+    # As a user runs it with the stack's venv activated (.venv, or .venv-upstream for
+    # `make test STACK=upstream`): the script takes VIRTUAL_ENV's python, and PATH's
+    # `python` could not import torch. Outside a venv, the running one stays on PATH.
+    in_venv = sys.prefix != sys.base_prefix
+    path = '/usr/bin:/bin' if in_venv else (
         osp.dirname(sys.executable) + os.pathsep + os.environ['PATH'])
     env = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS='1', PATH=path,
                PORT=str(_free_port()))
-    env.pop('VIRTUAL_ENV', None)
+    env.pop('PYTHON', None)
+    if in_venv:
+        env['VIRTUAL_ENV'] = sys.prefix
+    else:
+        env.pop('VIRTUAL_ENV', None)
     result = subprocess.run(
         ['bash', osp.join(REPO, 'tools', 'dist_train.sh'), args[1], '2'] + args[2:],
         env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
     assert 'SyncBN does not run on CPU ranks' in output
-    state = torch.load(osp.join(work_dir, 'iter_2.pth'), weights_only=True)
+    state = load_mmengine_checkpoint(osp.join(work_dir, 'iter_2.pth'))
     assert int(state['state_dict']['decode_head.loss_decode.num_rounds']) == 1

@@ -20,6 +20,7 @@ from mmseg.models.losses.utils import weight_reduce_loss
 from mmseg.registry import MODELS
 
 import cals_seg  # noqa: F401
+from cals_seg.utils.stack import installed_stack
 
 C = 4
 IGNORE = 255
@@ -193,15 +194,34 @@ def test_each_argument_reaches_the_whole_loss(name, case):
 def test_avg_non_ignore_class_weight_and_another_ignore_index(
         name, avg_non_ignore, with_class_weight):
     if with_class_weight and name in MMSEG_CROSS_ENTROPY_BASE:
-        # mmseg 1.2.2's cross_entropy forms the class-weighted mean's divisor as
-        # class_weight[label] over every pixel, the ignored ones included, and
-        # so fails on them; these losses use that cross-entropy as it is.
-        with pytest.raises(IndexError):
-            _check(name, dict(weight=True), avg_non_ignore, ignore_index=-100,
-                   class_weight=CLASS_WEIGHT)
+        # These losses use mmseg's cross_entropy as it is, whose class-weighted
+        # mean fails where pixels are ignored, on each stack in its own way
+        # (docs/architecture.md): mmseg 1.2.2 indexes class_weight with every label,
+        # the ignored ones included; onedl-mmsegmentation 1.4.2 leaves them out, but
+        # under avg_non_ignore masks that shorter tensor with the full-size mask.
+        if installed_stack() == 'upstream' or avg_non_ignore:
+            with pytest.raises(IndexError):
+                _check(name, dict(weight=True), avg_non_ignore, ignore_index=-100,
+                       class_weight=CLASS_WEIGHT)
+        else:
+            _check_fork_class_weighted_mean(name)
         return
     _check(name, dict(weight=True), avg_non_ignore, ignore_index=-100,
            class_weight=CLASS_WEIGHT if with_class_weight else None)
+
+
+def _check_fork_class_weighted_mean(name):
+    """onedl-mmsegmentation 1.4.2 without avg_non_ignore: the weighted sum over
+    the class weights of the non-ignored pixels, as torch's weighted mean."""
+    logits, label, weight = _inputs(ignore=-100)
+    loss = MODELS.build(dict(type=name, class_weight=CLASS_WEIGHT,
+                             **ZERO_STRENGTH[name]))
+    value = loss(logits.float(), label, weight.float(), ignore_index=-100)
+    class_weight = torch.tensor(CLASS_WEIGHT, dtype=torch.float64)
+    per_pixel = F.cross_entropy(logits, label, weight=class_weight, reduction='none',
+                                ignore_index=-100)
+    expected = (per_pixel * weight).sum() / class_weight[label[label != -100]].sum()
+    torch.testing.assert_close(value.double(), expected, rtol=1e-5, atol=1e-6)
 
 
 def _check(name, case, avg_non_ignore, ignore_index=IGNORE, class_weight=None):

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from cals_seg.datasets.demo_data import make_demo_dataset
+from cals_seg.utils.checkpoint import load_mmengine_checkpoint
 from helpers import deterministic_config, run_tool
 
 PREFIX = 'decode_head.loss_decode.'
@@ -26,8 +27,7 @@ def _run(data_root, work_dir, iterations, resume=False, loss='cals'):
     args = ['tools/train.py', path, '--work-dir', work_dir]
     result = run_tool(args + (['--resume'] if resume else []))
     assert result.returncode == 0, result.stderr[-3000:]
-    return torch.load(osp.join(work_dir, f'iter_{iterations}.pth'),
-                      weights_only=True)
+    return load_mmengine_checkpoint(osp.join(work_dir, f'iter_{iterations}.pth'))
 
 
 @pytest.mark.parametrize('loss', ['cals', 'cals-label'])
@@ -36,8 +36,7 @@ def test_resume_continues_exactly(tmp_path, loss):
                                   num_val=2, size=48, seed=5)['data_root']
     straight = _run(data_root, str(tmp_path / 'straight'), 8, loss=loss)
     _run(data_root, str(tmp_path / 'resumed'), 4, loss=loss)
-    halfway = torch.load(str(tmp_path / 'resumed' / 'iter_4.pth'),
-                         weights_only=True)
+    halfway = load_mmengine_checkpoint(str(tmp_path / 'resumed' / 'iter_4.pth'))
     assert halfway['cals_multiplier_hook'], 'the open round was not saved'
     resumed = _run(data_root, str(tmp_path / 'resumed'), 8, resume=True, loss=loss)
 

@@ -28,7 +28,7 @@ from helpers import (blocky_batch, group_index, grouped_penalty_inputs,  # noqa:
 
 requires_triton = pytest.mark.skipif(
     not triton_kernels.available(),
-    reason='triton is not installed (requirements.txt pins it; the CPU build of '
+    reason='triton is not installed (requirements/common.txt pins it; the CPU build of '
     'torch does not bring it)')
 
 

@@ -15,11 +15,7 @@ reliability diagrams with the share of pixels per bin, before/after each
 calibrator side by side, the risk-coverage curves and the worst-calibrated
 images. Nothing is written unless every input is valid.
 """
-import warnings
-
-# mmengine 0.10.7 imports pkg_resources, which the pinned setuptools deprecates
-# on every start: noise in a tool's one-line errors.
-warnings.filterwarnings('ignore', 'pkg_resources is deprecated', UserWarning)
+import stack_warnings  # noqa: F401  (first: tools/stack_warnings.py)
 
 import argparse
 import json

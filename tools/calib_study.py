@@ -28,11 +28,7 @@ run is finished. ``RESULTS_DIR/study.json``
 lists the rows of the study, so ``--report`` rebuilds the same markdown from
 the records alone.
 """
-import warnings
-
-# mmengine 0.10.7 imports pkg_resources, which the pinned setuptools deprecates
-# on every start: noise in a tool's one-line errors.
-warnings.filterwarnings('ignore', 'pkg_resources is deprecated', UserWarning)
+import stack_warnings  # noqa: F401  (first: tools/stack_warnings.py)
 
 import argparse
 import ast

@@ -11,11 +11,7 @@ scaling fitted on the held-out part. It prints a line per run and the table;
 the training logs, the records and the report with its reliability diagrams
 are under --work-dir. A second call reuses the finished runs.
 """
-import warnings
-
-# mmengine 0.10.7 imports pkg_resources, which the pinned setuptools deprecates
-# on every start: noise in a tool's one-line errors.
-warnings.filterwarnings('ignore', 'pkg_resources is deprecated', UserWarning)
+import stack_warnings  # noqa: F401  (first: tools/stack_warnings.py)
 
 import argparse
 import os

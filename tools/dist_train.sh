@@ -8,11 +8,14 @@ NODE_RANK=${NODE_RANK:-0}
 PORT=${PORT:-29500}
 MASTER_ADDR=${MASTER_ADDR:-"127.0.0.1"}
 
-# The project's environment (.venv, made by `make`) when it exists, else `python`
-# from PATH; set PYTHON to choose another interpreter.
+# The interpreter: $PYTHON when set (e.g. PYTHON=.venv-upstream/bin/python for the
+# upstream stack), else the activated virtual environment's, else the project's .venv
+# (made by `make`) when it exists, else `python` from PATH.
 VENV_PYTHON="$(dirname "$0")/../.venv/bin/python"
 if [ -z "${PYTHON:-}" ]; then
-    if [ -x "$VENV_PYTHON" ]; then PYTHON=$VENV_PYTHON; else PYTHON=python; fi
+    if [ -n "${VIRTUAL_ENV:-}" ]; then PYTHON=$VIRTUAL_ENV/bin/python
+    elif [ -x "$VENV_PYTHON" ]; then PYTHON=$VENV_PYTHON
+    else PYTHON=python; fi
 fi
 PYTHONPATH="$(dirname "$0")/..":$PYTHONPATH \
 "$PYTHON" -m torch.distributed.run \

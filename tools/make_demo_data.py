@@ -5,11 +5,7 @@
     python tools/make_demo_data.py --domain shifted     # data/cals_demo/voc_shifted:
         # the test split's scenes under other conditions, for tools/shift_eval.py
 """
-import warnings
-
-# mmengine 0.10.7 imports pkg_resources, which the pinned setuptools deprecates
-# on every start: noise in a tool's one-line errors.
-warnings.filterwarnings('ignore', 'pkg_resources is deprecated', UserWarning)
+import stack_warnings  # noqa: F401  (first: tools/stack_warnings.py)
 
 import argparse
 import os.path as osp

@@ -1,11 +1,7 @@
 """Print the whole config that tools/train.py would train: mmseg's
 tools/misc/print_config.py, with --method and --method-options, and --dump FILE
 in place of its fixed example.py."""
-import warnings
-
-# mmengine 0.10.7 imports pkg_resources, which the pinned setuptools deprecates
-# on every start: noise in a tool's one-line errors.
-warnings.filterwarnings('ignore', 'pkg_resources is deprecated', UserWarning)
+import stack_warnings  # noqa: F401  (first: tools/stack_warnings.py)
 
 import argparse
 

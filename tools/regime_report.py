@@ -17,11 +17,7 @@ all of raw logits:
 4. training-part pixel accuracy and test mIoU (the generalisation gap);
 5. the share of (valid pixel, non-winning class) logit distances above 10.
 """
-import warnings
-
-# mmengine 0.10.7 imports pkg_resources, which the pinned setuptools deprecates
-# on every start: noise in a tool's one-line errors.
-warnings.filterwarnings('ignore', 'pkg_resources is deprecated', UserWarning)
+import stack_warnings  # noqa: F401  (first: tools/stack_warnings.py)
 
 import argparse
 import json

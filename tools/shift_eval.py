@@ -19,11 +19,7 @@ per cell and the mean over corruptions per severity), OUT/metrics.json and
 OUT/shift.png (ECE and mIoU against severity, one line per calibrator and per
 --compare run). Runs on the GPU when there is one.
 """
-import warnings
-
-# mmengine 0.10.7 imports pkg_resources, which the pinned setuptools deprecates
-# on every start: noise in a tool's one-line errors.
-warnings.filterwarnings('ignore', 'pkg_resources is deprecated', UserWarning)
+import stack_warnings  # noqa: F401  (first: tools/stack_warnings.py)
 
 import argparse
 import json

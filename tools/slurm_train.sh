@@ -9,11 +9,14 @@ GPUS_PER_NODE=${GPUS_PER_NODE:-4}
 CPUS_PER_TASK=${CPUS_PER_TASK:-5}
 SRUN_ARGS=${SRUN_ARGS:-""}
 
-# The project's environment (.venv, made by `make`) when it exists, else `python`
-# from PATH; set PYTHON to choose another interpreter.
+# The interpreter: $PYTHON when set (e.g. PYTHON=.venv-upstream/bin/python for the
+# upstream stack), else the activated virtual environment's, else the project's .venv
+# (made by `make`) when it exists, else `python` from PATH.
 VENV_PYTHON="$(dirname "$0")/../.venv/bin/python"
 if [ -z "${PYTHON:-}" ]; then
-    if [ -x "$VENV_PYTHON" ]; then PYTHON=$VENV_PYTHON; else PYTHON=python; fi
+    if [ -n "${VIRTUAL_ENV:-}" ]; then PYTHON=$VIRTUAL_ENV/bin/python
+    elif [ -x "$VENV_PYTHON" ]; then PYTHON=$VENV_PYTHON
+    else PYTHON=python; fi
 fi
 PYTHONPATH="$(dirname "$0")/..":$PYTHONPATH \
 srun -p "${PARTITION}" \

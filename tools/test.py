@@ -5,11 +5,7 @@ The device is MMEngine's choice, as in mmseg's tool: the Runner puts the model
 on the GPU when there is one (``CUDA_VISIBLE_DEVICES=`` keeps it on the CPU),
 and a calibrator follows the logits' device.
 """
-import warnings
-
-# mmengine 0.10.7 imports pkg_resources, which the pinned setuptools deprecates
-# on every start: noise in a tool's one-line errors.
-warnings.filterwarnings('ignore', 'pkg_resources is deprecated', UserWarning)
+import stack_warnings  # noqa: F401  (first: tools/stack_warnings.py)
 
 import argparse
 import os.path as osp

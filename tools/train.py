@@ -1,11 +1,7 @@
 """Train a segmentor: mmseg's tools/train.py, with cals-seg loaded, a clear
 error for a missing dataset, and --method NAME [--method-options k=v ...] to
 train any config by a method recipe (cals_seg.methods)."""
-import warnings
-
-# mmengine 0.10.7 imports pkg_resources, which the pinned setuptools deprecates
-# on every start: noise in a tool's one-line errors.
-warnings.filterwarnings('ignore', 'pkg_resources is deprecated', UserWarning)
+import stack_warnings  # noqa: F401  (first: tools/stack_warnings.py)
 
 import argparse
 import logging

@@ -4,7 +4,7 @@ import json
 import os
 import os.path as osp
 
-import torch
+from ..utils.checkpoint import load_mmengine_checkpoint
 
 LOGGED_PREFIX = 'cals/lambda/'  # CALSMultiplierHook's per-class scalars
 
@@ -16,7 +16,7 @@ def final_multipliers(checkpoint: str) -> list:
     Raises:
         KeyError: the checkpoint holds no decode-head multipliers.
     """
-    state = torch.load(checkpoint, map_location='cpu', weights_only=True)
+    state = load_mmengine_checkpoint(checkpoint)
     found = [v for k, v in state['state_dict'].items()
              if k.startswith('decode_head.') and k.endswith('.multipliers')]
     if not found:

@@ -9,6 +9,10 @@ every file, :func:`allow_mmengine_checkpoints` allows exactly those: the
 ``HistoryBuffer`` class, numpy's array reconstruction, and in place of
 ``getattr`` a function that only returns ``HistoryBuffer``'s registered
 statistics methods. Anything else in a pickle is still refused.
+
+:func:`load_mmengine_checkpoint` is the load itself, with that list in force whatever
+ran before it in the process (torch's ``safe_globals`` blocks, which onedl-mmengine
+0.10.12 wraps around every load, take entries off the list on exit).
 """
 import pickle
 
@@ -51,3 +55,24 @@ def allow_mmengine_checkpoints() -> None:
     torch.serialization.add_safe_globals(
         [HistoryBuffer, (history_buffer_method, 'builtins.getattr')] +
         _numpy_globals())
+
+
+def load_mmengine_checkpoint(path, map_location='cpu') -> dict:
+    """``torch.load(path, weights_only=True)`` of a checkpoint MMEngine's Runner wrote.
+
+    The allow-list is applied again on every call (adding is idempotent): a
+    ``torch.serialization.safe_globals`` block removes on exit every global it was
+    given, also those allowed before it (torch 2.13), and onedl-mmengine 0.10.12 loads
+    each checkpoint inside one naming ``HistoryBuffer`` and numpy's reconstruction.
+    After MMEngine has loaded a checkpoint in a process, a plain
+    ``torch.load(weights_only=True)`` of the next one is refused.
+
+    Args:
+        path (str | file-like): the checkpoint.
+        map_location: as for ``torch.load``; the CPU by default.
+
+    Returns:
+        dict: the checkpoint (``state_dict``, ``message_hub``, ``meta``, ...).
+    """
+    allow_mmengine_checkpoints()
+    return torch.load(path, map_location=map_location, weights_only=True)

@@ -57,7 +57,7 @@ def _library():
     except ImportError as error:
         raise ImportError(
             'ImageCorruption needs the imagecorruptions-imaug package: pip '
-            'install imagecorruptions-imaug==1.1.5 (requirements.txt)') from error
+            'install imagecorruptions-imaug==1.1.5 (requirements/common.txt)') from error
     if 'seed' not in inspect.signature(corruptions.glass_blur).parameters:
         raise ImportError(
             'the installed imagecorruptions package is bethgelab\'s original, '
