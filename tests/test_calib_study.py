@@ -242,15 +242,36 @@ def _row(label, eces, seeds=None):
     return Row(label, label.lower(), 'raw', records)
 
 
-def test_best_is_claimed_only_beyond_the_seed_spread():
+def test_verdicts_are_paired_by_seed_and_name_every_tied_row():
+    seeds = (0, 1, 2)
     a, b = np.array([1.0, 1.2, 1.1]), np.array([2.0, 2.3, 2.1])
-    assert verdict([('A', a), ('B', b)], higher=False).startswith('best A')
-    close = np.array([1.05, 1.25, 1.15])  # 0.05 apart, std 0.1 each
-    text = verdict([('A', a), ('C', close), ('B', b)], higher=False)
-    assert text.startswith('tie within the seed spread: A') and 'C (' in text
+    # b - a = 1.0, 1.1, 1.0: t = 31 on 2 dof, p = 0.0005 <= 0.05 / 2
+    assert verdict([('A', seeds, a), ('B', seeds, b)], higher=False).startswith(
+        'best A (1.10 ± 0.10), ahead of every other row; the closest, B (2.13 ± 0.15)')
+    close = a + 0.05  # the same 0.05 on every seed: no spread to test against
+    text = verdict([('A', seeds, a), ('C', seeds, close), ('B', seeds, b)],
+                   higher=False)
+    assert text.startswith('tie, not told apart from the best mean: A (1.10 ± 0.10), '
+                           'C (1.15 ± 0.10); C differ from A by the same amount')
     assert 'B (' not in text
-    assert verdict([('A', a), ('B', b)], higher=True).startswith('best B')
-    assert 'no claim' in verdict([('A', a[:1]), ('B', b[:1])], higher=False)
+    assert verdict([('A', seeds, a), ('B', seeds, b)], higher=True).startswith('best B')
+    assert 'no claim' in verdict([('A', (0, ), a[:1]), ('B', (0, ), b[:1])],
+                                 higher=False)
+    # Pairing: seed 2 of B is missing, so both are compared on seeds 0 and 1.
+    text = verdict([('A', seeds, a), ('B', (0, 1), b[:2])], higher=False)
+    assert text.endswith('(paired on the seeds all rows have: 0, 1)')
+
+
+def test_an_advantage_under_shift_counts_when_the_paired_test_finds_it():
+    from cals_seg.study.report import _survival
+    clean = np.array([1.0, 1.1, 1.2])
+    assert _survival(clean, clean + np.array([1.0, 1.1, 1.1]), 0.05) == 'grows'
+    assert _survival(clean, clean - np.array([0.5, 0.6, 0.55]), 0.05) == 'shrinks'
+    assert _survival(clean, clean + np.array([0.1, -0.1, 0.05]), 0.05) == 'holds'
+    assert _survival(clean, np.array([0.5, -0.5, 0.1]), 0.05) == 'not found under shift'
+    assert _survival(np.array([1.0, -1.0, 0.2]), clean, 0.05) == 'found only under shift'
+    assert _survival(clean, clean, 1e-9) == 'found in neither'
+
 
 
 def test_rows_equal_to_ce_are_found_seed_by_seed():
@@ -316,7 +337,8 @@ def test_report_columns_are_the_study_s_even_where_a_record_holds_more():
     assert '| CE | 5.50 ± 0.71 | 21.00 ± 1.41 |' in text  # fog alone, not snow
     assert 'shifted domain' not in text
     # Gains over CE paired by seed: 5 - 4, 6 - 4.5 clean; 20 - 18, 22 - 19 at 3.
-    assert '| LS ε 0.05 | 1.25 ± 0.35 | 2.50 ± 0.71 | grows |' in text
+    # Two seeds, gains 1.25 ± 0.35 and 2.50 ± 0.71: t = 5 on 1 dof, p = 0.063 > 0.05
+    assert '| LS ε 0.05 | 1.25 ± 0.35 | 2.50 ± 0.71 | found in neither |' in text
     assert text == build_report(manifest, records)[0]  # deterministic
     assert set(figures) == {'reliability_base_ce.png', 'shift_base_ce.png'}
 
@@ -326,18 +348,18 @@ def test_fair_setting_reading_names_what_tuned_cals_wins():
     tuned, at its default) and the CALS line built from the same verdicts."""
     from cals_seg.study.report import build_report
     runs = dict(  # method, options, ECE per seed, fog ECE at severity 3 per seed
-        ce=('ce', {}, (5.0, 6.0), (20.0, 22.0)),
-        cals=('cals', dict(margin=20.0), (5.0, 6.0), (20.0, 22.0)),
-        cals_tuned=('cals', dict(margin=10.0), (2.0, 2.2), (21.0, 23.0)),
-        ls=('ls', dict(smoothing=0.05), (4.0, 4.5), (10.0, 11.0)))
+        ce=('ce', {}, (5.0, 6.0, 5.5), (20.0, 22.0, 21.0)),
+        cals=('cals', dict(margin=20.0), (5.0, 6.0, 5.5), (20.0, 22.0, 21.0)),
+        cals_tuned=('cals', dict(margin=10.0), (2.0, 2.2, 2.1), (21.0, 23.0, 22.0)),
+        ls=('ls', dict(smoothing=0.05), (4.0, 4.5, 4.2), (10.0, 11.0, 10.4)))
     records, rows = {}, []
     for name, (method, options, eces, fogs) in runs.items():
-        keys = [f'{name}{seed}' for seed in (0, 1)]
+        keys = [f'{name}{seed}' for seed in (0, 1, 2)]
         for seed, key in enumerate(keys):
             records[key] = _record(key, method, seed, eces[seed],
                                    dict(fog=fogs[seed]), options=options)
         row = dict(kind='default', config='x/base_ce.py', method=method,
-                   options={}, seeds=[0, 1], keys=keys)
+                   options={}, seeds=[0, 1, 2], keys=keys)
         if name == 'cals_tuned':
             row.update(kind='tuned', options=dict(margin=10.0), knob='margin',
                        scores={'10.0': 0.5, '20.0': 0.6}, tuning_seed=0)
@@ -348,12 +370,16 @@ def test_fair_setting_reading_names_what_tuned_cals_wins():
     text = build_report(manifest, records)[0]
     fair = text[text.index('### Which method wins'):]
     assert 'CALS m 20 (' not in fair  # its default row gives way to the tuned one
-    assert '- ECE: best CALS m 10, tuned (2.10 ± 0.14), ahead of LS' in fair
-    assert '- ECE at severity 3: best LS ε 0.05 (10.50 ± 0.71)' in fair
+    # LS - CALS: 2.0, 2.3, 2.1: t = 24 on 2 dof, p = 0.0009 <= 0.05 / 3 (CE, LS, CALS)
+    assert ('- ECE: best CALS m 10, tuned (2.10 ± 0.10), ahead of every other row; '
+            'the closest, LS ε 0.05 (4.23 ± 0.25), by 2.13 (paired p = 0.00085 <= '
+            '0.017).') in fair
+    assert '- ECE at severity 3: best LS ε 0.05 (10.47 ± 0.50)' in fair
     # mIoU and NLL are equal everywhere: a tie of every row.
+    assert '- NLL: every row has the same value on every seed: CE, LS ε 0.05, CALS' in fair
     assert ('- CALS m 10, tuned: best on ECE, fg ECE; tied for best on mIoU, NLL; '
             'behind on ECE at severity 3. ECE gained over CE, paired by seed: clean '
-            '3.40 ± 0.57, severity 3 -1.00 ± 0.00.') in fair
+            '3.40 ± 0.40, severity 3 -1.00 ± 0.00.') in fair
 
 
 def test_fits_undone_on_every_seed_are_named_once(monkeypatch):
@@ -387,11 +413,13 @@ def test_fits_undone_on_every_seed_are_named_once(monkeypatch):
                                   severities=[], domain_root=None))
     text = report.build_report(manifest, records)[0]
     assert '| CALS m 20 + VS (fit undone on 2 of 2 seeds) | 2 |' in text
-    # Every NLL is 1.0: the tie names every distinct row.
+    # Every NLL is 1.0: the verdict names every distinct row.
     verdicts = [line for line in text.splitlines() if line.startswith('- NLL:')]
-    assert len(verdicts) == 1 and 'CALS m 20 (' in verdicts[0]
-    assert 'CALS m 20 + TS (' in verdicts[0]
-    assert 'CALS m 20 + VS' not in verdicts[0]
+    assert len(verdicts) == 1
+    named = verdicts[0].split(': ')[-1].rstrip('.').split(', ')
+    # CE + VS equals CE on every number (its fit kept on one seed changed nothing
+    # here), so it is left out as CE again.
+    assert named == ['CE', 'CALS m 20', 'CE + TS', 'CALS m 20 + TS']
     assert panels == ['CE', 'CALS m 20', 'CE + TS', 'CE + VS', 'CALS m 20 + TS']
 
 

@@ -2,11 +2,11 @@
 
 Deterministic: the same records give the same bytes of markdown. Every number
 in it, the prose included, is computed here from the records; nothing is typed
-in by hand. A "best" is claimed only when the best mean beats the next one by
-more than the larger of their two seed standard deviations; otherwise the
-report names the tie. Rows whose every number equals cross-entropy's on every
-seed are flagged (SVLS on data with an ignore ring; a post-hoc fit undone on
-every seed).
+in by hand. Every verdict is :func:`cals_seg.study.statistics.compare_with_best`
+over the rows compared, paired by seed: a "best" beats every other row at
+``ALPHA / k``; otherwise the report names the rows that tie. Rows whose every
+number equals cross-entropy's on every seed are flagged (SVLS on data with an
+ignore ring; a post-hoc fit undone on every seed).
 """
 import os.path as osp
 from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
@@ -16,6 +16,7 @@ import numpy as np
 from ..functional.groups import group_names
 from ..visualization.reliability import bins_grid
 from ..visualization.shift import severity_figure
+from .statistics import ALPHA, compare_with_best, describe_test, gain_p_value
 from .tuning import KNOBS, SCORE, default_value
 
 RAW = 'raw'
@@ -33,8 +34,6 @@ SHIFT_METRICS = (('ECE', 'ECE', False), ('mIoU', 'mIoU', True))
 # Relative: an undone Dirichlet fit (the identity on log-probabilities) gives
 # CE's numbers to float rounding, not bit for bit.
 EQUAL_TOLERANCE = 1e-6
-# A gain below the tables' precision is no gain, whatever its spread.
-PRECISION = 0.005
 ONE_SEED = ('One seed per row: no "best" is claimed, since a claim needs the '
             'spread over seeds.')
 
@@ -56,6 +55,10 @@ class Row(NamedTuple):
 
     def test(self) -> List[dict]:
         return [r['test'][self.output] for r in self.records]
+
+    @property
+    def seeds(self) -> Tuple[int, ...]:
+        return tuple(r['seed'] for r in self.records)
 
     def values(self, metric: str) -> np.ndarray:
         return np.array([t[metric] for t in self.test()], dtype=float)
@@ -182,34 +185,47 @@ def _distinct(rows: List[Row], ce: Optional[Row]) -> List[Row]:
     return distinct
 
 
-def _leaders(candidates: Sequence[Tuple[str, np.ndarray]],
-             higher: bool) -> Tuple[List[str], str]:
-    """The labels in front and the sentence saying so: one label when the best
-    mean beats the next by more than the larger of their seed standard
-    deviations; otherwise the tie, every row within the larger of its own and
-    the best's spread. Needs two rows with two seeds or more (else no label)."""
-    usable = [(label, values) for label, values in candidates if values.size > 1]
-    if len(usable) < 2:
-        return [], 'fewer than two rows with two seeds or more: no claim'
-    order = sorted(usable, key=lambda c: -c[1].mean() if higher else c[1].mean())
-    (best, best_values), (second, second_values) = order[0], order[1]
-    spread = max(_spread(best_values), _spread(second_values))
-    gap = abs(best_values.mean() - second_values.mean())
-    if gap > spread:
-        return [best], (f'best {best} ({_cell(best_values)}), ahead of {second} '
-                        f'({_cell(second_values)}) by {gap:.2f}, more than the '
-                        f'seed spread {spread:.2f}')
-    tied = [(label, values) for label, values in order
-            if abs(values.mean() - best_values.mean()) <=
-            max(_spread(values), _spread(best_values))]
-    return [label for label, _ in tied], (
-        'tie within the seed spread: ' +
-        ', '.join(f'{label} ({_cell(values)})' for label, values in tied))
+# A candidate of a verdict: (label, seeds, the row's value on each seed).
+Candidate = Tuple[str, Tuple[int, ...], np.ndarray]
 
 
-def verdict(candidates: Sequence[Tuple[str, np.ndarray]], higher: bool) -> str:
-    """The sentence of :func:`_leaders`: 'best ...' or 'tie ...'."""
+def _leaders(candidates: Sequence[Candidate], higher: bool) -> Tuple[List[str], str]:
+    """The labels in front and the sentence saying so, from
+    :func:`compare_with_best` over the candidates, paired on the seeds they all
+    have: one label when the best mean beats every other row, else the rows
+    that tie with it (none when nothing can be tested)."""
+    if not candidates:
+        return [], 'no rows to compare: no claim'
+    seeds = sorted(set.intersection(*(set(c[1]) for c in candidates)))
+    cells = {label: _cell(values) for label, _, values in candidates}
+    table = np.array([[dict(zip(row_seeds, values))[seed] for seed in seeds]
+                      for _, row_seeds, values in candidates]).reshape(
+                          len(candidates), len(seeds))
+    found = compare_with_best([c[0] for c in candidates], table, higher)
+    paired_on = ('' if all(len(c[1]) == len(seeds) for c in candidates) else
+                 f' (paired on the seeds all rows have: {", ".join(map(str, seeds))})')
+    if found.kind == 'best':
+        closest = found.comparisons[0]
+        return found.leaders, (
+            f'best {found.best} ({cells[found.best]}), ahead of every other row; the '
+            f'closest, {closest.label} ({cells[closest.label]}), by '
+            f'{closest.difference:.2f} (paired p = {closest.p_value:.2g} <= '
+            f'{found.level:.2g}){paired_on}')
+    if found.kind == 'tie':
+        named = ', '.join(f'{label} ({cells[label]})' for label in found.leaders)
+        return found.leaders, '; '.join(
+            [f'tie, not told apart from the best mean: {named}'] + found.notes) + paired_on
+    return found.leaders, found.sentence + paired_on
+
+
+def verdict(candidates: Sequence[Candidate], higher: bool) -> str:
+    """The sentence of :func:`_leaders`: 'best ...', 'tie ...' or why no claim."""
     return _leaders(candidates, higher)[1]
+
+
+def _candidates(rows: Sequence['Row'], values: Callable) -> List[Candidate]:
+    """``(label, seeds, values(row))`` of the rows where ``values`` is not None."""
+    return [(row.label, row.seeds, v) for row in rows if (v := values(row)) is not None]
 
 
 def _domain_table(rows: List[Row], ce: Optional[Row], lines: List[str]) -> List[str]:
@@ -261,8 +277,7 @@ def _shift_reading(rows: List[Row], columns: List[str]) -> List[str]:
     for column in columns:
         name = {'clean': 'clean test split', 'domain': 'shifted domain'}.get(
             column, f'corruptions at severity {column} (mean over corruptions)')
-        candidates = [(r.label, r.shift(column, 'ECE')) for r in rows
-                      if r.shift(column, 'ECE') is not None]
+        candidates = _candidates(rows, lambda r: r.shift(column, 'ECE'))
         lines.append(f'- ECE, {name}: {verdict(candidates, higher=False)}.')
     ts = next((r for r in rows if r.method == 'ce' and r.output == 'ts'), None)
     for column in columns:
@@ -271,26 +286,24 @@ def _shift_reading(rows: List[Row], columns: List[str]) -> List[str]:
         if (column == 'clean' or ts is None or not trained
                 or ts.shift(column, 'ECE') is None):
             continue
-        ts_values = ts.shift(column, 'ECE')
-        best = min(trained, key=lambda r: r.shift(column, 'ECE').mean())
-        values = best.shift(column, 'ECE')
-        spread = max(_spread(values), _spread(ts_values))
-        gap = ts_values.mean() - values.mean()
+        leaders, text = _leaders(_candidates(trained + [ts],
+                                             lambda r: r.shift(column, 'ECE')),
+                                 higher=False)
+        if not leaders:
+            outcome = text
+        elif leaders == [ts.label]:
+            outcome = 'CE + TS is best, ahead of every train-time method'
+        elif ts.label in leaders:
+            outcome = ('CE + TS cannot be told apart from the best train-time '
+                       'methods: ' + ', '.join(l for l in leaders if l != ts.label))
+        else:
+            outcome = ('CE + TS is behind; not told apart from the best: ' +
+                       ', '.join(leaders))
         where = ('In the shifted domain' if column == 'domain' else
                  f'At severity {column}')
-        if values.size < 2 or ts_values.size < 2:
-            outcome = 'one seed: no claim'
-        elif abs(gap) <= spread:
-            outcome = f'a tie (gap {abs(gap):.2f}, seed spread {spread:.2f})'
-        elif gap > 0:
-            outcome = (f'the train-time method is better by {gap:.2f}, beyond the '
-                       f'seed spread {spread:.2f}')
-        else:
-            outcome = (f'CE + TS is better by {-gap:.2f}, beyond the seed spread '
-                       f'{spread:.2f}')
-        lines.append(f'- {where}, the best train-time method by mean ECE, '
-                     f'{best.label} ({_cell(values)}), against CE + TS fitted '
-                     f'in-domain ({_cell(ts_values)}): {outcome}.')
+        lines.append(f'- {where}, the train-time methods against CE + TS fitted '
+                     f'in-domain ({_cell(ts.shift(column, "ECE"))}), compared as '
+                     f'above: {outcome}.')
     return lines
 
 
@@ -304,20 +317,22 @@ def _paired_gain(row: Row, ce: Row, column: str) -> Optional[np.ndarray]:
     return theirs - mine
 
 
-def _survival(gain_clean: np.ndarray, gain_shifted: np.ndarray) -> str:
-    """What becomes of a row's ECE advantage over CE under shift: an advantage
-    counts when the mean paired gain exceeds its seed standard deviation."""
+def _survival(gain_clean: np.ndarray, gain_shifted: np.ndarray, level: float) -> str:
+    """What becomes of a row's ECE advantage over CE under shift: an advantage,
+    and a change of it, counts when a one-sided t-test paired by seed finds it
+    at ``level``. With few seeds an advantage can be real and still not be
+    found, so the words say what the test found, not what is absent."""
     def real(gain):
-        return gain.size > 1 and gain.mean() > max(_spread(gain), PRECISION)
+        return gain_p_value(gain) <= level  # NaN (one seed, no spread): False
 
     if not real(gain_clean):
-        return 'appears' if real(gain_shifted) else 'none in either'
+        return 'found only under shift' if real(gain_shifted) else 'found in neither'
     if not real(gain_shifted):
-        return 'vanishes'
+        return 'not found under shift'
     change = gain_shifted - gain_clean
-    if change.mean() > _spread(change):
+    if real(change):
         return 'grows'
-    if -change.mean() > _spread(change):
+    if real(-change):
         return 'shrinks'
     return 'holds'
 
@@ -326,21 +341,21 @@ def _gain_table(rows: List[Row], ce: Row, columns: List[str]) -> List[str]:
     """ECE gained over CE per column, paired by seed, and what becomes of it."""
     shifted = [c for c in columns if c != 'clean']
     headers = [_column_name(c) for c in columns]
+    compared = [row for row in rows
+                if row is not ce and _paired_gain(row, ce, 'clean') is not None]
+    level = ALPHA / max(len(compared), 1)
     lines = ['', 'ECE gained over CE (points, CE minus the row, paired by seed: > 0 '
              'is better calibrated than CE), and what becomes of an in-domain '
-             'advantage under each shift (an advantage counts when the mean gain '
-             'exceeds its seed standard deviation):', '',
+             'advantage under each shift (an advantage, or a change of it, counts '
+             f'when a one-sided t-test paired by seed finds it at {ALPHA:g}/'
+             f'{len(compared)}, one test per row of the table):', '',
              '| method | ' + ' | '.join(headers) + ' | ' +
              ' | '.join(f'advantage, {_column_name(c)}'
                         for c in shifted) + ' |',
              '| --- ' * (1 + len(columns) + len(shifted)) + '|']
-    for row in rows:
-        if row is ce:
-            continue
+    for row in compared:
         gains = {c: _paired_gain(row, ce, c) for c in columns}
-        if gains['clean'] is None:
-            continue
-        fates = [_survival(gains['clean'], gains[c]) if gains[c] is not None
+        fates = [_survival(gains['clean'], gains[c], level) if gains[c] is not None
                  else '–' for c in shifted]
         lines.append(f'| {row.label} | ' +
                      ' | '.join(_cell(gains[c]) for c in columns) + ' | ' +
@@ -383,8 +398,7 @@ def _fair_reading(rows: List[Row], ce: Optional[Row],
              'are left out.', '']
     standing = {}
     for name, higher, values in _criteria(columns):
-        candidates = [(r.label, v) for r in fair if (v := values(r)) is not None]
-        leaders, text = _leaders(candidates, higher)
+        leaders, text = _leaders(_candidates(fair, values), higher)
         standing[name] = leaders
         lines.append(f'- {name}: {text}.')
     cals = next((r for r in fair if r.method == 'cals' and r.output == RAW), None)
@@ -527,9 +541,8 @@ def build_report(manifest: dict, records: Dict[str, dict],
         'training split; the held-out part updates CALS\'s and CRaC\'s '
         f'multipliers and is what the post-hoc calibrators ({posthoc}) are fitted '
         'on, checked out of fold: a fit that raises the out-of-fold NLL is '
-        'undone (the row then equals its method\'s). A "best" is claimed only '
-        'when the best mean leads the next by more than the larger of their seed '
-        'standard deviations.', '']
+        'undone (the row then equals its method\'s). ' +
+        describe_test(with_images=False), '']
     figures: Dict[str, bytes] = {}
     for config in dict.fromkeys(row['config'] for row in manifest['rows']):
         stem = osp.splitext(osp.basename(config))[0]
@@ -544,7 +557,7 @@ def build_report(manifest: dict, records: Dict[str, dict],
         lines += ['']
         for key, header, higher in COLUMNS:
             if key in VERDICT_METRICS and several_seeds:
-                candidates = [(r.label, r.values(key)) for r in distinct]
+                candidates = _candidates(distinct, lambda r: r.values(key))
                 lines.append(f'- {header}: {verdict(candidates, higher)}.')
         if not several_seeds:
             lines.append(f'- {ONE_SEED}')

@@ -71,15 +71,16 @@ class Verdict(NamedTuple):
         best (str | None): the row with the best mean.
         comparisons (list[Comparison]): the best-mean row against each other.
         level (float): the per-comparison level, alpha / k.
-        excluded (list[str]): rows left out, with why (a NaN on some seed).
-        sentence (str): the verdict in words.
+        notes (list[str]): what the sentence adds after the verdict: rows left
+            out (a NaN on some seed), differences with no spread to test.
+        sentence (str): the verdict in words, notes included.
     """
     kind: str
     leaders: List[str]
     best: Optional[str]
     comparisons: List[Comparison]
     level: float
-    excluded: List[str]
+    notes: List[str]
     sentence: str
 
 
@@ -124,6 +125,21 @@ def _one_sided_p(difference: np.ndarray, error: np.ndarray,
     return np.where((error > 0) & ~np.isnan(dof), p_value, np.nan)
 
 
+def gain_p_value(gains: np.ndarray) -> float:
+    """One-sided p-value of "no gain" for paired gains over seeds (> 0: better),
+    on a t reference with seeds - 1 dof; NaN with one seed or no spread.
+
+    Args:
+        gains (ndarray): ``(seeds,)`` per-seed differences.
+    """
+    gains = np.asarray(gains, dtype=float)
+    if gains.size < 2 or not np.all(np.isfinite(gains)):
+        return float('nan')
+    error = np.std(gains, ddof=1) / np.sqrt(gains.size)
+    return float(_one_sided_p(np.array(gains.mean()), np.array(error),
+                              np.array(gains.size - 1.0)))
+
+
 def compare_with_best(labels: Sequence[str], values: np.ndarray, higher: bool,
                       replicates: Optional[np.ndarray] = None,
                       alpha: float = ALPHA) -> Verdict:
@@ -161,10 +177,10 @@ def compare_with_best(labels: Sequence[str], values: np.ndarray, higher: bool,
                            sign * replicates[:, finite])
     level = alpha / max(len(names), 2)
 
-    def verdict(kind, leaders, best, comparisons, sentence):
-        if excluded:
-            sentence += '; left out: ' + ', '.join(excluded)
-        return Verdict(kind, leaders, best, comparisons, level, excluded, sentence)
+    def verdict(kind, leaders, best, comparisons, sentence, notes=()):
+        notes = list(notes) + (['left out: ' + ', '.join(excluded)] if excluded else [])
+        return Verdict(kind, leaders, best, comparisons, level, notes,
+                       '; '.join([sentence] + notes))
 
     if len(names) < 2:
         return verdict('untestable', [], names[0] if names else None, [],
@@ -194,12 +210,11 @@ def compare_with_best(labels: Sequence[str], values: np.ndarray, higher: bool,
     leaders = [names[row] for row in order if not beaten[row].any()]
     constant = [c.label for c in comparisons
                 if c.standard_error == 0 and c.difference != 0]
-    sentence = 'tie, not told apart from the best mean: ' + ', '.join(leaders)
-    if constant:
-        sentence += ('; ' + ', '.join(constant) + ' differ from ' + names[best]
-                     + ' by the same amount on every seed, with no spread to test '
-                     'against')
-    return verdict('tie', leaders, names[best], comparisons, sentence)
+    notes = ([', '.join(constant) + ' differ from ' + names[best] + ' by the same '
+              'amount on every seed, with no spread to test against'] if constant else [])
+    return verdict('tie', leaders, names[best], comparisons,
+                   'tie, not told apart from the best mean: ' + ', '.join(leaders),
+                   notes)
 
 
 def describe_test(alpha: float = ALPHA, with_images: bool = True) -> str:
