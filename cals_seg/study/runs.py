@@ -25,7 +25,7 @@ from ..utils.io import write_atomic
 PACKAGE = osp.dirname(osp.dirname(osp.abspath(__file__)))
 # Parts of the package that draw or write the report from stored records and
 # so never change a run's numbers: editing them keeps every run valid.
-REPORT_ONLY = ('study/report.py', 'visualization/')
+REPORT_ONLY = ('study/report.py', 'study/statistics.py', 'visualization/')
 CODE_SUFFIXES = ('.py', '.cpp', '.h', '.cu')
 # Settings that say where a run writes, not what it computes.
 UNKEYED = ('work_dir', 'launcher', 'resume')
