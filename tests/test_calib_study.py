@@ -47,6 +47,19 @@ def _shrunk(data_root, iterations=4):
             f'test_dataloader.dataset.data_root={data_root}']
 
 
+def test_val_source_is_refused_where_val_is_the_test_split(tmp_path, data_root):
+    """The demo validates on its test split: CALS's multipliers would be tuned on
+    the test images. The study stops before training, naming the way out."""
+    work = tmp_path / 'study'
+    result = run_tool(['tools/calib_study.py', CONFIG, '--methods', 'cals', '--seeds',
+                       '0', '--options', 'cals.source=val', '--work-dir', str(work)]
+                      + _shrunk(data_root))
+    assert result.returncode == 1
+    assert "source='val'" in result.stderr and 'test_dataloader' in result.stderr
+    assert 'allow_test_tuning=true accepts it' in result.stderr
+    assert not (work / 'runs').exists()
+
+
 def _progress(result):
     return [line for line in result.stdout.splitlines() if line.startswith('[')]
 
@@ -72,6 +85,8 @@ def test_study_runs_reuses_redoes_tunes_and_rebuilds_its_report(tmp_path,
     assert by_method['ls']['settings']['posthoc'] == []
     assert set(by_method['ce']['fits']) == {'ts'} and by_method['ls']['fits'] == {}
     assert {'test', 'holdout', 'reliability', 'fits'} <= set(by_method['ce'])
+    # fg ECE leaves out the class the dataset names background, found by name
+    assert by_method['ce']['background'] == ['background']
     for run_dir in (work / 'runs').iterdir():  # the logs are in the run folders
         assert 'Iter(train)' in (run_dir / 'train.log').read_text()
     report = (work / 'report.md').read_text()

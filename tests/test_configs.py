@@ -38,20 +38,13 @@ VARIANT_OPTIONS = {
     'cals-m10': dict(margin=10.0),
     'ls-0.1': dict(smoothing=0.1),
 }
-# The demo configs keep one multiplier round per epoch: docs/results.md was
-# measured with it. The R-50 configs have the recipes' default, 100 rounds.
-DEMO_OPTIONS = dict(interval='epoch')
-
 
 def _variant(path):
     """(method, options) of a shipped config, e.g. 'configs/x_cals-label.py' ->
     ('cals', {'groups': 'label'})."""
     variant = osp.splitext(path)[0].rsplit('_', 1)[1]
     method = variant.split('-')[0]
-    options = dict(VARIANT_OPTIONS.get(variant, {}))
-    if method in ('cals', 'crac') and path.startswith(osp.join('configs', 'demo')):
-        options.update(DEMO_OPTIONS)
-    return method, options
+    return method, dict(VARIANT_OPTIONS.get(variant, {}))
 
 
 METHOD_CONFIGS = [c for c in CONFIGS if not c.endswith('_ce.py')]

@@ -216,8 +216,19 @@ def test_hook_options():
     assert hook == dict(type='CALSMultiplierHook', source='train', interval=50)
     hook, = apply_method(cfg, 'cals', source='holdout', rounds=20).custom_hooks
     assert (hook.rounds, hook.holdout_dataloader) == (20, cfg.holdout_dataloader)
-    hook, = apply_method(cfg, 'cals', source='val').custom_hooks
+    # mmseg's VOC config validates on its test split: source='val' would tune the
+    # multipliers on the test images, and is refused unless accepted by name.
+    with pytest.raises(ValueError, match="reads the same dataset as test_dataloader.*"
+                       "allow_test_tuning=true accepts it"):
+        apply_method(cfg, 'cals', source='val')
+    hook, = apply_method(cfg, 'cals', source='val', allow_test_tuning=True).custom_hooks
     assert hook == dict(type='CALSMultiplierHook', source='val')
+    held_out_val = _changed(cfg, val_dataloader=dict(
+        cfg.val_dataloader, dataset=dict(cfg.val_dataloader.dataset, data_prefix=dict(
+            img_path='JPEGImages', seg_map_path='SegmentationClass'),
+            ann_file='ImageSets/Segmentation/heldout.txt')))
+    hook, = apply_method(held_out_val, 'cals', source='val').custom_hooks
+    assert hook.source == 'val'
 
 
 @pytest.mark.parametrize('call, error, message', [
@@ -236,7 +247,8 @@ def test_hook_options():
      'be > 0'),
     (lambda cfg: apply_method(cfg, 'cals', rounds=10, interval=5), ValueError,
      'give rounds or interval, not both'),
-    (lambda cfg: apply_method(cfg, 'cals', source='val', rounds=10), ValueError,
+    (lambda cfg: apply_method(cfg, 'cals', source='val', rounds=10,
+                              allow_test_tuning=True), ValueError,
      "source='val' has a round per validation"),
     (lambda cfg: apply_method(cfg, 'cals', source='test'), ValueError,
      'source must be one of'),

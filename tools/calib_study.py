@@ -60,7 +60,8 @@ from cals_seg.study.evaluate import (EVALUATION_FILE, RUN_FILE,  # noqa: E402
                                      TRAIN_DIR)
 from cals_seg.study.runs import (RECORD_VERSION, RunSpec,  # noqa: E402
                                  code_version, covers, load_record, load_records,
-                                 resolve_config, run_key, save_record, union)
+                                 resolve_config, run_key, save_record,
+                                 training_minutes, union)
 from cals_seg.utils.io import write_atomic  # noqa: E402
 
 STUDY_FILE = 'study.json'
@@ -105,6 +106,10 @@ def parse_args(argv=None):
     parser.add_argument('--domain-root', help='a shifted domain\'s data root in '
                         'the test split\'s layout (tools/make_demo_data.py '
                         '--domain shifted), evaluated as a column')
+    parser.add_argument('--background', nargs='+', metavar='CLASS',
+                        help='class names the fg ECE column leaves out (default: '
+                        'the classes named background; none when the dataset has '
+                        'none, and fg ECE is then ECE)')
     parser.add_argument('--launcher', choices=('none', 'pytorch', 'slurm'),
                         default='none')
     parser.add_argument('--gpus', type=int, default=1,
@@ -213,7 +218,7 @@ class Study:
             posthoc=list(args.posthoc),
             corruptions=list(args.corruptions) if args.shift_severities else [],
             severities=sorted(set(args.shift_severities)),
-            domain_root=args.domain_root)
+            domain_root=args.domain_root, background=args.background)
         self.lock = threading.Lock()
         self.done = self.total = self.trained = 0
         self.seconds = 0.0
@@ -224,7 +229,8 @@ class Study:
         --posthoc-on, shift passes; ``full=False``: the hold-out and test
         splits only (enough to choose a knob)."""
         if not full:
-            return dict(posthoc=[], corruptions=[], severities=[], domain_root=None)
+            return dict(posthoc=[], corruptions=[], severities=[], domain_root=None,
+                        background=self.evaluation['background'])
         calibrated = spec.method in self.args.posthoc_on
         return dict(self.evaluation,
                     posthoc=self.evaluation['posthoc'] if calibrated else [])
@@ -266,7 +272,8 @@ class Study:
                            spec.name.replace('/', '_') + f'_{key}')
         os.makedirs(run_dir, exist_ok=True)
         cfg.dump(osp.join(run_dir, 'config.py'))
-        resumed = osp.isfile(osp.join(run_dir, TRAIN_DIR, 'last_checkpoint'))
+        work_dir = osp.join(run_dir, TRAIN_DIR)
+        resumed = osp.isfile(osp.join(work_dir, 'last_checkpoint'))
         start = time.time()
         # A finished training resumes at its last iteration and stops at once.
         self._train(run_dir)
@@ -277,11 +284,10 @@ class Study:
                           run_dir], run_dir, 'evaluate.log')
         with open(osp.join(run_dir, EVALUATION_FILE)) as f:
             evaluation = json.load(f)
-        minutes = dict(train=(trained - start) / 60,
+        # Training: every start of the run, a killed one's too.
+        minutes = dict(train=training_minutes(work_dir),
                        evaluate=(time.time() - trained) / 60)
         again = record is not None
-        if again and resumed:  # the kept checkpoint, evaluated again
-            minutes['train'] = record['minutes']['train']
         record = dict(
             key=key, record_version=RECORD_VERSION, config=spec.config,
             method=spec.method, options=spec.options,

@@ -43,7 +43,8 @@ from cals_seg.engine.hooks import SaveLogitsHook  # noqa: E402
 from cals_seg.evaluation.shift import (CELL_METRICS, CLEAN,  # noqa: E402
                                        evaluate_shift, format_table,
                                        severity_means, shift_loader)
-from cals_seg.evaluation.split_report import RAW, summarize  # noqa: E402
+from cals_seg.evaluation.split_report import (RAW, background_classes,  # noqa: E402
+                                              prediction_head, summarize)
 from cals_seg.utils.data_check import (DatasetNotFoundError,  # noqa: E402
                                        check_datasets, set_data_root)
 from cals_seg.utils.io import write_atomic  # noqa: E402
@@ -73,6 +74,9 @@ def parse_args(argv=None):
     parser.add_argument('--domain-root', help='also evaluate this test split '
                         'in the same layout, uncorrupted (a shifted domain, '
                         'e.g. tools/make_demo_data.py --domain shifted)')
+    parser.add_argument('--background', nargs='+', metavar='CLASS',
+                        help='class names fg/ECE leaves out (default: the classes '
+                        'named background; none when the dataset has none)')
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available()
                         else 'cpu', help='default: cuda when available')
     parser.add_argument('--workers', type=int, default=0,
@@ -208,8 +212,11 @@ def run(args) -> dict:
     init_default_scope('mmseg')
     from mmseg.apis import init_model
     model = init_model(cfg, args.checkpoint, device=args.device)
-    num_classes = model.decode_head.num_classes
-    ignore_index = getattr(model.decode_head, 'ignore_index', 255)
+    head = prediction_head(model)
+    num_classes = head.num_classes
+    ignore_index = getattr(head, 'ignore_index', 255)
+    excluded = background_classes(list((model.dataset_meta or {}).get('classes') or []),
+                                  args.background)
     calibrators = _calibrators(args.calibrator, num_classes, args.device)
     out_dir = args.out_dir or osp.join(
         'work_dirs', 'shift_eval', osp.splitext(osp.basename(args.config))[0])
@@ -218,7 +225,7 @@ def run(args) -> dict:
     saving = _SavingModel(model)
     results = evaluate_shift(saving, _cells(args, cfg, saving, ignore_index,
                                             out_dir),
-                             num_classes, calibrators, ignore_index,
+                             num_classes, calibrators, ignore_index, excluded,
                              on_pass=_print_cell)
     domains = [DOMAIN] if args.domain_root else []
     table = format_table(results, args.corruptions, domains)

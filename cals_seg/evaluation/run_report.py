@@ -14,8 +14,9 @@ import torch
 
 from ..calibrators import Calibrator
 from .shift import CELL_METRICS, evaluate_shift, severity_means, shift_loader
-from .split_report import (RAW, evaluate_split, fit_calibrators, regime_figures,
-                           reliability_bins, split_loaders, summarize)
+from .split_report import (RAW, background_classes, evaluate_split, fit_calibrators,
+                           prediction_head, regime_figures, reliability_bins,
+                           split_loaders, summarize)
 
 SPLITS = ('test', 'holdout', 'train')
 DOMAIN = 'shifted_domain'
@@ -45,7 +46,8 @@ def _build(loader_cfg):
 def evaluate_checkpoint(cfg, checkpoint: str, calibrators: Sequence[str] = ('ts', ),
                         device: torch.device = torch.device('cpu'),
                         splits: Sequence[str] = ('test', ),
-                        shift: Optional[ShiftPlan] = None
+                        shift: Optional[ShiftPlan] = None,
+                        background: Optional[Sequence[str]] = None
                         ) -> Tuple[dict, Dict[str, Calibrator]]:
     """Load a checkpoint and report it.
 
@@ -59,12 +61,17 @@ def evaluate_checkpoint(cfg, checkpoint: str, calibrators: Sequence[str] = ('ts'
         device: where the model and the calibrators run.
         splits (sequence[str]): of :data:`SPLITS`; 'test' always.
         shift (ShiftPlan, optional): shifted test passes.
+        background (sequence[str], optional): class names the foreground
+            figures leave out (:func:`background_classes`: by default those
+            named 'background').
 
     Returns:
         tuple: the report (dict) and the fitted calibrators by short name. The
-        report has ``classes`` (names, when the model has them), ``test`` (per output, ``'raw'`` and each calibrator, the
-        numbers of :func:`summarize`), ``reliability`` (per output, the
-        reliability bins), ``fg_reliability`` (raw, background excluded),
+        report has ``classes`` (names, when the model has them), ``background``
+        (the names left out of the foreground figures), ``test`` (per output,
+        ``'raw'`` and each calibrator, the numbers of :func:`summarize`),
+        ``reliability`` (per output, the reliability bins), ``fg_reliability``
+        (raw, background excluded),
         ``fits`` (per calibrator, its fit record); with 'holdout' ``holdout``
         (raw numbers); with 'train' ``figures`` (:func:`regime_figures`); with
         ``shift`` ``shift`` (``[corruption][severity][output][metric]``, the
@@ -79,8 +86,11 @@ def evaluate_checkpoint(cfg, checkpoint: str, calibrators: Sequence[str] = ('ts'
         raise ValueError(f'unknown splits {unknown}; the splits are {SPLITS}')
     init_default_scope('mmseg')
     model = init_model(cfg, checkpoint, device=str(device))
-    num_classes = model.decode_head.num_classes
-    ignore_index = getattr(model.decode_head, 'ignore_index', 255)
+    head = prediction_head(model)
+    num_classes = head.num_classes
+    ignore_index = getattr(head, 'ignore_index', 255)
+    classes = list((model.dataset_meta or {}).get('classes') or [])
+    excluded = background_classes(classes, background)
     loaders = split_loaders(cfg)
     holdout = _build(loaders['holdout']) if loaders['holdout'] else None
     fitted = {}
@@ -89,9 +99,9 @@ def evaluate_checkpoint(cfg, checkpoint: str, calibrators: Sequence[str] = ('ts'
                                  ignore_index)
     outputs = [RAW, *fitted]
     test = evaluate_split(model, _build(loaders['test']), num_classes, fitted,
-                          ignore_index=ignore_index)
+                          exclude_classes=excluded, ignore_index=ignore_index)
     report = dict(
-        classes=list((model.dataset_meta or {}).get('classes') or []),
+        classes=classes, background=[classes[k] for k in excluded],
         test={name: summarize(test, name) for name in outputs},
         reliability={name: reliability_bins(test['outputs'][name]['pooled'])
                      for name in outputs},
@@ -99,15 +109,17 @@ def evaluate_checkpoint(cfg, checkpoint: str, calibrators: Sequence[str] = ('ts'
         fits={name: c.fit_record._asdict() for name, c in fitted.items()})
     if 'holdout' in splits and holdout is not None:
         report['holdout'] = summarize(evaluate_split(
-            model, holdout, num_classes, ignore_index=ignore_index))
+            model, holdout, num_classes, exclude_classes=excluded,
+            ignore_index=ignore_index))
     if 'train' in splits:
         train = evaluate_split(model, _build(loaders['train']), num_classes,
-                               ignore_index=ignore_index)
+                               exclude_classes=excluded, ignore_index=ignore_index)
         report['figures'] = regime_figures(test, train)
     if shift is not None and shift.corruptions and shift.severities:
         cells = ((c, s, _build(shift_loader(cfg, c, s, shift.seed)))
                  for c in shift.corruptions for s in shift.severities)
-        results = evaluate_shift(model, cells, num_classes, fitted, ignore_index)
+        results = evaluate_shift(model, cells, num_classes, fitted, ignore_index,
+                                 excluded)
         report['shift'] = {c: {str(s): v for s, v in by_severity.items()}
                            for c, by_severity in results.items()}
         report['shift_means'] = {
@@ -116,7 +128,7 @@ def evaluate_checkpoint(cfg, checkpoint: str, calibrators: Sequence[str] = ('ts'
     if shift is not None and shift.domain_root:
         cells = [(DOMAIN, 0, _build(shift_loader(cfg, data_root=shift.domain_root)))]
         report['domain'] = evaluate_shift(model, cells, num_classes, fitted,
-                                          ignore_index)[DOMAIN][0]
+                                          ignore_index, excluded)[DOMAIN][0]
     return report, fitted
 
 

@@ -75,7 +75,7 @@ def cell_metrics(split: dict, names: Sequence[str]) -> Dict[str, Dict[str, float
 def evaluate_shift(model, cells: Iterable[Tuple[str, int, object]],
                    num_classes: int, calibrators: Optional[dict] = None,
                    ignore_index: int = 255,
-                   exclude_classes: Sequence[int] = (0, ),
+                   exclude_classes: Sequence[int] = (),
                    on_pass: Optional[Callable[[str, int, dict], None]] = None
                    ) -> Dict[str, Dict[int, Dict[str, Dict[str, float]]]]:
     """One :func:`evaluate_split` pass per cell.

@@ -25,6 +25,39 @@ from ..functional.calibration import (DEFAULT_BOUNDARY_WIDTH, DEFAULT_NUM_BINS,
                           calibration_statistics, keep_mask)
 
 RAW = 'raw'
+BACKGROUND = 'background'
+
+
+def prediction_head(model):
+    """The decode head a segmentor predicts from: its only one, or the last of a
+    cascade (mmseg's ``CascadeEncoderDecoder`` keeps them in a ``ModuleList``)."""
+    head = model.decode_head
+    return head[-1] if isinstance(head, torch.nn.ModuleList) else head
+
+
+def background_classes(classes: Sequence[str],
+                       background: Optional[Sequence[str]] = None) -> List[int]:
+    """The classes that foreground statistics (``fg/ECE``) leave out.
+
+    Args:
+        classes (sequence[str]): the dataset's class names, in label order.
+        background (sequence[str], optional): names to leave out; by default
+            every class named 'background' (any case), and none when the dataset
+            has no such class (ADE20K's class 0 is wall, COCO-Stuff's person).
+
+    Returns:
+        list[int]: their labels.
+
+    Raises:
+        ValueError: a name in ``background`` that is not a class.
+    """
+    if background is None:
+        return [k for k, name in enumerate(classes) if name.lower() == BACKGROUND]
+    unknown = [name for name in background if name not in classes]
+    if unknown:
+        raise ValueError(f'background classes {unknown} are not among the dataset\'s '
+                         f'classes {list(classes)}')
+    return [classes.index(name) for name in background]
 
 
 def _logits_and_labels(model, loader):
@@ -83,7 +116,7 @@ def evaluate_split(model,
                    loader,
                    num_classes: int,
                    calibrators: Optional[Dict[str, Calibrator]] = None,
-                   exclude_classes: Sequence[int] = (0, ),
+                   exclude_classes: Sequence[int] = (),
                    ignore_index: int = 255,
                    num_bins: int = DEFAULT_NUM_BINS,
                    distance_threshold: float = 10.0,
@@ -97,7 +130,7 @@ def evaluate_split(model,
         calibrators (dict, optional): fitted calibrators by name; the sums are
             kept for the raw logits (under ``'raw'``) and for each.
         exclude_classes (sequence[int]): classes left out of the foreground
-            statistics (background).
+            statistics (:func:`background_classes`); none by default.
         ignore_index (int): label of pixels to leave out.
         num_bins (int): calibration bins.
         distance_threshold (float): logit distance counted by

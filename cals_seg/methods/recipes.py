@@ -35,7 +35,8 @@ RECIPE_KEYS = ('num_classes', 'avg_non_ignore', 'loss_weight', 'loss_name',
                'class_weight')
 PROTOCOL_OPTIONS = dict(holdout_fraction=None, max_grad_norm=DEFAULT_MAX_GRAD_NORM,
                         exclude_classes=None, heads='decode', replace_loss=False)
-HOOK_OPTIONS = dict(source='holdout', rounds=None, interval=None)
+HOOK_OPTIONS = dict(source='holdout', rounds=None, interval=None,
+                    allow_test_tuning=False)
 
 
 @dataclass(frozen=True)
@@ -155,6 +156,10 @@ def apply_method(cfg: Config, name: str, **options) -> Config:
       ``source`` 'holdout' (default; the hold-out loader), 'train' or 'val';
       ``rounds`` (default 100, the authors' run: see :data:`DEFAULT_ROUNDS`) or
       ``interval`` (iterations, or 'epoch'), not both; 'val' takes neither.
+      'val' is refused where ``val_dataloader`` reads the same dataset as
+      ``test_dataloader`` (mmseg's VOC and Cityscapes configs, the demo): the
+      test images would tune the multipliers. ``allow_test_tuning=True``
+      accepts it.
     - ``num_classes`` comes from the head.
 
     'ce' applied to a config that already follows the protocol returns an equal
@@ -357,6 +362,14 @@ def _add_multiplier_hook(config: dict, chosen: dict) -> None:
             f"heads='all' needs source='train' for {HOOK_TYPE} (got {source!r}): "
             'hold-out and validation rounds feed every loss the predicted logits, '
             "which are the decode head's")
+    if (source == 'val' and not chosen['allow_test_tuning'] and
+            config.get('val_dataloader', {}).get('dataset') ==
+            config.get('test_dataloader', {}).get('dataset')):
+        raise ValueError(
+            f"source='val' updates {HOOK_TYPE}'s multipliers from val_dataloader, "
+            'which here reads the same dataset as test_dataloader: the test images '
+            "would tune the method. Use source='holdout' (the default) or 'train'; "
+            'allow_test_tuning=true accepts it')
     hook = dict(type=HOOK_TYPE, source=source)
     rounds, interval = chosen['rounds'], chosen['interval']
     if source != 'val' and rounds is None and interval is None:

@@ -38,7 +38,8 @@ def evaluate_run(run_dir: str) -> dict:
                       CORRUPTION_SEED, settings['domain_root'])
     report, _ = evaluate_checkpoint(cfg, checkpoint, settings['posthoc'],
                                     torch.device(run['device']),
-                                    splits=('test', 'holdout'), shift=shift)
+                                    splits=('test', 'holdout'), shift=shift,
+                                    background=settings.get('background'))
     if any(h.get('type') == 'CALSMultiplierHook'
            for h in cfg.get('custom_hooks') or []):
         report['multipliers'] = multiplier_record(checkpoint, train_dir)

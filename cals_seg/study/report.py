@@ -506,6 +506,16 @@ def _figures(rows: List[Row], stem: str, shift_columns: List[str]):
     return figures
 
 
+def _foreground_text(records: List[dict]) -> str:
+    """Which classes fg ECE leaves out, from the records: what their evaluation
+    says, or label 0 for records made before it said (it always left that out)."""
+    names = sorted({name for record in records for name in record.get(
+        'background', (record.get('classes') or ['label 0'])[:1])})
+    if not names:
+        return 'no background class: equal to ECE'
+    return ', '.join(names) + ' excluded'
+
+
 def _code_line(records: List[dict]) -> str:
     versions = sorted({(r['code']['tree'], r['code']['commit'] or 'no git',
                         bool(r['code']['dirty'])) for r in records})
@@ -535,8 +545,8 @@ def build_report(manifest: dict, records: Dict[str, dict],
         '`--results-dir`. Do not edit by hand. '
         f'{len({r["key"] for r in used})} runs; {_code_line(used)}.', '',
         'Each cell: mean ± sample standard deviation over seeds (test split unless '
-        'said). ECE, fg ECE (background excluded) and boundary ECE in %, 15 bins; '
-        'ECE per image: computed per image, then averaged (the CALS authors\' '
+        f'said). ECE, fg ECE ({_foreground_text(used)}) and boundary ECE in %, 15 '
+        'bins; ECE per image: computed per image, then averaged (the CALS authors\' '
         'protocol); AURC in %. Every method trains on the same part of the '
         'training split; the held-out part updates CALS\'s and CRaC\'s '
         f'multipliers and is what the post-hoc calibrators ({posthoc}) are fitted '
@@ -569,13 +579,17 @@ def build_report(manifest: dict, records: Dict[str, dict],
         if settings['domain_root']:
             shift_columns.append('domain')
         if len(shift_columns) > 1:
-            domain = (f' and the shifted domain `{settings["domain_root"]}`'
-                      if settings['domain_root'] else '')
+            shifts = []
+            if len(shift_columns) > 2 or not settings['domain_root']:
+                shifts.append(f'the test split under {len(settings["corruptions"])} '
+                              'ImageNet-C corruptions (each severity column: the '
+                              'mean over them)')
+            if settings['domain_root']:
+                shifts.append(f'the shifted domain `{settings["domain_root"]}`')
+            text = ' and '.join(shifts)
             lines += ['', '### Under shift', '',
-                      f'The test split under {len(settings["corruptions"])} '
-                      'ImageNet-C corruptions (each severity column: the mean over '
-                      f'them){domain}; the calibrators are fitted in-domain, on the '
-                      'held-out part.', '']
+                      text[0].upper() + text[1:] + '; the calibrators are fitted '
+                      'in-domain, on the held-out part.', '']
             _shift_table(rows, shift_columns, lines)
             lines += [''] + (_shift_reading(distinct, shift_columns)
                              if several_seeds else [f'- {ONE_SEED}'])

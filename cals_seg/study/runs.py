@@ -14,7 +14,10 @@ import hashlib
 import json
 import os
 import os.path as osp
+import re
 import subprocess
+import time
+import warnings
 from typing import Any, Dict, List, NamedTuple, Optional
 
 from mmengine.config import Config
@@ -135,16 +138,33 @@ def run_key(cfg: Config, spec: RunSpec, world_size: int, code_tree: str) -> str:
 
 
 RECORDS = 'runs'  # the records' folder in a results directory
+# MMEngine's folder of one start of a run: its local start time.
+ATTEMPT = re.compile(r'\d{8}_\d{6}')
+
+
+def training_minutes(work_dir: str) -> float:
+    """Minutes a run trained, over every start of it (a killed and resumed run has
+    several): per MMEngine timestamped folder under ``work_dir``, from the local
+    time its name gives to its log's last write. 0 without any."""
+    seconds = 0.0
+    for name in sorted(os.listdir(work_dir)) if osp.isdir(work_dir) else []:
+        log = osp.join(work_dir, name, f'{name}.log')
+        if ATTEMPT.fullmatch(name) and osp.isfile(log):
+            started = time.mktime(time.strptime(name, '%Y%m%d_%H%M%S'))
+            seconds += max(0.0, osp.getmtime(log) - started)
+    return seconds / 60
 
 
 def covers(done: dict, wanted: dict) -> bool:
     """Whether a record evaluated with settings ``done`` holds everything that
     settings ``wanted`` ask for: its calibrators, corruptions and severities
-    (or more), and the same shifted domain when one is asked for."""
+    (or more), the same shifted domain when one is asked for, and the same
+    background classes (absent: those named background)."""
     return (set(wanted['posthoc']) <= set(done['posthoc'])
             and set(wanted['corruptions']) <= set(done['corruptions'])
             and set(wanted['severities']) <= set(done['severities'])
-            and wanted['domain_root'] in (None, done['domain_root']))
+            and wanted['domain_root'] in (None, done['domain_root'])
+            and wanted.get('background') == done.get('background'))
 
 
 def union(done: dict, wanted: dict) -> dict:
@@ -153,7 +173,8 @@ def union(done: dict, wanted: dict) -> dict:
         return list(dict.fromkeys(list(done[key]) + list(wanted[key])))
     return dict(posthoc=merged('posthoc'), corruptions=merged('corruptions'),
                 severities=sorted(set(done['severities']) | set(wanted['severities'])),
-                domain_root=wanted['domain_root'] or done['domain_root'])
+                domain_root=wanted['domain_root'] or done['domain_root'],
+                background=wanted.get('background'))
 
 
 def record_path(results_dir: str, key: str) -> str:
@@ -180,7 +201,9 @@ def save_record(results_dir: str, record: dict) -> str:
 
 
 def load_records(results_dir: str) -> List[dict]:
-    """Every stored record, in key order.
+    """Every stored record of this :data:`RECORD_VERSION`, in key order; a
+    record of another version is named in a warning and skipped (its run is
+    made again when a study needs it).
 
     Raises:
         FileNotFoundError: ``results_dir`` does not exist.
@@ -200,8 +223,12 @@ def load_records(results_dir: str) -> List[dict]:
                 record = json.load(f)
             except ValueError as error:
                 raise ValueError(f'{path} is not JSON: {error}') from None
-        if record.get('record_version') != RECORD_VERSION or 'key' not in record:
-            raise ValueError(f'{path} is not a study run record of version '
-                             f'{RECORD_VERSION}')
+        if not isinstance(record, dict) or 'key' not in record:
+            raise ValueError(f'{path} is not a study run record')
+        if record.get('record_version') != RECORD_VERSION:
+            warnings.warn(f'{path} is a run record of version '
+                          f'{record.get("record_version")}, not {RECORD_VERSION}: '
+                          'skipped', stacklevel=2)
+            continue
         records.append(record)
     return records
