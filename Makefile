@@ -52,7 +52,7 @@ demo: setup
 # method at its defaults and with its main knob tuned on the held-out NLL, 3 seeds,
 # the post-hoc calibrators on CE and CALS, the 15 corruptions at severities 3 and 5
 # and the shifted domain; two runs at a time. Finished runs are reused from
-# docs/results (keyed by config, options and code), so it resumes where it stopped;
+# docs/results (keyed by config, options, code, libraries and data), so it resumes;
 # writes docs/results.md and docs/figures/.
 BENCHMARK_CONFIGS := configs/demo/deeplabv3_r18tiny_1500it_demo-voc_ce.py \
 	configs/demo/pspnet_r18tiny_1500it_demo-voc_ce.py

@@ -16,8 +16,8 @@ from mmengine.config import Config
 from cals_seg.datasets.demo_data import make_demo_dataset
 from cals_seg.study import tuning
 from cals_seg.study.report import Row, _equals, verdict
-from cals_seg.study.runs import (RunSpec, code_version, covers, resolve_config,
-                                 run_key, union)
+from cals_seg.study.runs import (RunSpec, code_version, covers, evaluation_key,
+                                 resolve_config, run_key, union)
 from helpers import REPO, run_tool
 
 CONFIG = 'configs/demo/pspnet_r18tiny_1500it_demo-voc_ce.py'
@@ -155,6 +155,22 @@ def test_study_runs_reuses_redoes_tunes_and_rebuilds_its_report(tmp_path,
         (True, False), (False, True)]
     assert 'ls_smoothing-0.3' in lines[1]
 
+    # An evaluation-only change (here: the stored evaluation key differs, as after
+    # an edit of cals_seg/evaluation/) scores the kept checkpoint again and keeps
+    # the training minutes of its starts.
+    ce_path = next(p for p in (work / 'results' / 'runs').iterdir()
+                   if json.loads(p.read_text())['method'] == 'ce')
+    ce_record = json.loads(ce_path.read_text())
+    ce_path.write_text(json.dumps(dict(ce_record, evaluation_key='an older one')))
+    again = run_tool(base + ['--options', 'ls.smoothing=0.3'])
+    assert again.returncode == 0, again.stderr[-3000:]
+    lines = _progress(again)
+    assert 'evaluated again from its checkpoint' in lines[0], lines
+    assert ': reused ' in lines[1]
+    renewed = json.loads(ce_path.read_text())
+    assert renewed['evaluation_key'] == ce_record['evaluation_key']
+    assert renewed['minutes']['train'] >= ce_record['minutes']['train']
+
 
 def test_two_rank_gloo_study_with_shift(tmp_path, data_root):
     work = tmp_path / 'study'
@@ -185,27 +201,50 @@ def test_bad_study_arguments_are_named(tmp_path):
     assert result.returncode != 0 and 'study.json' in result.stderr
 
 
-def test_run_keys_follow_what_changes_the_numbers(tmp_path):
-    tree = code_version()['tree']
+def test_run_keys_follow_what_changes_the_numbers(tmp_path, data_root, monkeypatch):
+    from cals_seg.study import runs
+    code = code_version()
     path = osp.join(REPO, CONFIG)
     default = RunSpec(path, 'ls', {}, 0)
     explicit = RunSpec(path, 'ls', dict(smoothing=0.05), 0)
+    roots = {f'{loader}.dataset.dataset.data_root': data_root
+             for loader in ('train_dataloader', 'holdout_dataloader')}
+    roots['test_dataloader.dataset.data_root'] = data_root
 
-    def key(spec, options=None, world_size=1):
-        return run_key(resolve_config(spec, options), spec, world_size, tree)
+    def key(spec, options=None, world_size=1, device='cpu'):
+        return run_key(resolve_config(spec, dict(roots, **(options or {}))), spec,
+                       world_size, code, device)
 
     assert key(default) == key(explicit)  # the default, spelled out
     assert key(default) != key(RunSpec(path, 'ls', dict(smoothing=0.1), 0))
     assert key(default) != key(RunSpec(path, 'ls', {}, 1))
     assert key(default) != key(default, {'train_cfg.max_iters': 10})
     assert key(default) != key(default, world_size=2)
+    assert key(default) != key(default, device='cuda')
+    assert key(default) == key(default, device='cpu:0')  # the type counts
     # The work dir says where a run writes, not what it computes.
-    cfg = resolve_config(default)
+    cfg = resolve_config(default, roots)
     moved = Config(dict(cfg.to_dict(), work_dir='elsewhere'))
-    assert run_key(moved, default, 1, tree) == key(default)
+    assert run_key(moved, default, 1, code) == key(default)
+    # The training data: another hold-out fraction lists other images.
+    assert key(default) != key(default, {
+        'train_dataloader.dataset.holdout_fraction': 0.25,
+        'holdout_dataloader.dataset.holdout_fraction': 0.25})
+    # The libraries: another mmseg is another run.
+    before = key(default)
+    versions = runs.library_versions(runs.TRAINING_LIBRARIES)
+    monkeypatch.setattr(runs, 'library_versions', lambda names: dict(
+        versions, **{n: '0.0' for n in versions if 'mmseg' in n}))
+    assert key(default) != before
+    monkeypatch.undo()
+    # Scoring: the test data and the evaluation code, not the training settings.
+    scoring = evaluation_key(cfg, code)
+    assert evaluation_key(resolve_config(explicit, roots), code) == scoring
+    assert evaluation_key(cfg, dict(code, evaluation='other')) != scoring
+    assert evaluation_key(cfg, code, 'cuda') != scoring
 
 
-def test_whole_numbers_become_the_float_options_they_name():
+def test_whole_numbers_become_the_float_options_they_name(data_root):
     spec = importlib.util.spec_from_file_location(
         'calib_study', osp.join(REPO, 'tools', 'calib_study.py'))
     tool = importlib.util.module_from_spec(spec)
@@ -215,23 +254,34 @@ def test_whole_numbers_become_the_float_options_they_name():
     assert options == dict(cals=dict(margin=20.0, groups='label'),
                            fl=dict(gamma=2.0))
     assert type(options['cals']['margin']) is float
-    tree = code_version()['tree']
+    code = code_version()
     path = osp.join(REPO, CONFIG)
-    keys = [run_key(resolve_config(s), s, 1, tree) for s in (
+    roots = {f'{loader}.dataset.dataset.data_root': data_root
+             for loader in ('train_dataloader', 'holdout_dataloader')}
+    keys = [run_key(resolve_config(s, roots), s, 1, code) for s in (
         RunSpec(path, 'cals', {}, 0), RunSpec(path, 'cals', dict(margin=20.0), 0))]
     assert keys[0] == keys[1]
 
 
-def test_code_version_ignores_report_only_files(tmp_path):
+def test_code_version_splits_training_from_evaluation_and_ignores_prose(tmp_path):
     package = tmp_path / 'cals_seg'
     (package / 'study').mkdir(parents=True)
-    (package / 'losses.py').write_text('a = 1\n')
+    (package / 'evaluation').mkdir()
+    (package / 'losses.py').write_text('"""Losses."""\na = 1  # one\n')
     (package / 'study' / 'report.py').write_text('b = 1\n')
-    before = code_version(str(package))['tree']
+    (package / 'evaluation' / 'metric.py').write_text('c = 1\n')
+    before = code_version(str(package))
     (package / 'study' / 'report.py').write_text('b = 2\n')
-    assert code_version(str(package))['tree'] == before
+    assert code_version(str(package))['tree'] == before['tree']
+    # docstrings and comments change no number
+    (package / 'losses.py').write_text('"""Other words."""\na = 1  # uno\n')
+    assert code_version(str(package)) == before
+    # an evaluation-only edit changes how runs are scored, not their training
+    (package / 'evaluation' / 'metric.py').write_text('c = 2\n')
+    after = code_version(str(package))
+    assert after['tree'] == before['tree'] and after['evaluation'] != before['evaluation']
     (package / 'losses.py').write_text('a = 2\n')
-    assert code_version(str(package))['tree'] != before
+    assert code_version(str(package))['tree'] != before['tree']
 
 
 def test_settings_cover_and_union():
@@ -247,7 +297,8 @@ def test_settings_cover_and_union():
                   domain_root=None)
     assert union(done, wanted) == dict(posthoc=['ts', 'lts', 'vs'],
                                        corruptions=['fog', 'snow'],
-                                       severities=[1, 3, 5], domain_root='d')
+                                       severities=[1, 3, 5], domain_root='d',
+                                       background=None)
 
 
 def _row(label, eces, seeds=None):

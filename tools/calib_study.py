@@ -59,7 +59,8 @@ from cals_seg.study import tuning  # noqa: E402
 from cals_seg.study.evaluate import (EVALUATION_FILE, RUN_FILE,  # noqa: E402
                                      TRAIN_DIR)
 from cals_seg.study.runs import (RECORD_VERSION, RunSpec,  # noqa: E402
-                                 code_version, covers, load_record, load_records,
+                                 code_version, covers, evaluation_key, load_record,
+                                 load_records,
                                  resolve_config, run_key, save_record,
                                  training_minutes, union)
 from cals_seg.utils.io import write_atomic  # noqa: E402
@@ -213,6 +214,8 @@ class Study:
     def __init__(self, args):
         self.args = args
         self.code = code_version()
+        # where runs train (the launcher's GPUs, or this CPU): its type is keyed
+        self.train_device = 'cuda' if torch.cuda.is_available() else 'cpu'
         self.world_size = args.gpus if args.launcher != 'none' else 1
         self.evaluation = dict(
             posthoc=list(args.posthoc),
@@ -240,15 +243,17 @@ class Study:
         # Configs are read here, one at a time: mmengine's Config.fromfile is
         # not thread-safe (its pkg_resources lookups fail under threads).
         configs = [resolve_config(spec, self.args.cfg_options) for spec in specs]
-        keys = [run_key(cfg, spec, self.world_size, self.code['tree'])
+        keys = [run_key(cfg, spec, self.world_size, self.code, self.train_device)
                 for spec, cfg in zip(specs, configs)]
+        scorings = [evaluation_key(cfg, self.code, self.args.device)
+                    for cfg in configs]
         settings = [self.settings(spec, full) for spec in specs]
         with self.lock:
             self.total += len(specs)
         records, failures = {}, []
         with ThreadPoolExecutor(max_workers=self.args.jobs) as pool:
             futures = {pool.submit(self.run, *job): job[0]
-                       for job in zip(specs, configs, keys, settings)}
+                       for job in zip(specs, configs, keys, scorings, settings)}
             for future in as_completed(futures):
                 spec = futures[future]
                 try:
@@ -261,9 +266,12 @@ class Study:
                              '\n'.join(failures))
         return records
 
-    def run(self, spec: RunSpec, cfg, key: str, settings: dict) -> dict:
+    def run(self, spec: RunSpec, cfg, key: str, scoring: str, settings: dict) -> dict:
+        """Reuse, evaluate again or train and evaluate one run: ``key`` is its
+        training key, ``scoring`` its evaluation key."""
         record = load_record(self.args.results_dir, key)
-        if record is not None and covers(record['settings'], settings):
+        if (record is not None and record.get('evaluation_key') == scoring
+                and covers(record['settings'], settings)):
             self._progress(spec, f'reused {key}')
             return record
         if record is not None:  # evaluate again, never with less than before
@@ -293,6 +301,7 @@ class Study:
             method=spec.method, options=spec.options,
             resolved_options=dict(method_options(spec.method), **spec.options),
             seed=spec.seed, world_size=self.world_size, code=self.code,
+            evaluation_key=scoring, train_device=self.train_device,
             device=self.args.device, settings=settings, minutes=minutes,
             **evaluation)
         save_record(self.args.results_dir, record)

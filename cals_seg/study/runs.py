@@ -1,15 +1,29 @@
 """The runs of a calibration study: what each one is, the key it is stored
 under, and its stored record.
 
-A run is one (base config, method with options, seed). Its key hashes what
-produced its numbers: the fully resolved training config (base config, the
-study's ``--cfg-options``, the method recipe and the seed), the method's full
-options (defaults filled in, so ``ls`` and ``ls smoothing=0.05`` are one run),
-the number of training processes, and the code (:func:`code_version`), which
-trains and evaluates. A stored record whose key matches is reused when its
-evaluation covers what is asked (:func:`covers`: the calibrators and shift
-passes); anything else that changed makes a new key, so a new run.
+A run is one (base config, method with options, seed). Two keys say what
+produced its numbers:
+
+- the training key (:func:`run_key`, the record's name) hashes what sets the
+  trained weights: the fully resolved training config (base config, the study's
+  ``--cfg-options``, the method recipe and the seed), the method's full options
+  (defaults filled in, so ``ls`` and ``ls smoothing=0.05`` are one run), the
+  number of training processes, the training code (:func:`code_version`, its
+  docstrings and comments left out), the versions of torch, numpy, MMEngine, MMCV
+  and MMSegmentation, the device type and a fingerprint of the training and
+  hold-out data (:func:`data_fingerprint`);
+- the evaluation key (:func:`evaluation_key`, stored in the record) hashes what
+  scores them: the evaluation code, the libraries it adds (the corruptions,
+  OpenCV), the evaluation device type and the test data's fingerprint.
+
+A stored record is reused when its training key matches, its evaluation key
+matches and its evaluation covers what is asked (:func:`covers`: the
+calibrators, shift passes and background); with only the training key matching,
+the run is evaluated again from its kept checkpoint (trained again only where
+none is kept); anything else makes a new run.
 """
+import ast
+import copy
 import hashlib
 import json
 import os
@@ -29,7 +43,20 @@ PACKAGE = osp.dirname(osp.dirname(osp.abspath(__file__)))
 # Parts of the package that draw or write the report from stored records and
 # so never change a run's numbers: editing them keeps every run valid.
 REPORT_ONLY = ('study/report.py', 'study/statistics.py', 'visualization/')
+# The study's own bookkeeping (keys, plans, grids): what runs, not their numbers.
+STUDY_ONLY = ('study/__init__.py', 'study/runs.py', 'study/tuning.py')
+# Parts that score a trained model and never change its weights: editing them
+# re-evaluates the kept checkpoints.
+EVALUATION_ONLY = ('evaluation/', 'calibrators/', 'functional/calibration.py',
+                   'ops/csrc/calibration_statistics.cpp', 'ops/triton/calibration.py',
+                   'datasets/transforms/', 'models/segmentors/',
+                   'engine/hooks/save_logits_hook.py', 'study/evaluate.py',
+                   'study/multipliers.py')
 CODE_SUFFIXES = ('.py', '.cpp', '.h', '.cu')
+# Distributions whose versions are in the keys (those installed of each list).
+TRAINING_LIBRARIES = ('torch', 'numpy', 'onedl-mmengine', 'mmengine', 'mmcv-lite',
+                      'mmcv', 'onedl-mmsegmentation', 'mmsegmentation')
+EVALUATION_LIBRARIES = ('imagecorruptions-imaug', 'opencv-python', 'scipy')
 # Settings that say where a run writes, not what it computes.
 UNKEYED = ('work_dir', 'launcher', 'resume')
 RECORD_VERSION = 1
@@ -92,23 +119,44 @@ def _canonical(value) -> Any:
     return f'{type(value).__module__}.{getattr(value, "__qualname__", repr(value))}'
 
 
+def _normalised(path: str) -> bytes:
+    """A source file as it computes: Python without its docstrings and comments
+    (its syntax tree), other sources as they are."""
+    with open(path, 'rb') as f:
+        source = f.read()
+    if not path.endswith('.py'):
+        return source
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        body = getattr(node, 'body', None)
+        if (isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef,
+                              ast.AsyncFunctionDef)) and body
+                and isinstance(body[0], ast.Expr)
+                and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree).encode('utf-8')
+
+
 def code_version(package: str = PACKAGE) -> Dict[str, Any]:
-    """What code a run ran: ``tree``, a hash of the package's source files (less
-    :data:`REPORT_ONLY`), which keys runs; and, for the record, the package
-    version, the git commit and whether the package's files differ from it."""
+    """What code a run ran: ``tree``, a hash of the training code (the package's
+    sources less :data:`REPORT_ONLY`, :data:`STUDY_ONLY` and
+    :data:`EVALUATION_ONLY`, docstrings and comments left out), which keys the
+    training; ``evaluation``, the same of the evaluation-only sources; and, for
+    the record, the package version, the git commit and whether the package's
+    files differ from it."""
     from .. import __version__
-    digest = hashlib.sha256()
+    digests = dict(tree=hashlib.sha256(), evaluation=hashlib.sha256())
     for root, dirs, files in os.walk(package):
         dirs[:] = sorted(d for d in dirs if d != '__pycache__')
         for name in sorted(files):
             path = osp.join(root, name)
             relative = osp.relpath(path, package).replace(os.sep, '/')
             if (not name.endswith(CODE_SUFFIXES) or
-                    any(relative.startswith(p) for p in REPORT_ONLY)):
+                    relative.startswith(REPORT_ONLY + STUDY_ONLY)):
                 continue
-            digest.update(relative.encode() + b'\0')
-            with open(path, 'rb') as f:
-                digest.update(f.read() + b'\0')
+            part = ('evaluation' if relative.startswith(EVALUATION_ONLY) else 'tree')
+            digests[part].update(relative.encode() + b'\0' + _normalised(path) + b'\0')
     commit = dirty = None
     try:
         repo = osp.dirname(package)
@@ -120,21 +168,90 @@ def code_version(package: str = PACKAGE) -> Dict[str, Any]:
                                     check=True).stdout.strip())
     except (OSError, subprocess.CalledProcessError):
         pass  # not a git checkout: the tree hash alone says what ran
-    return dict(package=__version__, tree=digest.hexdigest()[:16], commit=commit,
-                dirty=dirty)
+    return dict(package=__version__,
+                **{k: d.hexdigest()[:16] for k, d in digests.items()},
+                commit=commit, dirty=dirty)
 
 
-def run_key(cfg: Config, spec: RunSpec, world_size: int, code_tree: str) -> str:
-    """The run's key: 16 hex digits of a hash of everything that sets its
-    trained weights and how they are scored (see the module docstring)."""
-    config = {k: v for k, v in cfg.to_dict().items() if k not in UNKEYED}
-    content = dict(config=_canonical(config), method=spec.method,
-                   options=_canonical(dict(method_options(spec.method),
-                                           **spec.options)),
-                   world_size=world_size, code=code_tree,
-                   record_version=RECORD_VERSION)
+def library_versions(names) -> Dict[str, str]:
+    """``{distribution: version}`` of those of ``names`` that are installed."""
+    from importlib.metadata import PackageNotFoundError, version
+    found = {}
+    for name in names:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return found
+
+
+_FINGERPRINTS: Dict[str, str] = {}
+
+
+def data_fingerprint(dataset_cfg) -> str:
+    """16 hex digits over the files a dataset config reads: each sample's image
+    and label file names with their sizes, in the dataset's order (a moved data
+    root keeps it; other images, labels or splits change it). Cached per config.
+
+    Raises:
+        FileNotFoundError: a file the dataset lists is missing.
+    """
+    from mmengine.registry import DefaultScope
+    from mmseg.registry import DATASETS
+    text = json.dumps(_canonical(dataset_cfg), sort_keys=True)
+    if text not in _FINGERPRINTS:
+        with DefaultScope.overwrite_default_scope('mmseg'):  # its pipeline's names
+            dataset = DATASETS.build(copy.deepcopy(dataset_cfg))
+        digest = hashlib.sha256()
+        for index in range(len(dataset)):
+            info = dataset.get_data_info(index)
+            for path in (info.get('img_path'), info.get('seg_map_path')):
+                if path:
+                    digest.update(f'{osp.basename(path)}:{osp.getsize(path)}\0'.encode())
+        _FINGERPRINTS[text] = digest.hexdigest()[:16]
+    return _FINGERPRINTS[text]
+
+
+def _device_type(device: str) -> str:
+    return str(device).split(':')[0]
+
+
+def _hash(content: dict) -> str:
     text = json.dumps(content, sort_keys=True, separators=(',', ':'))
     return hashlib.sha256(text.encode('utf-8')).hexdigest()[:16]
+
+
+def run_key(cfg: Config, spec: RunSpec, world_size: int, code: Dict[str, Any],
+            device: str = 'cpu') -> str:
+    """The run's training key: 16 hex digits of a hash of everything that sets
+    its trained weights (see the module docstring).
+
+    Args:
+        cfg (Config): the run's resolved config (:func:`resolve_config`).
+        spec (RunSpec): the run.
+        world_size (int): training processes.
+        code (dict): :func:`code_version`.
+        device (str): where it trains ('cpu', 'cuda', 'cuda:1': the type counts).
+    """
+    config = {k: v for k, v in cfg.to_dict().items() if k not in UNKEYED}
+    data = {name: data_fingerprint(cfg[name]['dataset'])
+            for name in ('train_dataloader', 'holdout_dataloader') if cfg.get(name)}
+    return _hash(dict(config=_canonical(config), method=spec.method,
+                      options=_canonical(dict(method_options(spec.method),
+                                              **spec.options)),
+                      world_size=world_size, code=code['tree'],
+                      libraries=library_versions(TRAINING_LIBRARIES), data=data,
+                      device=_device_type(device), record_version=RECORD_VERSION))
+
+
+def evaluation_key(cfg: Config, code: Dict[str, Any], device: str = 'cpu') -> str:
+    """What scores a trained run: the evaluation code, every library it runs on,
+    the device type and the test data (see the module docstring)."""
+    return _hash(dict(code=code['evaluation'],
+                      libraries=library_versions(TRAINING_LIBRARIES +
+                                                 EVALUATION_LIBRARIES),
+                      device=_device_type(device),
+                      data=data_fingerprint(cfg.test_dataloader.dataset)))
 
 
 RECORDS = 'runs'  # the records' folder in a results directory
