@@ -15,7 +15,7 @@ from mmengine.config import Config
 
 from cals_seg.datasets.demo_data import make_demo_dataset
 from cals_seg.study import tuning
-from cals_seg.study.report import Row, _equals, verdict
+from cals_seg.study.report import Candidate, Row, _equals, verdict
 from cals_seg.study.runs import (RunSpec, code_version, covers, evaluation_key,
                                  resolve_config, run_key, union)
 from helpers import REPO, run_tool
@@ -311,21 +311,21 @@ def _row(label, eces, seeds=None):
 def test_verdicts_are_paired_by_seed_and_name_every_tied_row():
     seeds = (0, 1, 2)
     a, b = np.array([1.0, 1.2, 1.1]), np.array([2.0, 2.3, 2.1])
+    row_a, row_b = Candidate('A', seeds, a), Candidate('B', seeds, b)
     # b - a = 1.0, 1.1, 1.0: t = 31 on 2 dof, p = 0.0005 <= 0.05 / 2
-    assert verdict([('A', seeds, a), ('B', seeds, b)], higher=False).startswith(
+    assert verdict([row_a, row_b], higher=False).startswith(
         'best A (1.10 ± 0.10), ahead of every other row; the closest, B (2.13 ± 0.15)')
-    close = a + 0.05  # the same 0.05 on every seed: no spread to test against
-    text = verdict([('A', seeds, a), ('C', seeds, close), ('B', seeds, b)],
-                   higher=False)
+    close = Candidate('C', seeds, a + 0.05)  # the same 0.05 on every seed
+    text = verdict([row_a, close, row_b], higher=False)
     assert text.startswith('tie, not told apart from the best mean: A (1.10 ± 0.10), '
                            'C (1.15 ± 0.10); C differ from A by the same amount')
     assert 'B (' not in text
-    assert verdict([('A', seeds, a), ('B', seeds, b)], higher=True).startswith('best B')
-    assert 'no claim' in verdict([('A', (0, ), a[:1]), ('B', (0, ), b[:1])],
-                                 higher=False)
+    assert verdict([row_a, row_b], higher=True).startswith('best B')
+    assert 'no claim' in verdict([Candidate('A', (0, ), a[:1]),
+                                  Candidate('B', (0, ), b[:1])], higher=False)
     # Pairing: seed 2 of B is missing, so both are compared on seeds 0 and 1.
-    text = verdict([('A', seeds, a), ('B', (0, 1), b[:2])], higher=False)
-    assert text.endswith('(paired on the seeds all rows have: 0, 1)')
+    text = verdict([row_a, Candidate('B', (0, 1), b[:2])], higher=False)
+    assert text.endswith('; paired on the seeds all rows have: 0, 1; seeds only')
 
 
 def test_an_advantage_under_shift_counts_when_the_paired_test_finds_it():
@@ -439,7 +439,7 @@ def test_fair_setting_reading_names_what_tuned_cals_wins():
     # LS - CALS: 2.0, 2.3, 2.1: t = 24 on 2 dof, p = 0.0009 <= 0.05 / 3 (CE, LS, CALS)
     assert ('- ECE: best CALS m 10, tuned (2.10 ± 0.10), ahead of every other row; '
             'the closest, LS ε 0.05 (4.23 ± 0.25), by 2.13 (paired p = 0.00085 <= '
-            '0.017).') in fair
+            '0.017); seeds only.') in fair
     assert '- ECE at severity 3: best LS ε 0.05 (10.47 ± 0.50)' in fair
     # mIoU and NLL are equal everywhere: a tie of every row.
     assert '- NLL: every row has the same value on every seed: CE, LS ε 0.05, CALS' in fair

@@ -147,4 +147,4 @@ def test_bad_input_is_refused_with_its_reason():
 def test_the_report_sentence_names_the_test_and_level():
     text = describe_test()
     assert 'Bonferroni' in text and '0.05/k' in text and 'test images' in text
-    assert 'not accounted for' in describe_test(with_images=False)
+    assert '0.1/k' in describe_test(alpha=0.1)

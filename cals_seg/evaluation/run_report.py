@@ -10,6 +10,7 @@ corruptions and in a shifted domain, with the calibrators fitted in-domain.
 """
 from typing import Dict, NamedTuple, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 
 from ..calibrators import Calibrator
@@ -36,6 +37,19 @@ class ShiftPlan(NamedTuple):
     severities: Sequence[int] = ()
     seed: int = 0
     domain_root: Optional[str] = None
+
+
+def _image_rows(test: dict, fitted: Dict[str, Calibrator], num_classes: int) -> dict:
+    """Each test image's sufficient statistics of the verdict metrics, for the
+    report's image resamples: raw, and each calibrator whose fit was kept (an
+    undone fit's are raw's), rounded to 4 decimals (sums of pixels)."""
+    kept = [RAW] + [name for name, c in fitted.items() if c.fit_record.kept]
+    rows = test['outputs'][RAW]['image_rows']
+    return dict(num_bins=int(test['outputs'][RAW]['pooled'].bin_count.numel()),
+                num_classes=num_classes,
+                outputs={name: np.round(test['outputs'][name]['image_rows'],
+                                        4).tolist() for name in kept},
+                images=len(rows))
 
 
 def _build(loader_cfg):
@@ -106,7 +120,8 @@ def evaluate_checkpoint(cfg, checkpoint: str, calibrators: Sequence[str] = ('ts'
         reliability={name: reliability_bins(test['outputs'][name]['pooled'])
                      for name in outputs},
         fg_reliability=reliability_bins(test['outputs'][RAW]['foreground']),
-        fits={name: c.fit_record._asdict() for name, c in fitted.items()})
+        fits={name: c.fit_record._asdict() for name, c in fitted.items()},
+        test_images=_image_rows(test, fitted, num_classes))
     if 'holdout' in splits and holdout is not None:
         report['holdout'] = summarize(evaluate_split(
             model, holdout, num_classes, exclude_classes=excluded,

@@ -23,6 +23,7 @@ from .sampling import DEFAULT_MAX_FIT_PIXELS, sample_crops, sample_pixels
 from ..functional.calibration import (DEFAULT_BOUNDARY_WIDTH, DEFAULT_NUM_BINS,
                           CalibrationStatistics, calibration_errors,
                           calibration_statistics, keep_mask)
+from ..functional.image_sums import image_row
 
 RAW = 'raw'
 BACKGROUND = 'background'
@@ -141,12 +142,14 @@ def evaluate_split(model,
         dict: ``confusion`` ``[C, C]`` (rows ground truth, raw predictions),
         ``distance_share``, ``images`` (names), and ``outputs``: per name,
         ``pooled`` and ``foreground`` (:class:`CalibrationStatistics`),
-        ``image_ece`` (list of floats, percent, background kept) and
-        ``confusion`` of its predictions.
+        ``image_ece`` (list of floats, percent, background kept),
+        ``confusion`` of its predictions and ``image_rows`` (``(images,
+        2 + 6B + 3C)``, each image's sufficient statistics of the verdict
+        metrics: :func:`cals_seg.functional.image_sums.image_row`).
     """
     transforms = {RAW: None, **(calibrators or {})}
     outputs = {
-        name: dict(pooled=None, foreground=None, image_ece=[],
+        name: dict(pooled=None, foreground=None, image_ece=[], image_rows=[],
                    confusion=torch.zeros(num_classes, num_classes,
                                          dtype=torch.float64))
         for name in transforms
@@ -169,9 +172,10 @@ def evaluate_split(model,
                     logits.unsqueeze(0)).squeeze(0)
             calibrated = calibrated.cpu()
             prediction = calibrated.reshape(num_classes, -1).argmax(dim=0)[keep]
-            sums['confusion'] += torch.bincount(
+            confusion = torch.bincount(
                 flat_labels[keep] * num_classes + prediction,
                 minlength=num_classes**2).reshape(num_classes, num_classes).double()
+            sums['confusion'] += confusion
             image = calibration_statistics(calibrated, labels, num_bins,
                                            ignore_index=ignore_index,
                                            boundary_width=boundary_width)
@@ -180,6 +184,7 @@ def evaluate_split(model,
                                                 exclude_classes=exclude_classes)
             if float(image.num_pixels) > 0:
                 sums['image_ece'].append(calibration_errors(image)['ECE'])
+            sums['image_rows'].append(image_row(image, foreground, confusion.numpy()))
             for part, stats in (('pooled', image), ('foreground', foreground)):
                 sums[part] = stats if sums[part] is None else CalibrationStatistics(
                     *(a + b for a, b in zip(sums[part], stats)))
@@ -187,6 +192,7 @@ def evaluate_split(model,
         raise ValueError('the loader yielded no image')
     for sums in outputs.values():
         sums['confusion'] = sums['confusion'].numpy()
+        sums['image_rows'] = np.stack(sums['image_rows'])
     return dict(confusion=outputs[RAW]['confusion'], images=names,
                 distance_share=over / max(pairs, 1), outputs=outputs)
 

@@ -16,6 +16,8 @@ import numpy as np
 from ..functional.groups import group_names
 from ..visualization.reliability import bins_grid
 from ..visualization.shift import severity_figure
+from ..functional.image_sums import METRICS as IMAGE_METRICS
+from ..functional.image_sums import bootstrap_weights, metrics_from_sums
 from .statistics import ALPHA, compare_with_best, describe_test, gain_p_value
 from .tuning import KNOBS, SCORE, default_value
 
@@ -34,6 +36,8 @@ SHIFT_METRICS = (('ECE', 'ECE', False), ('mIoU', 'mIoU', True))
 # Relative: an undone Dirichlet fit (the identity on log-probabilities) gives
 # CE's numbers to float rounding, not bit for bit.
 EQUAL_TOLERANCE = 1e-6
+# Image resamples per verdict: enough for the variance of a difference to a few %.
+RESAMPLES = 1000
 ONE_SEED = ('One seed per row: no "best" is claimed, since a claim needs the '
             'spread over seeds.')
 
@@ -62,6 +66,22 @@ class Row(NamedTuple):
 
     def values(self, metric: str) -> np.ndarray:
         return np.array([t[metric] for t in self.test()], dtype=float)
+
+    def image_sums(self) -> Tuple[Optional[np.ndarray], Tuple[int, int]]:
+        """``(seeds, images, K)`` each test image's sums of the verdict metrics
+        (raw's where this output's fit was undone on a seed) and (bins,
+        classes); None where a record holds none (records made before them)."""
+        sums = []
+        for record in self.records:
+            stored = record.get('test_images')
+            if stored is None:
+                return None, (0, 0)
+            output = self.output if self.output in stored['outputs'] else RAW
+            if output != self.output and record['fits'][self.output]['kept']:
+                return None, (0, 0)  # a kept fit without its sums
+            sums.append(stored['outputs'][output])
+        shape = (stored['num_bins'], stored['num_classes'])
+        return np.asarray(sums, dtype=np.float64), shape
 
     def shift(self, column: str, metric: str) -> Optional[np.ndarray]:
         """Per seed, ``metric`` at ``column``: 'clean', a severity ('3': the
@@ -185,47 +205,87 @@ def _distinct(rows: List[Row], ce: Optional[Row]) -> List[Row]:
     return distinct
 
 
-# A candidate of a verdict: (label, seeds, the row's value on each seed).
-Candidate = Tuple[str, Tuple[int, ...], np.ndarray]
+class Candidate(NamedTuple):
+    """A row in a verdict: its label, seeds, value on each seed and, where its
+    records hold them, each test image's sums of the metric (``(seeds, images,
+    K)``, :mod:`cals_seg.functional.image_sums`) with their bins and classes."""
+    label: str
+    seeds: Tuple[int, ...]
+    values: np.ndarray
+    image_sums: Optional[np.ndarray] = None
+    shape: Tuple[int, int] = (0, 0)
 
 
-def _leaders(candidates: Sequence[Candidate], higher: bool) -> Tuple[List[str], str]:
+def _replicates(candidates: Sequence[Candidate], seeds: List[int],
+                metric: str) -> Optional[np.ndarray]:
+    """``(RESAMPLES, rows, seeds)``: the metric on resamples of the test images,
+    one resample for every row and seed; None unless every candidate has its
+    images' sums for the same images, bins and classes."""
+    if metric not in IMAGE_METRICS or any(c.image_sums is None for c in candidates):
+        return None
+    if len({(c.image_sums.shape[1:], c.shape) for c in candidates}) != 1:
+        return None
+    stack = np.stack([c.image_sums[[c.seeds.index(s) for s in seeds]]
+                      for c in candidates])  # [rows, seeds, images, K]
+    weights = bootstrap_weights(stack.shape[2], RESAMPLES)
+    summed = np.einsum('bi,rsik->brsk', weights, stack)
+    return metrics_from_sums(summed, *candidates[0].shape)[metric]
+
+
+def _leaders(candidates: Sequence[Candidate], higher: bool,
+             metric: Optional[str] = None) -> Tuple[List[str], str]:
     """The labels in front and the sentence saying so, from
     :func:`compare_with_best` over the candidates, paired on the seeds they all
-    have: one label when the best mean beats every other row, else the rows
-    that tie with it (none when nothing can be tested)."""
+    have and, for an in-domain ``metric`` whose records hold per-image sums, on
+    resamples of the test images: one label when the best mean beats every
+    other row, else the rows that tie with it (none when nothing can be
+    tested). A verdict that counts the seeds' noise alone says so."""
     if not candidates:
         return [], 'no rows to compare: no claim'
-    seeds = sorted(set.intersection(*(set(c[1]) for c in candidates)))
-    cells = {label: _cell(values) for label, _, values in candidates}
-    table = np.array([[dict(zip(row_seeds, values))[seed] for seed in seeds]
-                      for _, row_seeds, values in candidates]).reshape(
-                          len(candidates), len(seeds))
-    found = compare_with_best([c[0] for c in candidates], table, higher)
-    paired_on = ('' if all(len(c[1]) == len(seeds) for c in candidates) else
-                 f' (paired on the seeds all rows have: {", ".join(map(str, seeds))})')
+    seeds = sorted(set.intersection(*(set(c.seeds) for c in candidates)))
+    cells = {c.label: _cell(c.values) for c in candidates}
+    table = np.array([[dict(zip(c.seeds, c.values))[seed] for seed in seeds]
+                      for c in candidates]).reshape(len(candidates), len(seeds))
+    replicates = _replicates(candidates, seeds, metric)
+    found = compare_with_best([c.label for c in candidates], table, higher,
+                              replicates)
+    notes = list(found.notes)
+    if not all(len(c.seeds) == len(seeds) for c in candidates):
+        notes.append(f'paired on the seeds all rows have: {", ".join(map(str, seeds))}')
+    if replicates is None and found.kind in ('best', 'tie'):
+        notes.append('seeds only')
     if found.kind == 'best':
         closest = found.comparisons[0]
-        return found.leaders, (
+        return found.leaders, '; '.join([
             f'best {found.best} ({cells[found.best]}), ahead of every other row; the '
             f'closest, {closest.label} ({cells[closest.label]}), by '
             f'{closest.difference:.2f} (paired p = {closest.p_value:.2g} <= '
-            f'{found.level:.2g}){paired_on}')
+            f'{found.level:.2g})'] + notes)
     if found.kind == 'tie':
         named = ', '.join(f'{label} ({cells[label]})' for label in found.leaders)
         return found.leaders, '; '.join(
-            [f'tie, not told apart from the best mean: {named}'] + found.notes) + paired_on
-    return found.leaders, found.sentence + paired_on
+            [f'tie, not told apart from the best mean: {named}'] + notes)
+    return found.leaders, '; '.join([found.sentence] + notes[len(found.notes):])
 
 
-def verdict(candidates: Sequence[Candidate], higher: bool) -> str:
+def verdict(candidates: Sequence[Candidate], higher: bool,
+            metric: Optional[str] = None) -> str:
     """The sentence of :func:`_leaders`: 'best ...', 'tie ...' or why no claim."""
-    return _leaders(candidates, higher)[1]
+    return _leaders(candidates, higher, metric)[1]
 
 
-def _candidates(rows: Sequence['Row'], values: Callable) -> List[Candidate]:
-    """``(label, seeds, values(row))`` of the rows where ``values`` is not None."""
-    return [(row.label, row.seeds, v) for row in rows if (v := values(row)) is not None]
+def _candidates(rows: Sequence['Row'], values: Callable,
+                metric: Optional[str] = None) -> List[Candidate]:
+    """The rows where ``values`` is not None; with an in-domain ``metric``, their
+    images' sums too."""
+    found = []
+    for row in rows:
+        v = values(row)
+        if v is None:
+            continue
+        sums, shape = row.image_sums() if metric in IMAGE_METRICS else (None, (0, 0))
+        found.append(Candidate(row.label, row.seeds, v, sums, shape))
+    return found
 
 
 def _domain_table(rows: List[Row], ce: Optional[Row], lines: List[str]) -> List[str]:
@@ -277,8 +337,10 @@ def _shift_reading(rows: List[Row], columns: List[str]) -> List[str]:
     for column in columns:
         name = {'clean': 'clean test split', 'domain': 'shifted domain'}.get(
             column, f'corruptions at severity {column} (mean over corruptions)')
-        candidates = _candidates(rows, lambda r: r.shift(column, 'ECE'))
-        lines.append(f'- ECE, {name}: {verdict(candidates, higher=False)}.')
+        candidates = _candidates(rows, lambda r: r.shift(column, 'ECE'),
+                                 'ECE' if column == 'clean' else None)
+        metric = 'ECE' if column == 'clean' else None
+        lines.append(f'- ECE, {name}: {verdict(candidates, False, metric)}.')
     ts = next((r for r in rows if r.method == 'ce' and r.output == 'ts'), None)
     for column in columns:
         trained = [r for r in rows if r.output == RAW and r.method != 'ce'
@@ -288,7 +350,7 @@ def _shift_reading(rows: List[Row], columns: List[str]) -> List[str]:
             continue
         leaders, text = _leaders(_candidates(trained + [ts],
                                              lambda r: r.shift(column, 'ECE')),
-                                 higher=False)
+                                 higher=False)  # under shift: the seeds' noise
         if not leaders:
             outcome = text
         elif leaders == [ts.label]:
@@ -373,15 +435,16 @@ def _fair_rows(rows: List[Row]) -> List[Row]:
             or (r.method == 'ce' and r.output == 'ts')]
 
 
-def _criteria(columns: List[str]) -> List[Tuple[str, bool, Callable]]:
+def _criteria(columns: List[str]) -> List[Tuple[str, bool, Callable, Optional[str]]]:
     """What a method can win: the in-domain verdict metrics and ECE under each
-    shift, as (name, higher is better, the row's values per seed)."""
-    criteria = [(header, higher, lambda row, key=key: row.values(key))
+    shift, as (name, higher is better, the row's values per seed, the in-domain
+    metric's key or None)."""
+    criteria = [(header, higher, lambda row, key=key: row.values(key), key)
                 for key, header, higher in COLUMNS if key in VERDICT_METRICS]
     for column in columns[1:]:  # after 'clean', the in-domain ECE again
         where = 'in the' if column == 'domain' else 'at'
         criteria.append((f'ECE {where} {_column_name(column)}', False,
-                         lambda row, column=column: row.shift(column, 'ECE')))
+                         lambda row, column=column: row.shift(column, 'ECE'), None))
     return criteria
 
 
@@ -397,8 +460,8 @@ def _fair_reading(rows: List[Row], ce: Optional[Row],
              f'tuned it and at its default otherwise{with_ts}; rows equal to CE '
              'are left out.', '']
     standing = {}
-    for name, higher, values in _criteria(columns):
-        leaders, text = _leaders(_candidates(fair, values), higher)
+    for name, higher, values, key in _criteria(columns):
+        leaders, text = _leaders(_candidates(fair, values, key), higher, key)
         standing[name] = leaders
         lines.append(f'- {name}: {text}.')
     cals = next((r for r in fair if r.method == 'cals' and r.output == RAW), None)
@@ -551,8 +614,9 @@ def build_report(manifest: dict, records: Dict[str, dict],
         'training split; the held-out part updates CALS\'s and CRaC\'s '
         f'multipliers and is what the post-hoc calibrators ({posthoc}) are fitted '
         'on, checked out of fold: a fit that raises the out-of-fold NLL is '
-        'undone (the row then equals its method\'s). ' +
-        describe_test(with_images=False), '']
+        'undone (the row then equals its method\'s). ' + describe_test() +
+        ' A verdict marked "seeds only" had no per-image sums to resample (records '
+        'made before them, or under shift).', '']
     figures: Dict[str, bytes] = {}
     for config in dict.fromkeys(row['config'] for row in manifest['rows']):
         stem = osp.splitext(osp.basename(config))[0]
@@ -567,8 +631,8 @@ def build_report(manifest: dict, records: Dict[str, dict],
         lines += ['']
         for key, header, higher in COLUMNS:
             if key in VERDICT_METRICS and several_seeds:
-                candidates = _candidates(distinct, lambda r: r.values(key))
-                lines.append(f'- {header}: {verdict(candidates, higher)}.')
+                candidates = _candidates(distinct, lambda r: r.values(key), key)
+                lines.append(f'- {header}: {verdict(candidates, higher, key)}.')
         if not several_seeds:
             lines.append(f'- {ONE_SEED}')
         lines += [f'- {note}' for note in notes]

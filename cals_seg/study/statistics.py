@@ -217,14 +217,12 @@ def compare_with_best(labels: Sequence[str], values: np.ndarray, higher: bool,
                    notes)
 
 
-def describe_test(alpha: float = ALPHA, with_images: bool = True) -> str:
+def describe_test(alpha: float = ALPHA) -> str:
     """The one sentence a report gives on how its verdicts were reached."""
-    noise = ('the seeds and the test images (a paired bootstrap of the images, '
-             'shared by every row and seed)' if with_images else
-             'the seeds only (these records hold no per-image statistics, so the '
-             'luck of the test images is not accounted for)')
     return ('"Best" means the row with the best mean beats every other row in a '
             f'one-sided t-test paired by seed at {alpha:g}/k, k the rows compared '
             f'(Bonferroni), so the chance of any false "best" is at most {alpha:g}; '
-            f'the noise counted is that of {noise}. Otherwise the rows that no row '
-            'beats at that level tie (Hsu\'s elimination).')
+            'the noise counted is that of the seeds and of the test images (a '
+            'paired bootstrap of the images, shared by every row and seed). '
+            'Otherwise the rows that no row beats at that level tie (Hsu\'s '
+            'elimination).')
