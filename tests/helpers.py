@@ -7,6 +7,8 @@ import sys
 
 import torch
 from mmengine.config import Config
+from mmengine.structures import PixelData
+from mmseg.structures import SegDataSample
 
 from cals_seg.functional import (ScaledProportions, kernel_weights,
                                  neighbourhood_deviation, soft_label_shift)
@@ -219,3 +221,33 @@ def svls_terms(logits, label, with_weight, backend, ignore=255):
     weight = torch.rand(label.shape) + 0.5 if with_weight else None
     return on_backend_and_torch(soft_label_shift, logits, targets, weight,
                                 backend=backend)
+
+
+class Loader(list):
+    """Batches, and the ``dataset`` whose length a dataloader has."""
+
+    def __init__(self, batches):
+        super().__init__(batches)
+        self.dataset = [sample for batch in batches for sample in batch]
+
+
+class FixedModel:
+    """What evaluate_split needs of a segmentor: eval() and test_step, here
+    returning stored logits for each 'image' of a batch."""
+
+    def __init__(self, logits):
+        self.logits = logits
+        self.mode = 'train'
+
+    def eval(self):
+        self.mode = 'eval'
+
+    def test_step(self, batch):
+        assert self.mode == 'eval'
+        samples = []
+        for index, label in batch:
+            sample = SegDataSample(metainfo=dict(img_path=f'img{index}.png'))
+            sample.seg_logits = PixelData(data=self.logits[index])
+            sample.gt_sem_seg = PixelData(data=label.unsqueeze(0))
+            samples.append(sample)
+        return samples

@@ -4,39 +4,20 @@ them so that the luck of the test images counts."""
 import numpy as np
 import pytest
 import torch
-from mmengine.structures import PixelData
 
 from cals_seg.evaluation.split_report import evaluate_split, summarize
 from cals_seg.functional.image_sums import (bootstrap_weights, metrics_from_sums,
                                             row_length)
-
-
-class _Sample:
-
-    def __init__(self, logits, labels):
-        self.seg_logits = PixelData(data=logits)
-        self.gt_sem_seg = PixelData(data=labels[None])
-        self.metainfo = dict(img_path='x.png')
-
-
-class _Model:
-
-    def eval(self):
-        return self
-
-    def test_step(self, batch):
-        return batch
+from helpers import FixedModel, Loader
 
 
 def test_summed_image_rows_give_the_evaluation_s_numbers():
     generator = torch.Generator().manual_seed(3)
-    batches = []
-    for _ in range(5):
-        labels = torch.randint(0, 4, (12, 10), generator=generator)
-        labels[0, :3] = 255  # ignored pixels
-        batches.append([_Sample(torch.randn(4, 12, 10, generator=generator) * 2,
-                                labels)])
-    split = evaluate_split(_Model(), batches, 4, exclude_classes=[0])
+    logits = torch.randn(5, 4, 12, 10, generator=generator) * 2
+    labels = torch.randint(0, 4, (5, 12, 10), generator=generator)
+    labels[:, 0, :3] = 255  # ignored pixels
+    loader = Loader([[(i, labels[i])] for i in range(5)])
+    split = evaluate_split(FixedModel(logits), loader, 4, exclude_classes=[0])
     rows = split['outputs']['raw']['image_rows']
     assert rows.shape == (5, row_length(15, 4))
     from_rows = metrics_from_sums(rows.sum(0), 15, 4)

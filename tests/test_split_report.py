@@ -3,9 +3,6 @@ scaling recovering the temperature the data was made with."""
 import numpy as np
 import pytest
 import torch
-from mmengine.structures import PixelData
-
-from mmseg.structures import SegDataSample
 
 from cals_seg.calibrators import TemperatureScaling
 from cals_seg.evaluation.sampling import sample_pixels
@@ -13,38 +10,9 @@ from cals_seg.evaluation.split_report import (RAW, evaluate_split,
                                               fit_calibrators, overconfident_bins,
                                               summarize)
 from calibration_reference import reference_metrics, softmax
+from helpers import FixedModel, Loader
 
 IGNORE = 255
-
-
-class Loader(list):
-    """Batches, and the ``dataset`` whose length a dataloader has."""
-
-    def __init__(self, batches):
-        super().__init__(batches)
-        self.dataset = [sample for batch in batches for sample in batch]
-
-
-class FixedModel:
-    """What evaluate_split needs of a segmentor: eval() and test_step, here
-    returning stored logits for each 'image' of a batch."""
-
-    def __init__(self, logits):
-        self.logits = logits
-        self.mode = 'train'
-
-    def eval(self):
-        self.mode = 'eval'
-
-    def test_step(self, batch):
-        assert self.mode == 'eval'
-        samples = []
-        for index, label in batch:
-            sample = SegDataSample(metainfo=dict(img_path=f'img{index}.png'))
-            sample.seg_logits = PixelData(data=self.logits[index])
-            sample.gt_sem_seg = PixelData(data=label.unsqueeze(0))
-            samples.append(sample)
-        return samples
 
 
 def _data(seed, images=3, classes=4, size=9, scale=6.0):

@@ -14,7 +14,7 @@ import cals_seg  # noqa: F401
 from cals_seg.evaluation.split_report import background_classes, prediction_head
 from cals_seg.study.runs import (RECORD_VERSION, covers, load_records,
                                  training_minutes, union)
-from helpers import REPO
+from helpers import FixedModel, Loader
 
 
 @pytest.mark.parametrize('classes, background, expected', [
@@ -45,8 +45,8 @@ def test_the_prediction_head_of_a_cascade_is_its_last():
     cfg.model.pretrained = None
     cfg.model.backbone.update(depth=18, norm_cfg=dict(type='BN'))
     for head, channels in zip(cfg.model.decode_head, (256, 512)):
-        head.update(in_channels=channels, num_classes=5 if head.type == 'OCRHead' else 4,
-                    norm_cfg=dict(type='BN'))
+        classes = 5 if head.type == 'OCRHead' else 4
+        head.update(in_channels=channels, num_classes=classes, norm_cfg=dict(type='BN'))
     model = MODELS.build(cfg.model)
     assert isinstance(model.decode_head, torch.nn.ModuleList)
     assert prediction_head(model).num_classes == 5
@@ -128,27 +128,17 @@ def test_foreground_figures_follow_the_dataset_classes_end_to_end(tmp_path):
     the dataset has none: fg/ECE is then ECE."""
     from cals_seg.evaluation.split_report import evaluate_split, summarize
 
-    class Sample:
-        def __init__(self, logits, labels):
-            from mmengine.structures import PixelData
-            self.seg_logits = PixelData(data=logits)
-            self.gt_sem_seg = PixelData(data=labels[None])
-            self.metainfo = dict(img_path='x.png')
-
-    class Model:
-        def eval(self):
-            return self
-
-        def test_step(self, batch):
-            return batch
-
     generator = torch.Generator().manual_seed(0)
-    batches = [[Sample(torch.randn(3, 8, 8, generator=generator) * 3,
-                       torch.randint(0, 3, (8, 8), generator=generator))]
-               for _ in range(3)]
-    none = summarize(evaluate_split(Model(), batches, 3, exclude_classes=[]))
+    logits = torch.randn(3, 3, 8, 8, generator=generator) * 3
+    labels = torch.randint(0, 3, (3, 8, 8), generator=generator)
+
+    def batches():
+        return Loader([[(i, labels[i])] for i in range(3)])
+
+    none = summarize(evaluate_split(FixedModel(logits), batches(), 3,
+                                    exclude_classes=[]))
     assert none['fg/ECE'] == pytest.approx(none['ECE'])
-    some = summarize(evaluate_split(Model(), batches, 3,
+    some = summarize(evaluate_split(FixedModel(logits), batches(), 3,
                                     exclude_classes=background_classes(
                                         ['background', 'a', 'b'])))
     assert some['fg/ECE'] != pytest.approx(some['ECE'])

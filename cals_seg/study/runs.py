@@ -207,7 +207,8 @@ def data_fingerprint(dataset_cfg) -> str:
             info = dataset.get_data_info(index)
             for path in (info.get('img_path'), info.get('seg_map_path')):
                 if path:
-                    digest.update(f'{osp.basename(path)}:{osp.getsize(path)}\0'.encode())
+                    entry = f'{osp.basename(path)}:{osp.getsize(path)}\0'
+                    digest.update(entry.encode())
         _FINGERPRINTS[text] = digest.hexdigest()[:16]
     return _FINGERPRINTS[text]
 

@@ -113,7 +113,8 @@ def pairwise_differences(values: np.ndarray, replicates: Optional[np.ndarray] = 
     # The seed term's dof, the smaller of the two: Welch-Satterthwaite's larger
     # value rests on a seed variance estimated from 2 dof (3 seeds) and, simulated
     # (tests/test_statistics.py), calls identical rows best too often.
-    return mean, np.sqrt(seed_variance + image_variance), np.full_like(mean, seeds - 1.0)
+    dof = np.full_like(mean, seeds - 1.0)
+    return mean, np.sqrt(seed_variance + image_variance), dof
 
 
 def _one_sided_p(difference: np.ndarray, error: np.ndarray,
@@ -210,8 +211,8 @@ def compare_with_best(labels: Sequence[str], values: np.ndarray, higher: bool,
     leaders = [names[row] for row in order if not beaten[row].any()]
     constant = [c.label for c in comparisons
                 if c.standard_error == 0 and c.difference != 0]
-    notes = ([', '.join(constant) + ' differ from ' + names[best] + ' by the same '
-              'amount on every seed, with no spread to test against'] if constant else [])
+    notes = [', '.join(constant) + f' differ from {names[best]} by the same amount '
+             'on every seed, with no spread to test against'] if constant else []
     return verdict('tie', leaders, names[best], comparisons,
                    'tie, not told apart from the best mean: ' + ', '.join(leaders),
                    notes)
