@@ -15,7 +15,9 @@ $(error STACK is 'maintained' (the default) or 'upstream', not '$(STACK)')
 endif
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
-STAMP := $(VENV)/.installed
+# One stamp per stack: a venv whose stamp is not this stack's (an older .venv of the
+# upstream stack, a half-finished set-up) is made anew rather than mixed.
+STAMP := $(VENV)/.installed-$(STACK)
 
 .PHONY: setup test demo benchmark bench clean-venv
 
@@ -28,7 +30,8 @@ setup: $(STAMP)
 # setuptools<81). Maintained: mmcv-lite goes in with --no-deps (requirements/
 # maintained-no-deps.txt says why).
 $(STAMP): requirements/common.txt requirements/$(STACK).txt $(wildcard requirements/$(STACK)-no-deps.txt) \
-		setup.py $(wildcard cals_seg/ops/csrc/*.cpp cals_seg/ops/csrc/*.h)
+		setup.py Makefile $(wildcard cals_seg/ops/csrc/*.cpp cals_seg/ops/csrc/*.h)
+	test -f $(STAMP) || rm -rf $(VENV)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade "pip>=24" wheel
 	$(PIP) install torch==2.13.0 "setuptools>=77.0.3,<81"

@@ -6,8 +6,7 @@ import pytest
 import torch
 
 from cals_seg.evaluation.split_report import evaluate_split, summarize
-from cals_seg.functional.image_sums import (bootstrap_weights, metrics_from_sums,
-                                            row_length)
+from cals_seg.functional.image_sums import bootstrap_weights, metrics_from_sums
 from helpers import FixedModel, Loader
 
 
@@ -19,14 +18,19 @@ def test_summed_image_rows_give_the_evaluation_s_numbers():
     loader = Loader([[(i, labels[i])] for i in range(5)])
     split = evaluate_split(FixedModel(logits), loader, 4, exclude_classes=[0])
     rows = split['outputs']['raw']['image_rows']
-    assert rows.shape == (5, row_length(15, 4))
+    assert rows.shape == (5, 2 + 6 * 15 + 3 * 4)
     from_rows = metrics_from_sums(rows.sum(0), 15, 4)
     reference = summarize(split)
     for key in ('ECE', 'fg/ECE', 'NLL', 'mIoU'):
         assert from_rows[key] == pytest.approx(reference[key], rel=1e-9), key
-    # any weighting at once: here every image once, twice
-    twice = metrics_from_sums(np.stack([rows.sum(0), 2 * rows.sum(0)]), 15, 4)
-    assert twice['ECE'] == pytest.approx([reference['ECE']] * 2)
+    # A resample is a weighting: the evaluation of a loader that shows image 0
+    # twice and image 3 not at all is what weights (2, 1, 1, 0, 1) give.
+    resampled = Loader([[(i, labels[i])] for i in (0, 0, 1, 2, 4)])
+    again = summarize(evaluate_split(FixedModel(logits), resampled, 4,
+                                     exclude_classes=[0]))
+    weighted = metrics_from_sums(np.array([2.0, 1, 1, 0, 1]) @ rows, 15, 4)
+    for key in ('ECE', 'fg/ECE', 'NLL', 'mIoU'):
+        assert weighted[key] == pytest.approx(again[key], rel=1e-9), key
 
 
 def test_bootstrap_weights_draw_as_many_images_as_there_are_and_repeat():

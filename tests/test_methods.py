@@ -229,6 +229,11 @@ def test_hook_options():
             ann_file='ImageSets/Segmentation/heldout.txt')))
     hook, = apply_method(held_out_val, 'cals', source='val').custom_hooks
     assert hook.source == 'val'
+    # the same images through another pipeline are still the test images
+    other_pipeline = _changed(cfg, val_dataloader=dict(
+        cfg.val_dataloader, dataset=dict(cfg.val_dataloader.dataset, pipeline=[])))
+    with pytest.raises(ValueError, match='reads the same dataset as test_dataloader'):
+        apply_method(other_pipeline, 'cals', source='val')
 
 
 @pytest.mark.parametrize('call, error, message', [

@@ -1,7 +1,7 @@
 """The stack under test is one of the two pinned in requirements/, and what the OneDL
 fork changed is handled (cals_seg.utils.stack; docs/architecture.md)."""
 import re
-from importlib.metadata import version
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import pytest
@@ -42,7 +42,7 @@ def test_the_stack_is_named_by_the_distribution_that_provides_mmseg():
     stack = installed_stack()
     assert version(MMSEG_DISTRIBUTIONS[stack])
     other = next(s for s in MMSEG_DISTRIBUTIONS if s != stack)
-    with pytest.raises(Exception):
+    with pytest.raises(PackageNotFoundError):
         version(MMSEG_DISTRIBUTIONS[other])
 
 

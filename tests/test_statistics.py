@@ -63,14 +63,17 @@ def test_the_seeds_alone_miss_the_luck_of_the_test_images():
     assert _claims(rng, 2, 400, **settings) <= ALPHA
 
 
-def test_a_truly_better_row_is_found():
-    """Better by 2.5, against per-seed run noise of sd 0.5 and a method x image
-    interaction of sd 1 on 40 images, with 5 seeds."""
-    rng = np.random.default_rng(1)
+@pytest.mark.parametrize('seeds, margin', [(5, 2.5), (3, 6.0)])
+def test_a_truly_better_row_is_found(seeds, margin):
+    """Better by ``margin`` among 5 rows, against per-seed run noise of sd 0.5
+    and a method x image interaction of sd 1 on 40 images. With the study's 3
+    seeds a "best" needs t of about 9 on 2 dof: only a large margin is found
+    (measured: 4.0 in 40 %, 5.0 in 70 %, 6.0 in 91 % of 200 studies)."""
+    rng = np.random.default_rng(seeds)
     labels = ['better', 'b', 'c', 'd', 'e']
     found = 0
     for _ in range(200):
-        values, replicates = _study(rng, [-2.5, 0, 0, 0, 0], seeds=5)
+        values, replicates = _study(rng, [-margin, 0, 0, 0, 0], seeds=seeds)
         verdict = compare_with_best(labels, values, higher=False,
                                     replicates=replicates)
         found += verdict.kind == 'best' and verdict.leaders == ['better']
@@ -129,7 +132,11 @@ def test_equal_rows_zero_spread_nan_and_one_seed_get_their_own_words():
     verdict = compare_with_best(['x', 'y', 'z'], with_nan, higher=False)
     assert 'x' not in verdict.leaders and 'left out: x' in verdict.sentence
     one_seed = compare_with_best(['x', 'y'], np.array([[1.0], [2.0]]), higher=False)
-    assert one_seed.kind == 'untestable' and 'one seed' in one_seed.sentence
+    assert one_seed.kind == 'untestable' and 'fewer than two seeds' in one_seed.sentence
+    # the images alone never make a claim: a run's seed luck would go uncounted
+    images = np.random.default_rng(0).normal(0, 0.01, (200, 2, 1)) + [[[1.0], [2.0]]]
+    assert compare_with_best(['x', 'y'], np.array([[1.0], [2.0]]), higher=False,
+                             replicates=images).kind == 'untestable'
     lone = compare_with_best(['x'], np.array([[1.0, 2.0]]), higher=False)
     assert lone.kind == 'untestable'
 

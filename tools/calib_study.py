@@ -214,8 +214,10 @@ class Study:
     def __init__(self, args):
         self.args = args
         self.code = code_version()
-        # where runs train (the launcher's GPUs, or this CPU): its type is keyed
-        self.train_device = 'cuda' if torch.cuda.is_available() else 'cpu'
+        # Where runs train, whose type is keyed: a SLURM allocation's GPUs (the
+        # submitting host may have none), else this machine's.
+        self.train_device = ('cuda' if args.launcher == 'slurm' or
+                             torch.cuda.is_available() else 'cpu')
         self.world_size = args.gpus if args.launcher != 'none' else 1
         self.evaluation = dict(
             posthoc=list(args.posthoc),

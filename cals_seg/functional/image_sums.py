@@ -31,10 +31,6 @@ def layout(num_bins: int, num_classes: int) -> Dict[str, slice]:
     return places
 
 
-def row_length(num_bins: int, num_classes: int) -> int:
-    return 2 + 6 * num_bins + 3 * num_classes
-
-
 def image_row(pooled, foreground, confusion: np.ndarray) -> np.ndarray:
     """One image's row.
 

@@ -352,6 +352,16 @@ def _check_builds(loss: dict, key: str) -> None:
             from error
 
 
+def _reads_same_data(first: Optional[dict], second: Optional[dict]) -> bool:
+    """Whether two dataloader configs read the same images and labels, whatever
+    their pipelines: the same dataset type, data root, prefixes and list file."""
+    def source(loader):
+        dataset = (loader or {}).get('dataset') or {}
+        return tuple(str(dataset.get(k)) for k in ('type', 'data_root', 'data_prefix',
+                                                  'ann_file'))
+    return bool(first and second) and source(first) == source(second)
+
+
 def _add_multiplier_hook(config: dict, chosen: dict) -> None:
     """Append the multiplier hook (type, source, rounds or interval, loader)."""
     from mmseg.registry import HOOKS
@@ -363,8 +373,8 @@ def _add_multiplier_hook(config: dict, chosen: dict) -> None:
             'hold-out and validation rounds feed every loss the predicted logits, '
             "which are the decode head's")
     if (source == 'val' and not chosen['allow_test_tuning'] and
-            config.get('val_dataloader', {}).get('dataset') ==
-            config.get('test_dataloader', {}).get('dataset')):
+            _reads_same_data(config.get('val_dataloader'),
+                             config.get('test_dataloader'))):
         raise ValueError(
             f"source='val' updates {HOOK_TYPE}'s multipliers from val_dataloader, "
             'which here reads the same dataset as test_dataloader: the test images '

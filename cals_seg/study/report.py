@@ -255,11 +255,11 @@ def _leaders(candidates: Sequence[Candidate], higher: bool,
     if replicates is None and found.kind in ('best', 'tie'):
         notes.append('seeds only')
     if found.kind == 'best':
-        closest = found.comparisons[0]
+        hardest = max(found.comparisons, key=lambda c: c.p_value)
         return found.leaders, '; '.join([
             f'best {found.best} ({cells[found.best]}), ahead of every other row; the '
-            f'closest, {closest.label} ({cells[closest.label]}), by '
-            f'{closest.difference:.2f} (paired p = {closest.p_value:.2g} <= '
+            f'hardest to beat, {hardest.label} ({cells[hardest.label]}), by '
+            f'{hardest.difference:.2f} (paired p = {hardest.p_value:.2g} <= '
             f'{found.level:.2g})'] + notes)
     if found.kind == 'tie':
         named = ', '.join(f'{label} ({cells[label]})' for label in found.leaders)
@@ -359,13 +359,13 @@ def _shift_reading(rows: List[Row], columns: List[str]) -> List[str]:
             outcome = ('CE + TS cannot be told apart from the best train-time '
                        'methods: ' + ', '.join(l for l in leaders if l != ts.label))
         else:
-            outcome = ('CE + TS is behind; not told apart from the best: ' +
-                       ', '.join(leaders))
+            outcome = ('at least one of them beats CE + TS; not told apart from the '
+                       'best: ' + ', '.join(leaders))
         where = ('In the shifted domain' if column == 'domain' else
                  f'At severity {column}')
         lines.append(f'- {where}, the train-time methods against CE + TS fitted '
-                     f'in-domain ({_cell(ts.shift(column, "ECE"))}), compared as '
-                     f'above: {outcome}.')
+                     f'in-domain ({_cell(ts.shift(column, "ECE"))}), these '
+                     f'{len(trained) + 1} rows compared the same way: {outcome}.')
     return lines
 
 
@@ -405,12 +405,15 @@ def _gain_table(rows: List[Row], ce: Row, columns: List[str]) -> List[str]:
     headers = [_column_name(c) for c in columns]
     compared = [row for row in rows
                 if row is not ce and _paired_gain(row, ce, 'clean') is not None]
-    level = ALPHA / max(len(compared), 1)
+    # Per row: the clean gain, and per shift the shifted gain and its change
+    # either way.
+    tests = max(len(compared) * (1 + 3 * len(shifted)), 1)
+    level = ALPHA / tests
     lines = ['', 'ECE gained over CE (points, CE minus the row, paired by seed: > 0 '
              'is better calibrated than CE), and what becomes of an in-domain '
              'advantage under each shift (an advantage, or a change of it, counts '
-             f'when a one-sided t-test paired by seed finds it at {ALPHA:g}/'
-             f'{len(compared)}, one test per row of the table):', '',
+             f'when a one-sided t-test paired by seed finds it at {ALPHA:g}/{tests}, '
+             f'the {tests} tests of this table; seeds only):', '',
              '| method | ' + ' | '.join(headers) + ' | ' +
              ' | '.join(f'advantage, {_column_name(c)}'
                         for c in shifted) + ' |',

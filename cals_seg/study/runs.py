@@ -8,7 +8,7 @@ produced its numbers:
   trained weights: the fully resolved training config (base config, the study's
   ``--cfg-options``, the method recipe and the seed), the method's full options
   (defaults filled in, so ``ls`` and ``ls smoothing=0.05`` are one run), the
-  number of training processes, the training code (:func:`code_version`, its
+  number of training processes, the training code (:func:`code_version`, Python's
   docstrings and comments left out), the versions of torch, numpy, MMEngine, MMCV
   and MMSegmentation, the device type and a fingerprint of the training and
   hold-out data (:func:`data_fingerprint`);
@@ -48,6 +48,7 @@ STUDY_ONLY = ('study/__init__.py', 'study/runs.py', 'study/tuning.py')
 # Parts that score a trained model and never change its weights: editing them
 # re-evaluates the kept checkpoints.
 EVALUATION_ONLY = ('evaluation/', 'calibrators/', 'functional/calibration.py',
+                   'functional/image_sums.py',
                    'ops/csrc/calibration_statistics.cpp', 'ops/triton/calibration.py',
                    'datasets/transforms/', 'models/segmentors/',
                    'engine/hooks/save_logits_hook.py', 'study/evaluate.py',

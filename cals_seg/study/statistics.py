@@ -65,7 +65,7 @@ class Verdict(NamedTuple):
         kind (str): 'best' (one row beats every other), 'tie' (the rows in
             ``leaders`` cannot be told apart), 'equal' (every compared row has
             the same value on every seed) or 'untestable' (fewer than two rows,
-            or one seed and no image replicates).
+            or fewer than two seeds shared by the rows).
         leaders (list[str]): the best row, or the rows tied with it; empty when
             untestable.
         best (str | None): the row with the best mean.
@@ -95,25 +95,28 @@ def pairwise_differences(values: np.ndarray, replicates: Optional[np.ndarray] = 
     Returns:
         tuple of three ``(rows, rows)`` arrays: ``[i, j]`` is the mean over seeds
         of ``values[j] - values[i]``, its standard error, and the degrees of
-        freedom of its t reference (inf where only the image term is there, NaN
-        where no term can be formed: one seed and no replicates).
+        freedom of its t reference (seeds - 1). With one seed the seed term
+        cannot be formed, and error and dof are NaN: no claim rests on the images
+        alone, since a run's seed luck would go uncounted.
     """
     seeds = values.shape[1]
     differences = values[None, :, :] - values[:, None, :]  # [i, j, seed]
     mean = differences.mean(axis=2)
-    seed_variance = (differences.var(axis=2, ddof=1) / seeds if seeds > 1 else
-                     np.full_like(mean, np.nan))
-    if replicates is None:
-        return mean, np.sqrt(seed_variance), np.full_like(mean, seeds - 1.0)
-    resampled = replicates.mean(axis=2)  # [B, rows]: each resample's seed mean
-    image_variance = (resampled[:, None, :] - resampled[:, :, None]).var(axis=0,
-                                                                         ddof=1)
     if seeds < 2:
-        return mean, np.sqrt(image_variance), np.full_like(mean, np.inf)
+        nothing = np.full_like(mean, np.nan)
+        return mean, nothing, nothing
+    seed_variance = differences.var(axis=2, ddof=1) / seeds
     # The seed term's dof, the smaller of the two: Welch-Satterthwaite's larger
     # value rests on a seed variance estimated from 2 dof (3 seeds) and, simulated
     # (tests/test_statistics.py), calls identical rows best too often.
     dof = np.full_like(mean, seeds - 1.0)
+    if replicates is None:
+        return mean, np.sqrt(seed_variance), dof
+    resampled = replicates.mean(axis=2)  # [B, rows]: each resample's seed mean
+    # A resample can lack what a metric needs (no foreground pixel drawn): NaN,
+    # left out of the variance rather than spoiling it.
+    image_variance = np.nanvar(resampled[:, None, :] - resampled[:, :, None], axis=0,
+                               ddof=1)
     return mean, np.sqrt(seed_variance + image_variance), dof
 
 
@@ -134,11 +137,11 @@ def gain_p_value(gains: np.ndarray) -> float:
         gains (ndarray): ``(seeds,)`` per-seed differences.
     """
     gains = np.asarray(gains, dtype=float)
-    if gains.size < 2 or not np.all(np.isfinite(gains)):
+    if not np.all(np.isfinite(gains)):
         return float('nan')
-    error = np.std(gains, ddof=1) / np.sqrt(gains.size)
-    return float(_one_sided_p(np.array(gains.mean()), np.array(error),
-                              np.array(gains.size - 1.0)))
+    difference, error, dof = pairwise_differences(np.stack([np.zeros_like(gains),
+                                                            gains]))
+    return float(_one_sided_p(difference[0, 1], error[0, 1], dof[0, 1]))
 
 
 def compare_with_best(labels: Sequence[str], values: np.ndarray, higher: bool,
@@ -186,10 +189,10 @@ def compare_with_best(labels: Sequence[str], values: np.ndarray, higher: bool,
     if len(names) < 2:
         return verdict('untestable', [], names[0] if names else None, [],
                        'fewer than two rows to compare: no claim')
-    if oriented.shape[1] < 2 and replicates is None:
+    if oriented.shape[1] < 2:
         return verdict('untestable', [], None, [],
-                       'one seed and no image resamples: no claim, since a claim '
-                       'needs the spread over seeds or images')
+                       'fewer than two seeds shared by the rows: no claim, since a '
+                       'claim needs the spread over seeds')
     if np.all(oriented == oriented[:1]):
         return verdict('equal', names, None, [],
                        'every row has the same value on every seed: '
