@@ -14,7 +14,7 @@ SRUN_ARGS=${SRUN_ARGS:-""}
 # (made by `make`) when it exists, else `python` from PATH.
 VENV_PYTHON="$(dirname "$0")/../.venv/bin/python"
 if [ -z "${PYTHON:-}" ]; then
-    if [ -x "${VIRTUAL_ENV:-}/bin/python" ]; then PYTHON=$VIRTUAL_ENV/bin/python
+    if [ -n "${VIRTUAL_ENV:-}" ] && [ -x "$VIRTUAL_ENV/bin/python" ]; then PYTHON=$VIRTUAL_ENV/bin/python
     elif [ -x "$VENV_PYTHON" ]; then PYTHON=$VENV_PYTHON
     else PYTHON=python; fi
 fi
