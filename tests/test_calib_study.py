@@ -436,9 +436,11 @@ def test_fair_setting_reading_names_what_tuned_cals_wins():
     text = build_report(manifest, records)[0]
     fair = text[text.index('### Which method wins'):]
     assert 'CALS m 20 (' not in fair  # its default row gives way to the tuned one
-    # LS - CALS: 2.0, 2.3, 2.1: t = 24 on 2 dof, p = 0.0009 <= 0.05 / 3 (CE, LS, CALS)
+    # Against CE (5.0, 6.0, 5.5): differences 3.0, 3.8, 3.4, t = 14.7 on 2 dof,
+    # p = 0.0023 <= 0.05 / 3 (CE, LS, CALS): the hardest of its two tests (LS's
+    # differences 2.0, 2.3, 2.1 give p = 0.00085).
     assert ('- ECE: best CALS m 10, tuned (2.10 ± 0.10), ahead of every other row; '
-            'the hardest to beat, LS ε 0.05 (4.23 ± 0.25), by 2.13 (paired p = 0.00085 <= '
+            'the hardest to beat, CE (5.50 ± 0.50), by 3.40 (paired p = 0.0023 <= '
             '0.017); seeds only.') in fair
     assert '- ECE at severity 3: best LS ε 0.05 (10.47 ± 0.50)' in fair
     # mIoU and NLL are equal everywhere: a tie of every row.
