@@ -328,8 +328,8 @@ def test_print_config_with_method_builds_the_shipped_cals_config(tmp_path):
     same cals_seg.utils.cli.build_config): the demo cross-entropy config with
     --method cals is the shipped demo CALS config."""
     dumped = str(tmp_path / 'resolved.py')
-    result = _run(['tools/print_config.py', DEMO_CE, '--method', 'cals',
-                   '--method-options', 'interval=epoch', '--dump', dumped])
+    result = _run(['tools/print_config.py', DEMO_CE, '--method', 'cals', '--dump',
+                   dumped])
     assert result.returncode == 0, result.stderr[-3000:]
     assert "type='CALSMultiplierHook'" in result.stdout
     assert Config.fromfile(dumped).to_dict() == Config.fromfile(DEMO_CALS).to_dict()
