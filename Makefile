@@ -62,7 +62,8 @@ BENCHMARK_CONFIGS := configs/demo/deeplabv3_r18tiny_1500it_demo-voc_ce.py \
 benchmark: setup
 	test -d data/cals_demo/voc || $(PY) tools/make_demo_data.py
 	test -d data/cals_demo/voc_shifted || $(PY) tools/make_demo_data.py --domain shifted
-	$(PY) tools/calib_study.py $(BENCHMARK_CONFIGS) --seeds 0 1 2 --tune --jobs 2 \
+	$(PY) tools/calib_study.py $(BENCHMARK_CONFIGS) --seeds 0 1 2 --tune --tuning-seeds 100 101 \
+		--jobs 2 \
 		--domain-root data/cals_demo/voc_shifted/VOCdevkit/VOC2012 \
 		--cfg-options train_cfg.val_interval=1500 default_hooks.checkpoint.interval=1500 \
 		--work-dir work_dirs/benchmark --results-dir docs/results --out docs/results.md \

@@ -48,7 +48,8 @@ def short_schedule(iterations, hook_interval=2):
 LOADERS = ('train_dataloader', 'holdout_dataloader', 'val_dataloader',
            'test_dataloader')
 # The tests' datasets have a handful of images: half of the training split held
-# out leaves images on both sides of the hash split.
+# out, and no selection part (only the study's tuning needs one, and sets its
+# own), leaves images on both sides of the hash split.
 TEST_HOLDOUT_FRACTION = 0.5
 
 
@@ -57,6 +58,7 @@ def point_at(loader, data_root):
     set_data_root(dict(train_dataloader=loader), data_root)
     if loader['dataset'].get('type') == 'HashSplitDataset':
         loader['dataset']['holdout_fraction'] = TEST_HOLDOUT_FRACTION
+        loader['dataset'].pop('selection_fraction', None)
     loader['num_workers'] = 0
     loader['persistent_workers'] = False
 

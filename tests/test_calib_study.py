@@ -32,7 +32,7 @@ def data_root(tmp_path_factory):
 
 def _shrunk(data_root, iterations=4):
     """--cfg-options that shrink the demo config to a few iterations on the
-    test data (half of its 6 training images held out)."""
+    test data (of its 6 training images, 2 held out, 1 for selection)."""
     return ['--cfg-options', f'train_cfg.max_iters={iterations}',
             f'train_cfg.val_interval={iterations}',
             f'param_scheduler.0.end={iterations}',
@@ -41,8 +41,10 @@ def _shrunk(data_root, iterations=4):
             'train_dataloader.persistent_workers=False',
             f'train_dataloader.dataset.dataset.data_root={data_root}',
             'train_dataloader.dataset.holdout_fraction=0.5',
+            'train_dataloader.dataset.selection_fraction=0.2',
             f'holdout_dataloader.dataset.dataset.data_root={data_root}',
             'holdout_dataloader.dataset.holdout_fraction=0.5',
+            'holdout_dataloader.dataset.selection_fraction=0.2',
             f'val_dataloader.dataset.data_root={data_root}',
             f'test_dataloader.dataset.data_root={data_root}']
 
@@ -116,30 +118,43 @@ def test_study_runs_reuses_redoes_tunes_and_rebuilds_its_report(tmp_path,
                                       'train_aAcc', 'test_mIoU', 'distance_share'}
     assert osp.isfile(tmp_path / 'calibrators' / 'calibrator_ts.pth')
 
-    # Tuning: LS's grid on seed 0, its default value the run already made.
+    # Tuning: LS's grid on tuning seed 100, scored on the selection part; the
+    # choice, on the reported seed 0 (its default's run reused).
     tuned = run_tool(base + ['--tune', '--title', "LS's tuning: one seed"])
     assert tuned.returncode == 0, tuned.stderr[-3000:]
     lines = _progress(tuned)
-    reused = [line for line in lines if ': reused ' in line]
-    trained = [line for line in lines if ': trained ' in line]
-    # Reused: CE and LS, LS's grid value 0.05 (its default run), and the
-    # chosen value on seed 0 (a grid run); trained: smoothing 0.1 and 0.2.
-    assert len(reused) == 4 and len(trained) == 2
-    assert all('smoothing' in line for line in trained)
     manifest = json.loads((work / 'results' / 'study.json').read_text())
     assert shlex.split(manifest['command'])[-2:] == ['--title', "LS's tuning: one seed"]
     row = next(r for r in manifest['rows'] if r['kind'] == 'tuned')
-    scores = {float(v): s for v, s in row['scores'].items()}
-    assert set(scores) == set(tuning.KNOBS['ls'].grid)
-    assert row['options']['smoothing'] == tuning.choose(scores)
-    held_out = {}
-    for path in (work / 'results' / 'runs').iterdir():
-        run = json.loads(path.read_text())
-        if run['method'] == 'ls':
-            held_out[run['resolved_options']['smoothing']] = run['holdout']['NLL']
-    assert held_out == scores  # chosen on the hold-out NLL, not the test split
+    assert row['grid'][:3] == list(tuning.KNOBS['ls'].grid)
+    assert row['tuning_seeds'] == [100] and row['seeds'] == [0]
+    records = {json.loads(p.read_text())['key']: json.loads(p.read_text())
+               for p in (work / 'results' / 'runs').iterdir()}
+    selection = {}
+    for value, keys in row['tuning_keys'].items():
+        (run,) = [records[k] for k in keys]
+        assert run['seed'] == 100 and run['selection_images']['images'] == 1
+        assert run['selection']['NLL'] != run['holdout']['NLL']
+        selection[float(value)] = [run['selection']['NLL']]
+    # Chosen on the selection part's NLL, not the hold-out's or the test split's.
+    assert {float(v): s for v, s in row['scores'].items()} == selection
+    chosen = tuning.choose(selection)
+    assert row['options']['smoothing'] == chosen
+    first = tuning.choose({v: s for v, s in selection.items()
+                           if v in tuning.KNOBS['ls'].grid})
+    assert row['extended'] == tuning.extension(tuning.KNOBS['ls'],
+                                               tuning.KNOBS['ls'].grid, first)
+    assert len(row['grid']) == 3 + (row['extended'] is not None)
+    trained = [line for line in lines if ': trained ' in line]
+    # Each grid value on seed 100, and the choice on seed 0 unless it is the
+    # default (LS's seed-0 run of the first call).
+    assert len(trained) == len(row['grid']) + (chosen != 0.05), lines
+    assert sum('/seed100:' in line for line in trained) == len(row['grid'])
+    assert sum(': reused ' in line for line in lines) == 2 + (chosen == 0.05)
     report = (work / 'report.md').read_text()
-    assert ', tuned' in report and 'held-out NLL per value' in report
+    assert 'trained on tuning seed(s) 100' in report
+    assert f'| LS | ε {chosen:g}' in report and '| – | chosen' in report
+    assert ', tuned' in report and 'held-out NLL per value' not in report
 
     # The report again, from the records alone: the same bytes.
     (work / 'report.md').unlink()
@@ -198,6 +213,21 @@ def test_bad_study_arguments_are_named(tmp_path):
     result = run_tool(['tools/calib_study.py', '--report', '--work-dir',
                        str(tmp_path)])
     assert result.returncode != 0 and 'study.json' in result.stderr
+    # The run that chose a value must not be reported with it.
+    result = run_tool(['tools/calib_study.py', CONFIG, '--tune', '--seeds', '0', '1',
+                       '--tuning-seeds', '1', '2', '--work-dir', str(tmp_path)])
+    assert result.returncode == 2 and '--tuning-seeds [1] are also --seeds' in \
+        result.stderr
+    # A config split without a selection part has nowhere to score a choice.
+    result = run_tool(['tools/calib_study.py', 'configs/deeplabv3_voc_ce.py',
+                       '--tune', '--work-dir', str(tmp_path)])
+    assert result.returncode == 2 and 'without one: add selection_fraction' in \
+        result.stderr
+    result = run_tool(['tools/calib_study.py', CONFIG, '--selection-fraction', '0.3',
+                       '--work-dir', str(tmp_path)])
+    assert result.returncode == 2 and 'already, with selection_fraction=0.35' in \
+        result.stderr
+    assert not (tmp_path / 'runs').exists()
 
 
 def test_run_keys_follow_what_changes_the_numbers(tmp_path, data_root, monkeypatch):
@@ -279,6 +309,14 @@ def test_code_version_splits_training_from_evaluation_and_ignores_prose(tmp_path
     (package / 'evaluation' / 'metric.py').write_text('c = 2\n')
     after = code_version(str(package))
     assert after['tree'] == before['tree'] and after['evaluation'] != before['evaluation']
+    # a new module of the study (its planning, executors) trains nothing; its
+    # evaluation worker scores runs
+    (package / 'study' / 'plan.py').write_text('d = 1\n')
+    assert code_version(str(package)) == after
+    (package / 'study' / 'evaluate.py').write_text('e = 1\n')
+    evaluated = code_version(str(package))
+    assert evaluated['tree'] == before['tree']
+    assert evaluated['evaluation'] != after['evaluation']
     (package / 'losses.py').write_text('a = 2\n')
     assert code_version(str(package))['tree'] != before['tree']
 

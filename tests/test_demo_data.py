@@ -45,7 +45,7 @@ def _object_colours(info):
 
 
 def test_defaults_are_few_training_images(voc):
-    assert (len(voc['train']), len(voc['val'])) == (24, 40)
+    assert (len(voc['train']), len(voc['val'])) == (60, 40)
 
 
 def test_classes_are_imbalanced_and_background_does_not_swamp_them(voc):

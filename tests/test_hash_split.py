@@ -42,6 +42,23 @@ def test_split_is_disjoint_complete_and_by_name_hash(voc_dataset):
     assert parts['holdout'][0]['img_path'].endswith(holdout[0])
 
 
+def test_selection_part_is_the_next_share_of_the_hash(voc_dataset):
+    parts = {split: _names(DATASETS.build(dict(
+        type='HashSplitDataset', dataset=voc_dataset, split=split,
+        holdout_fraction=0.25, selection_fraction=0.3)))
+        for split in ('train', 'holdout', 'selection')}
+    fractions = {part: [hash_fraction(n[:-4]) for n in names]
+                 for part, names in parts.items()}
+    assert all(f < 0.25 for f in fractions['holdout'])
+    assert all(0.25 <= f < 0.55 for f in fractions['selection'])
+    assert all(f >= 0.55 for f in fractions['train'])
+    assert sum(map(len, parts.values())) == 40 and all(parts.values())
+    # The hold-out part does not move when a selection part is added.
+    assert parts['holdout'] == _names(DATASETS.build(dict(
+        type='HashSplitDataset', dataset=voc_dataset, split='holdout',
+        holdout_fraction=0.25)))
+
+
 def test_pipeline_replaces_the_wrapped_datasets_pipelines(voc_dataset):
     """A hold-out loader reuses the training dataset's config, ConcatDataset
     included, with the test pipeline."""
@@ -67,9 +84,11 @@ def test_hash_fraction_is_fixed():
     assert hash_fraction('2007_000032') == pytest.approx(0.124809, abs=1e-6)
 
 
-@pytest.mark.parametrize('kwargs, message', [(dict(split='val'), 'split'),
-                                             (dict(holdout_fraction=1.0),
-                                              'holdout_fraction')])
+@pytest.mark.parametrize('kwargs, message', [
+    (dict(split='val'), 'split'), (dict(holdout_fraction=1.0), 'holdout_fraction'),
+    (dict(holdout_fraction=0.5, selection_fraction=0.5),
+     'selection_fraction must be in'),
+    (dict(selection_fraction=-0.1), 'selection_fraction must be in')])
 def test_bad_arguments_are_named(voc_dataset, kwargs, message):
     with pytest.raises(ValueError, match=message):
         DATASETS.build(dict(type='HashSplitDataset', dataset=voc_dataset,

@@ -14,6 +14,7 @@ from mmseg.registry import DATASETS, MODELS
 from mmseg.utils import register_all_modules
 
 import cals_seg  # noqa: F401
+from cals_seg.datasets import hash_fraction
 from cals_seg.datasets.demo_data import make_demo_dataset
 from cals_seg.methods import (METHODS, apply_method, method_config_name,
                               method_options)
@@ -152,13 +153,13 @@ def _names(dataset_cfg):
             for i in range(len(dataset))]
 
 
-def _split(train_dataset, fraction=0.5):
-    """apply_method(ce) on the demo config with ``train_dataset`` unsplit."""
+def _split(train_dataset, fraction=0.5, method='ce', **options):
+    """apply_method on the demo config with ``train_dataset`` unsplit."""
     cfg = Config.fromfile(DEMO_CE)
     train = dict(cfg.train_dataloader.to_dict(), dataset=train_dataset)
     cfg = _changed(cfg, train_dataloader=train, holdout_dataloader=None,
-                   holdout_fraction=None)
-    return apply_method(cfg, 'ce', holdout_fraction=fraction)
+                   holdout_fraction=None, selection_fraction=None)
+    return apply_method(cfg, method, holdout_fraction=fraction, **options)
 
 
 @pytest.mark.parametrize('wrapper', ['concat', 'repeat', 'concat_of_repeat'])
@@ -186,6 +187,31 @@ def test_wrapped_training_set_splits_into_disjoint_parts(voc_root, wrapper):
         assert len(trained) == repeats * len(set(trained))
     holdout = cfg.holdout_dataloader.dataset
     assert holdout.pipeline == cfg.val_dataloader.dataset.pipeline
+
+
+def test_selection_part_is_apart_from_training_and_the_multipliers(voc_root):
+    """selection_fraction makes a third part by the same hash: no image of it is
+    trained on or read by the multiplier hook, and the three parts are the
+    training list."""
+    register_all_modules()
+    train_dataset = _voc(voc_root['data_root'], 'train.txt')
+    cfg = _split(train_dataset, 0.3, 'cals', selection_fraction=0.3)
+    assert cfg.selection_fraction == 0.3
+    selection = dict(cfg.train_dataloader.dataset.to_dict(), split='selection')
+    parts = dict(train=_names(cfg.train_dataloader.dataset),
+                 holdout=_names(cfg.holdout_dataloader.dataset),
+                 hook=_names(cfg.custom_hooks[0].holdout_dataloader.dataset),
+                 selection=_names(selection))
+    assert all(parts.values()) and parts['hook'] == parts['holdout']
+    expected = {part: [n for n in voc_root['train']
+                       if (hash_fraction(n) < 0.3) == (part == 'holdout')
+                       and (0.3 <= hash_fraction(n) < 0.6) == (part == 'selection')]
+                for part in ('train', 'holdout', 'selection')}
+    assert {p: parts[p] for p in expected} == expected
+    assert sum(map(len, expected.values())) == len(voc_root['train'])
+    with pytest.raises(ValueError, match='selection_fraction must be >= 0 and '
+                       'leave images to train on'):
+        _split(train_dataset, 0.5, selection_fraction=0.5)
 
 
 def test_mosaic_wrapper_is_refused(voc_root):
@@ -262,6 +288,9 @@ def test_hook_options():
     (lambda cfg: apply_method(cfg, 'ls', holdout_fraction=0.3), ValueError,
      'holdout_fraction=0.3, but train_dataloader is already split with '
      'holdout_fraction=0.2'),
+    (lambda cfg: apply_method(cfg, 'ls', selection_fraction=0.1), ValueError,
+     'selection_fraction=0.1, but train_dataloader is already split with '
+     'selection_fraction=0.0'),
     (lambda cfg: apply_method(_changed(cfg, holdout_dataloader=None), 'ls'),
      ValueError, 'already split by HashSplitDataset, but holdout_dataloader is '
      'missing'),

@@ -4,6 +4,7 @@ your mmseg configs, several seeds, post-hoc calibrators, shift, one report.
     python tools/calib_study.py configs/my_model_ce.py --seeds 0 1 2 \\
         --work-dir work_dirs/study --out work_dirs/study/report.md
     python tools/calib_study.py configs/my_model_ce.py --tune ...   # + tuned rows
+        # (each knob's grid on --tuning-seeds, scored on the selection part)
     python tools/calib_study.py --report --work-dir work_dirs/study \\
         --out work_dirs/study/report.md        # the report again, from the records
 
@@ -47,7 +48,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Dict, List
 
 import torch
-from mmengine.config import DictAction
+from mmengine.config import Config, DictAction
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, REPO)
@@ -55,6 +56,7 @@ sys.path.insert(0, REPO)
 from cals_seg.calibrators import SHORT_NAMES  # noqa: E402
 from cals_seg.datasets.transforms import CORRUPTIONS  # noqa: E402
 from cals_seg.methods import METHODS, method_options  # noqa: E402
+from cals_seg.methods.config_walk import find_split  # noqa: E402
 from cals_seg.study import tuning  # noqa: E402
 from cals_seg.study.evaluate import (EVALUATION_FILE, RUN_FILE,  # noqa: E402
                                      TRAIN_DIR)
@@ -93,8 +95,19 @@ def parse_args(argv=None):
                         f'(default: those of {" ".join(DEFAULT_POSTHOC_ON)} the '
                         'study runs)')
     parser.add_argument('--tune', action='store_true',
-                        help="choose each method's main knob on the hold-out "
-                        'NLL (first seed), then run the choice on every seed')
+                        help="choose each method's main knob on the NLL of the "
+                        'selection part of the training split (on the tuning '
+                        'seeds), then run the choice on every seed')
+    parser.add_argument('--tuning-seeds', nargs='+', type=int,
+                        default=list(tuning.DEFAULT_TUNING_SEEDS),
+                        help='seeds of the tuning runs, none of --seeds (default: '
+                        f'{" ".join(map(str, tuning.DEFAULT_TUNING_SEEDS))}; two '
+                        'or more show whether the choice is stable)')
+    parser.add_argument('--selection-fraction', type=float,
+                        help='share of the training split in the selection part, '
+                        'given to every run (default: the config\'s own split; '
+                        f'{tuning.DEFAULT_SELECTION_FRACTION} with --tune for a '
+                        'config whose training set is not split yet)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='settings merged into every base config before the '
                         'method is applied, as tools/train.py --cfg-options')
@@ -164,11 +177,61 @@ def parse_args(argv=None):
         parser.error('--jobs is for runs on one machine without a launcher')
     if args.domain_root and not osp.isdir(args.domain_root):
         parser.error(f'--domain-root {args.domain_root} does not exist')
+    reported = sorted(set(args.tuning_seeds) & set(args.seeds))
+    if args.tune and reported:
+        parser.error(f'--tuning-seeds {reported} are also --seeds: the run that '
+                     'chose a value would be reported with it')
+    if (args.selection_fraction is not None
+            and not 0 < args.selection_fraction < 1):
+        parser.error(f'--selection-fraction must be in (0, 1), got '
+                     f'{args.selection_fraction}')
     try:
         args.method_options = parse_method_options(args.options, args.methods)
+        args.protocol = protocol_options(args)
     except ValueError as error:
         parser.error(str(error))
     return args
+
+
+def protocol_options(args) -> Dict[str, dict]:
+    """Per base config, the protocol options every run of it gets: the
+    selection part's share where the study sets it (``--selection-fraction``,
+    or its default under ``--tune`` for a config not split yet).
+
+    Raises:
+        ValueError: ``--tune`` on a config split without a selection part, or a
+            method option that sets the share too.
+    """
+    given = sorted(m for m, o in args.method_options.items()
+                   if 'selection_fraction' in o)
+    if given:
+        raise ValueError(f'--options sets selection_fraction for {given}: the '
+                         'study compares methods on the same training images, '
+                         'so give --selection-fraction for all of them')
+    protocol = {}
+    for config in args.configs:
+        cfg = Config.fromfile(config)
+        if args.cfg_options:
+            cfg.merge_from_dict(args.cfg_options)
+        split = find_split((cfg.get('train_dataloader') or {}).get('dataset') or {})
+        fraction = args.selection_fraction
+        if split is not None and fraction not in (None, split.get('selection_fraction')):
+            raise ValueError(
+                f'--selection-fraction {fraction}: {config} splits its training '
+                f'set already, with selection_fraction='
+                f'{split.get("selection_fraction", 0)}; change it in the config')
+        if fraction is None and args.tune:
+            if split is None:
+                fraction = tuning.DEFAULT_SELECTION_FRACTION
+            elif not split.get('selection_fraction'):
+                raise ValueError(
+                    f'--tune scores each value on the selection part of the '
+                    f'training split, and {config} splits its training set '
+                    'without one: add selection_fraction to its HashSplitDataset '
+                    'configs (tools/make_demo_data.py\'s configs use 0.2)')
+        protocol[config] = ({} if fraction is None else
+                            dict(selection_fraction=fraction))
+    return protocol
 
 
 def parse_method_options(items: List[str], methods: List[str]) -> Dict[str, dict]:
@@ -244,7 +307,9 @@ class Study:
         """The record of every spec, by :attr:`RunSpec.id`."""
         # Configs are read here, one at a time: mmengine's Config.fromfile is
         # not thread-safe (its pkg_resources lookups fail under threads).
-        configs = [resolve_config(spec, self.args.cfg_options) for spec in specs]
+        configs = [resolve_config(spec, self.args.cfg_options,
+                                  self.args.protocol[spec.config])
+                   for spec in specs]
         keys = [run_key(cfg, spec, self.world_size, self.code, self.train_device)
                 for spec, cfg in zip(specs, configs)]
         scorings = [evaluation_key(cfg, self.code, self.args.device)
@@ -301,7 +366,8 @@ class Study:
         record = dict(
             key=key, record_version=RECORD_VERSION, config=spec.config,
             method=spec.method, options=spec.options,
-            resolved_options=dict(method_options(spec.method), **spec.options),
+            resolved_options=dict(method_options(spec.method),
+                                  **self.args.protocol[spec.config], **spec.options),
             seed=spec.seed, world_size=self.world_size, code=self.code,
             evaluation_key=scoring, train_device=self.train_device,
             device=self.args.device, settings=settings, minutes=minutes,
@@ -391,43 +457,81 @@ def seed_major(rows: List[dict]) -> List[RunSpec]:
 
 
 def tune(study: Study, args) -> List[dict]:
-    """The tuned rows: each knob's grid on the first seed, the value with the
-    lowest hold-out NLL, then that value on every seed."""
-    grid_specs, rows = {}, []
+    """The tuned rows: each knob's grid on the tuning seeds, scored on the
+    selection part; a choice at an end of the grid extends it one step and is
+    made again; the chosen value then runs on every reported seed."""
+    grids = {}
     for config in args.configs:
         for method in tuning.tunable(args.methods):
-            knob = tuning.KNOBS[method]
-            base = args.method_options.get(method, {})
-            if knob.option in base:
-                continue  # the user fixed it
-            for value in knob.grid:
-                grid_specs[(config, method, value)] = RunSpec(
-                    config, method, dict(base, **{knob.option: value}),
-                    args.seeds[0])
-    records = study.run_all(list(grid_specs.values()), full=False)
-    for config in args.configs:
-        for method in tuning.tunable(args.methods):
-            knob = tuning.KNOBS[method]
-            scores = {value: records[spec.id]['holdout'][tuning.SCORE]
-                      for (c, m, value), spec in grid_specs.items()
-                      if c == config and m == method}
-            if not scores:
-                continue
-            chosen = tuning.choose(scores)
-            rows.append(dict(kind='tuned', config=config, method=method,
-                             options=dict(args.method_options.get(method, {}),
-                                          **{knob.option: chosen}),
-                             seeds=args.seeds, knob=knob.option,
-                             scores={str(v): s for v, s in scores.items()},
-                             tuning_seed=args.seeds[0]))
+            if tuning.KNOBS[method].option not in args.method_options.get(method, {}):
+                grids[(config, method)] = list(tuning.KNOBS[method].grid)
+    records = run_grid(study, args, grids)
+    extended = {}
+    for (config, method), grid in grids.items():
+        value = tuning.extension(tuning.KNOBS[method], grid,
+                                 tuning.choose(grid_scores(args, records, config,
+                                                           method, grid)))
+        if value is not None:
+            extended[(config, method)] = value
+            grid.append(value)
+    records.update(run_grid(study, args, {k: [v] for k, v in extended.items()}))
+    rows = []
+    for (config, method), grid in grids.items():
+        knob = tuning.KNOBS[method]
+        scores = grid_scores(args, records, config, method, grid)
+        keys = {str(value): [records[spec.id]['key'] for spec in
+                             grid_specs(args, config, method, value)]
+                for value in grid}
+        rows.append(dict(kind='tuned', config=config, method=method,
+                         options=dict(args.method_options.get(method, {}),
+                                      **{knob.option: tuning.choose(scores)}),
+                         seeds=args.seeds, knob=knob.option, grid=grid,
+                         extended=extended.get((config, method)),
+                         scores={str(v): s for v, s in scores.items()},
+                         tuning_seeds=args.tuning_seeds, tuning_keys=keys))
     return rows
+
+
+def grid_specs(args, config: str, method: str, value: float) -> List[RunSpec]:
+    """The tuning runs of one grid value, one per tuning seed."""
+    knob = tuning.KNOBS[method]
+    options = dict(args.method_options.get(method, {}), **{knob.option: value})
+    return [RunSpec(config, method, options, seed) for seed in args.tuning_seeds]
+
+
+def run_grid(study: Study, args, grids: Dict[tuple, List[float]]) -> Dict[str, dict]:
+    """Train and score (test, hold-out and selection parts only) the tuning
+    runs of ``grids`` (``{(config, method): values}``), by spec id."""
+    specs = [spec for (config, method), values in grids.items()
+             for value in values for spec in grid_specs(args, config, method, value)]
+    return study.run_all(specs, full=False) if specs else {}
+
+
+def grid_scores(args, records: Dict[str, dict], config: str, method: str,
+                grid: List[float]) -> Dict[float, List[float]]:
+    """Per grid value, the selection part's score of each tuning seed's run.
+
+    Raises:
+        ValueError: a run's config has no selection part.
+    """
+    scores = {}
+    for value in grid:
+        runs = [records[spec.id] for spec in grid_specs(args, config, method, value)]
+        if any(tuning.SPLIT not in run for run in runs):
+            raise ValueError(f'{config}: the tuning runs of {method} have no '
+                             f'{tuning.SPLIT} part to score on; give '
+                             '--selection-fraction')
+        scores[value] = [run[tuning.SPLIT][tuning.SCORE] for run in runs]
+    return scores
 
 
 def write_report(args, manifest: dict) -> None:
     from cals_seg.study.report import build_report
     records = {r['key']: r for r in load_records(args.results_dir)}
-    missing = [key for row in manifest['rows'] for key in row['keys']
-               if key not in records]
+    wanted = [key for row in manifest['rows'] for key in row['keys']]
+    wanted += [key for row in manifest['rows']
+               for keys in row.get('tuning_keys', {}).values() for key in keys]
+    missing = [key for key in wanted if key not in records]
     if missing:
         raise FileNotFoundError(f'{len(missing)} run record(s) of {STUDY_FILE} are '
                                 f'not in {args.results_dir}, e.g. {missing[0]}')
@@ -478,7 +582,9 @@ def main(argv=None):
         sys.argv[1:] if argv is None else argv)
     manifest = dict(title=args.title, command=command.strip(), rows=rows,
                     posthoc=list(args.posthoc), posthoc_on=list(args.posthoc_on),
-                    seeds=args.seeds, tuned=args.tune, settings=study.evaluation)
+                    seeds=args.seeds, tuned=args.tune,
+                    tuning_seeds=args.tuning_seeds if args.tune else [],
+                    settings=study.evaluation)
     write_atomic(manifest_path, json.dumps(manifest, indent=1).encode('utf-8'))
     write_report(args, manifest)
     minutes = (time.time() - study.started) / 60

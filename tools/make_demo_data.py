@@ -23,7 +23,7 @@ def parse_args():
     parser.add_argument('--out', help='output folder (default: data/cals_demo/'
                         'LAYOUT, where the demo configs look; LAYOUT_shifted '
                         'for the shifted domain)')
-    parser.add_argument('--num-train', type=int, default=24)
+    parser.add_argument('--num-train', type=int, default=60)
     parser.add_argument('--num-val', type=int, default=40)
     parser.add_argument('--size', type=int, default=128)
     parser.add_argument('--seed', type=int, default=0)

@@ -4,7 +4,8 @@ what ``tools/regime_report.py`` prints and what the calibration study stores.
 :func:`evaluate_checkpoint` loads the model, fits post-hoc calibrators on the
 hold-out part of the training split (when the config has one), and evaluates
 the raw model and every calibrator on the test split; on request also the
-hold-out part (raw: what hyper-parameters are chosen on), the training part
+hold-out part (raw), the selection part (raw: what hyper-parameters are chosen
+on, as nothing was fitted on it), the training part
 (the over-confidence regime's figures), and the test split under ImageNet-C
 corruptions and in a shifted domain, with the calibrators fitted in-domain.
 """
@@ -19,7 +20,7 @@ from .split_report import (RAW, background_classes, evaluate_split, fit_calibrat
                            prediction_head, regime_figures, reliability_bins,
                            split_loaders, summarize)
 
-SPLITS = ('test', 'holdout', 'train')
+SPLITS = ('test', 'holdout', 'selection', 'train')
 DOMAIN = 'shifted_domain'
 
 
@@ -40,7 +41,7 @@ class ShiftPlan(NamedTuple):
 
 
 def _image_rows(test: dict, fitted: Dict[str, Calibrator], num_classes: int) -> dict:
-    """Each test image's sufficient statistics of the verdict metrics, for the
+    """Each image's sufficient statistics of the verdict metrics, for the
     report's image resamples: raw, and each calibrator whose fit was kept (an
     undone fit's are raw's), rounded to 4 decimals (sums of pixels)."""
     kept = [RAW] + [name for name, c in fitted.items() if c.fit_record.kept]
@@ -87,7 +88,9 @@ def evaluate_checkpoint(cfg, checkpoint: str, calibrators: Sequence[str] = ('ts'
         ``reliability`` (per output, the reliability bins), ``fg_reliability``
         (raw, background excluded),
         ``fits`` (per calibrator, its fit record); with 'holdout' ``holdout``
-        (raw numbers); with 'train' ``figures`` (:func:`regime_figures`); with
+        (raw numbers); with 'selection', where the config has that part,
+        ``selection`` (raw numbers) and ``selection_images`` (its per-image
+        statistics, as ``test_images``); with 'train' ``figures`` (:func:`regime_figures`); with
         ``shift`` ``shift`` (``[corruption][severity][output][metric]``, the
         :data:`CELL_METRICS`), ``shift_means`` (``[severity][output][metric]``
         over corruptions) and, with a domain, ``domain``
@@ -126,6 +129,12 @@ def evaluate_checkpoint(cfg, checkpoint: str, calibrators: Sequence[str] = ('ts'
         report['holdout'] = summarize(evaluate_split(
             model, holdout, num_classes, exclude_classes=excluded,
             ignore_index=ignore_index))
+    if 'selection' in splits and loaders['selection'] is not None:
+        selection = evaluate_split(model, _build(loaders['selection']), num_classes,
+                                   exclude_classes=excluded,
+                                   ignore_index=ignore_index)
+        report['selection'] = summarize(selection)
+        report['selection_images'] = _image_rows(selection, {}, num_classes)
     if 'train' in splits:
         train = evaluate_split(model, _build(loaders['train']), num_classes,
                                exclude_classes=excluded, ignore_index=ignore_index)

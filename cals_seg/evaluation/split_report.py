@@ -296,15 +296,18 @@ def regime_figures(test: dict, train: dict) -> Dict[str, object]:
 
 def split_loaders(cfg, batch_size: int = 1) -> Dict[str, Optional[dict]]:
     """Loader configs of a training config's test split, its training part and,
-    when the training set is a HashSplitDataset, its hold-out part, all with the
-    test pipeline."""
+    when the training set is a HashSplitDataset, its hold-out part and (when it
+    has one) its selection part, all with the test pipeline; None for a part the
+    config does not have."""
     pipeline = cfg.test_dataloader.dataset.get('pipeline')
     if pipeline is None:
         pipeline = next(leaf_datasets(cfg.test_dataloader.dataset))['pipeline']
     train = with_pipeline(cfg.train_dataloader.dataset, pipeline)
-    holdout = None
+    holdout = selection = None
     if train.get('type') == 'HashSplitDataset':
         holdout = dict(copy.deepcopy(train), split='holdout')
+        if train.get('selection_fraction'):
+            selection = dict(copy.deepcopy(train), split='selection')
 
     def loader(dataset):
         return dict(batch_size=batch_size, num_workers=0, persistent_workers=False,
@@ -312,4 +315,5 @@ def split_loaders(cfg, batch_size: int = 1) -> Dict[str, Optional[dict]]:
                     dataset=dataset)
 
     return dict(test=loader(with_pipeline(cfg.test_dataloader.dataset, pipeline)),
-                train=loader(train), holdout=loader(holdout) if holdout else None)
+                train=loader(train), holdout=loader(holdout) if holdout else None,
+                selection=loader(selection) if selection else None)

@@ -24,16 +24,20 @@ BACKGROUND = 'background'
 
 def apply_protocol(cfg: dict, holdout_fraction: Optional[float] = None,
                    max_grad_norm: Optional[float] = DEFAULT_MAX_GRAD_NORM,
-                   exclude_classes: Optional[Sequence[str]] = None) -> None:
+                   exclude_classes: Optional[Sequence[str]] = None,
+                   selection_fraction: Optional[float] = None) -> None:
     """Make ``cfg`` (a plain dict, changed in place) follow the protocol.
 
     - ``custom_imports`` loads cals_seg (so mmseg's own tools/train.py runs it).
     - The training set is split by :class:`~cals_seg.datasets.HashSplitDataset`:
       ``train_dataloader`` keeps ``1 - holdout_fraction`` of it and a new
       ``holdout_dataloader`` (batch 1, in order, the test pipeline) reads the rest;
-      the top-level ``holdout_fraction`` records the share. A config whose
-      training set is already split is kept as it is (it must then have a
-      ``holdout_dataloader``), so the protocol can be applied twice.
+      the top-level ``holdout_fraction`` records the share. With
+      ``selection_fraction`` a further share goes to the selection part, which
+      nothing trains or fits on (``tools/calib_study.py --tune`` scores its
+      choices there). A config whose training set is already split is kept as
+      it is (it must then have a ``holdout_dataloader``), so the protocol can be
+      applied twice.
     - ``optim_wrapper.clip_grad`` clips the gradient norm at ``max_grad_norm``.
     - ``val_evaluator`` and ``test_evaluator`` get CalibrationMetric per image,
       pooled, and without ``exclude_classes``, unless they have one already.
@@ -49,13 +53,15 @@ def apply_protocol(cfg: dict, holdout_fraction: Optional[float] = None,
         exclude_classes (sequence[str], optional): ground-truth classes left out
             of the third calibration metric; None: ``['background']`` where the
             dataset has that class, else no third metric.
+        selection_fraction (float, optional): share of training images in the
+            selection part; None: none, or the share of an existing split.
     """
     if not isinstance(cfg.get('train_dataloader'), dict) or not isinstance(
             cfg['train_dataloader'].get('dataset'), dict):
         raise ValueError('train_dataloader.dataset is missing: a method recipe '
                          'splits the training set, so it needs a training config')
     _add_plugin_imports(cfg)
-    _split_training_set(cfg, holdout_fraction)
+    _split_training_set(cfg, holdout_fraction, selection_fraction)
     if max_grad_norm is not None:
         _clip_gradients(cfg, max_grad_norm)
     _add_calibration_metrics(cfg, exclude_classes)
@@ -68,16 +74,18 @@ def _add_plugin_imports(cfg: dict) -> None:
     cfg['custom_imports'] = dict(custom, imports=imports, allow_failed_imports=False)
 
 
-def _split_training_set(cfg: dict, holdout_fraction: Optional[float]) -> None:
+def _split_training_set(cfg: dict, holdout_fraction: Optional[float],
+                        selection_fraction: Optional[float]) -> None:
     train = cfg['train_dataloader']
     existing = find_split(train['dataset'])
     if existing is not None:
-        if (holdout_fraction is not None
-                and holdout_fraction != existing.get('holdout_fraction')):
-            raise ValueError(
-                f'holdout_fraction={holdout_fraction}, but train_dataloader is '
-                f"already split with holdout_fraction="
-                f"{existing.get('holdout_fraction')}: change it in the config")
+        for name, asked in (('holdout_fraction', holdout_fraction),
+                            ('selection_fraction', selection_fraction)):
+            has = existing.get(name, 0.0 if name == 'selection_fraction' else None)
+            if asked is not None and asked != has:
+                raise ValueError(
+                    f'{name}={asked}, but train_dataloader is already split '
+                    f'with {name}={has}: change it in the config')
         if not isinstance(cfg.get('holdout_dataloader'), dict):
             raise ValueError('train_dataloader is already split by '
                              f'{SPLIT_TYPE}, but holdout_dataloader is missing')
@@ -86,14 +94,25 @@ def _split_training_set(cfg: dict, holdout_fraction: Optional[float]) -> None:
                 if holdout_fraction is None else holdout_fraction)
     if not (isinstance(fraction, (int, float)) and 0 < fraction < 1):
         raise ValueError(f'holdout_fraction must be in (0, 1), got {fraction!r}')
+    selection = 0.0 if selection_fraction is None else selection_fraction
+    if not (isinstance(selection, (int, float)) and 0 <= selection
+            and fraction + selection < 1):
+        raise ValueError(f'selection_fraction must be >= 0 and leave images to '
+                         f'train on beside holdout_fraction {fraction}, got '
+                         f'{selection_fraction!r}')
 
     def make_split(dataset: dict, part: str) -> dict:
-        return dict(type=SPLIT_TYPE, split=part, holdout_fraction=fraction,
-                    dataset=dataset)
+        split = dict(type=SPLIT_TYPE, split=part, holdout_fraction=fraction,
+                     dataset=dataset)
+        if selection:
+            split['selection_fraction'] = selection
+        return split
 
     train['dataset'], holdout = split_training_set(train['dataset'], make_split)
     holdout['pipeline'] = _test_pipeline(cfg)
     cfg['holdout_fraction'] = fraction
+    if selection:
+        cfg['selection_fraction'] = selection
     cfg['holdout_dataloader'] = dict(
         batch_size=1,
         num_workers=train.get('num_workers', 0),

@@ -33,7 +33,8 @@ HEADS = ('decode', 'all')
 # class_weight), or the loss's own (loss_name).
 RECIPE_KEYS = ('num_classes', 'avg_non_ignore', 'loss_weight', 'loss_name',
                'class_weight')
-PROTOCOL_OPTIONS = dict(holdout_fraction=None, max_grad_norm=DEFAULT_MAX_GRAD_NORM,
+PROTOCOL_OPTIONS = dict(holdout_fraction=None, selection_fraction=None,
+                        max_grad_norm=DEFAULT_MAX_GRAD_NORM,
                         exclude_classes=None, heads='decode', replace_loss=False)
 HOOK_OPTIONS = dict(source='holdout', rounds=None, interval=None,
                     allow_test_tuning=False)
@@ -171,6 +172,8 @@ def apply_method(cfg: Config, name: str, **options) -> Config:
         name (str): one of :data:`METHODS`.
         **options: the method's options (:func:`method_options`): the protocol's
             ``holdout_fraction`` (None: 0.2 or the config's existing split),
+            ``selection_fraction`` (a part for choosing hyper-parameters that
+            nothing fits on; None: none or the config's existing split),
             ``max_grad_norm`` (None: keep the config's clipping),
             ``exclude_classes`` (classes left out of the third calibration
             metric; None: background where the dataset has it), ``heads``,
@@ -205,7 +208,7 @@ def apply_method(cfg: Config, name: str, **options) -> Config:
     heads = segmentor_heads(config['model'])
     _refuse_second_method(config, heads)
     apply_protocol(config, chosen['holdout_fraction'], chosen['max_grad_norm'],
-                   chosen['exclude_classes'])
+                   chosen['exclude_classes'], chosen['selection_fraction'])
     loss_options = {k: v for k, v in chosen.items()
                     if k not in PROTOCOL_OPTIONS and k not in HOOK_OPTIONS
                     and (k in method.loss_defaults or k in options)}

@@ -20,7 +20,7 @@ def evaluate_run(run_dir: str) -> dict:
     """Evaluate the run in ``run_dir`` (its ``config.py``, ``run.json`` and the
     last checkpoint under ``train/``) and write ``evaluation.json``: the report
     of :func:`cals_seg.evaluation.run_report.evaluate_checkpoint` on the test
-    and hold-out splits and under shift, plus the learned multipliers when the
+    split, the hold-out and selection parts and under shift, plus the learned multipliers when the
     run has a multiplier hook.
 
     Returns:
@@ -38,7 +38,8 @@ def evaluate_run(run_dir: str) -> dict:
                       CORRUPTION_SEED, settings['domain_root'])
     report, _ = evaluate_checkpoint(cfg, checkpoint, settings['posthoc'],
                                     torch.device(run['device']),
-                                    splits=('test', 'holdout'), shift=shift,
+                                    splits=('test', 'holdout', 'selection'),
+                                    shift=shift,
                                     background=settings.get('background'))
     if any(h.get('type') == 'CALSMultiplierHook'
            for h in cfg.get('custom_hooks') or []):

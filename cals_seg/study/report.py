@@ -18,8 +18,9 @@ from ..visualization.reliability import bins_grid
 from ..visualization.shift import severity_figure
 from ..functional.image_sums import METRICS as IMAGE_METRICS
 from ..functional.image_sums import bootstrap_weights, metrics_from_sums
-from .statistics import ALPHA, compare_with_best, describe_test, gain_p_value
-from .tuning import KNOBS, SCORE, default_value
+from .statistics import (ALPHA, compare_with_best, describe_test, differences_from,
+                         gain_p_value)
+from .tuning import KNOBS, NOISE_ERRORS, SCORE, default_value, per_seed_choices
 
 RAW = 'raw'
 LABELS = dict(ce='CE', ls='LS', fl='FL', mbls='MbLS', ecp='ECP', nacl='NACL',
@@ -227,9 +228,16 @@ def _replicates(candidates: Sequence[Candidate], seeds: List[int],
         return None
     stack = np.stack([c.image_sums[[c.seeds.index(s) for s in seeds]]
                       for c in candidates])  # [rows, seeds, images, K]
+    return _resampled(stack, candidates[0].shape, metric)
+
+
+def _resampled(stack: np.ndarray, shape: Tuple[int, int], metric: str) -> np.ndarray:
+    """``(RESAMPLES, rows, seeds)``: ``metric`` on resamples of the images of
+    ``stack`` (``[rows, seeds, images, K]`` per-image sums, the same images in
+    every row and seed), one resample shared by every row and seed."""
     weights = bootstrap_weights(stack.shape[2], RESAMPLES)
     summed = np.einsum('bi,rsik->brsk', weights, stack)
-    return metrics_from_sums(summed, *candidates[0].shape)[metric]
+    return metrics_from_sums(summed, *shape)[metric]
 
 
 def _leaders(candidates: Sequence[Candidate], higher: bool,
@@ -487,11 +495,40 @@ def _fair_reading(rows: List[Row], ce: Optional[Row],
     return lines
 
 
-def _tuning_table(manifest: dict, config: str) -> List[str]:
+def _tuning_table(manifest: dict, records: Dict[str, dict],
+                  config: str) -> List[str]:
+    """Each tuned method's grid: every value's selection score on each tuning
+    seed, its paired difference from the chosen value with the standard error
+    of seeds and selection images, and whether that is within noise."""
     tuned = [r for r in manifest['rows'] if r['config'] == config and
              r['kind'] == 'tuned']
     if not tuned:
         return []
+    if 'tuning_keys' not in tuned[0]:
+        return _first_seed_tuning_table(tuned)
+    seeds = ', '.join(map(str, tuned[0]['tuning_seeds']))
+    first = records[next(iter(tuned[0]['tuning_keys'].values()))[0]]
+    images = first['selection_images']['images']
+    lines = ['', f'Tuning: each knob\'s grid trained on tuning seed(s) {seeds}, '
+             f'which no row reports, and scored by the raw model\'s {SCORE} on the '
+             f'selection part of the training split ({images} images that nothing '
+             'was fitted on: not the weights, not the multipliers, not a '
+             'calibrator; lower is better). The lowest mean is chosen; a choice at '
+             'an end of the grid extended it one step. "vs chosen": the paired '
+             'difference from the chosen value ± its standard error (the tuning '
+             'seeds and a bootstrap of the selection images); "noise": within '
+             f'{NOISE_ERRORS:g} standard errors. The test split chose nothing.', '',
+             f'| method | value | {SCORE} per tuning seed | vs chosen | reading |',
+             '| --- | --- | --- | --- | --- |']
+    for row in tuned:
+        lines += _tuning_lines(row, records)
+    return lines
+
+
+def _first_seed_tuning_table(tuned: List[dict]) -> List[str]:
+    """The table of studies made before the selection part and the tuning seeds
+    (one NLL per value, of the first reported seed's run on the hold-out part),
+    so that their reports still rebuild from their records."""
     lines = ['', f'Tuning: each knob\'s grid on seed {tuned[0]["tuning_seed"]}, '
              f'scored by the raw model\'s {SCORE} on the hold-out part of the '
              'training split (lower is better); the test split chose nothing.', '',
@@ -505,6 +542,45 @@ def _tuning_table(manifest: dict, config: str) -> List[str]:
         lines.append(f'| {LABELS.get(row["method"], row["method"])} | '
                      f'{knob.option} ({knob.symbol}) | {scores} | '
                      f'{_number(row["options"][knob.option])} |')
+    return lines
+
+
+def _tuning_lines(row: dict, records: Dict[str, dict]) -> List[str]:
+    knob = KNOBS[row['method']]
+    grid = sorted(float(v) for v in row['scores'])
+    chosen = row['options'][knob.option]
+    runs = [[records[k] for k in row['tuning_keys'][str(v)]] for v in grid]
+    values = np.array([[run['selection'][SCORE] for run in by_seed]
+                       for by_seed in runs])  # [values, seeds]
+    stored = runs[0][0]['selection_images']
+    stack = np.array([[run['selection_images']['outputs'][RAW] for run in by_seed]
+                      for by_seed in runs], dtype=np.float64)
+    replicates = _resampled(stack, (stored['num_bins'], stored['num_classes']), SCORE)
+    reference = grid.index(chosen)
+    difference, error = differences_from(values, reference, replicates)
+    choices = per_seed_choices({v: list(values[k]) for k, v in enumerate(grid)})
+    label = LABELS.get(row['method'], row['method'])
+    lines = []
+    for k, value in enumerate(grid):
+        scores = ', '.join(f'{x:.4f}' for x in values[k])
+        name = f'{knob.symbol} {_number(value)}'
+        if value == default_value(row['method']):
+            name += ' (default)'
+        if value == row.get('extended'):
+            name += ' (extension)'
+        if k == reference:
+            stable = ('stable' if len(set(choices)) == 1 else 'not stable')
+            reading = 'chosen'
+            if len(choices) > 1:
+                reading += (f'; each tuning seed alone: '
+                            f'{", ".join(_number(c) for c in choices)} ({stable})')
+            if value in (grid[0], grid[-1]) and row.get('extended') is not None:
+                reading += '; at the end of the extended grid'
+            lines.append(f'| {label} | {name} | {scores} | – | {reading} |')
+            continue
+        noise = abs(difference[k]) <= NOISE_ERRORS * error[k]
+        lines.append(f'| {label} | {name} | {scores} | {difference[k]:+.4f} ± '
+                     f'{error[k]:.4f} | {"noise" if noise else "worse"} |')
     return lines
 
 
@@ -597,8 +673,9 @@ def build_report(manifest: dict, records: Dict[str, dict],
     Args:
         manifest (dict): the study's ``study.json``: ``title``, ``command``,
             ``rows`` (per row ``kind``, ``config``, ``method``, ``options``,
-            ``seeds``, ``keys``; tuned rows also ``knob``, ``scores``,
-            ``tuning_seed``), ``posthoc``, ``posthoc_on``.
+            ``seeds``, ``keys``; tuned rows also ``knob``, ``grid``,
+            ``extended``, ``scores``, ``tuning_seeds``, ``tuning_keys``),
+            ``posthoc``, ``posthoc_on``.
         records (dict): run records by key.
         figures_dir (str): where the figures will be, relative to the report.
     """
@@ -639,7 +716,7 @@ def build_report(manifest: dict, records: Dict[str, dict],
         if not several_seeds:
             lines.append(f'- {ONE_SEED}')
         lines += [f'- {note}' for note in notes]
-        lines += _tuning_table(manifest, config)
+        lines += _tuning_table(manifest, records, config)
         settings = _settings(manifest, records)
         shift_columns = ['clean'] + [str(s) for s in sorted(settings['severities'])
                                      if settings['corruptions']]

@@ -40,11 +40,13 @@ from ..methods import apply_method, method_options
 from ..utils.io import write_atomic
 
 PACKAGE = osp.dirname(osp.dirname(osp.abspath(__file__)))
-# Parts of the package that draw or write the report from stored records and
+# Parts of the package that draw the report's figures from stored records and
 # so never change a run's numbers: editing them keeps every run valid.
-REPORT_ONLY = ('study/report.py', 'study/statistics.py', 'visualization/')
-# The study's own bookkeeping (keys, plans, grids): what runs, not their numbers.
-STUDY_ONLY = ('study/__init__.py', 'study/runs.py', 'study/tuning.py')
+REPORT_ONLY = ('visualization/', )
+# The study itself (plans, grids, keys, records, verdicts, the report): what runs
+# and what is said of it, not the numbers of a run; but for its evaluation
+# worker (EVALUATION_ONLY), which is matched first.
+STUDY_ONLY = ('study/', )
 # Parts that score a trained model and never change its weights: editing them
 # re-evaluates the kept checkpoints.
 EVALUATION_ONLY = ('evaluation/', 'calibrators/', 'functional/calibration.py',
@@ -92,9 +94,11 @@ class RunSpec(NamedTuple):
         return f'{stem}/{self.method}{options}/seed{self.seed}'
 
 
-def resolve_config(spec: RunSpec, cfg_options: Optional[dict] = None) -> Config:
+def resolve_config(spec: RunSpec, cfg_options: Optional[dict] = None,
+                   protocol: Optional[dict] = None) -> Config:
     """The training config of a run: the base config with ``cfg_options``
-    merged, the method recipe applied and the seed set.
+    merged, the method recipe applied (with the study-wide ``protocol`` options,
+    such as ``selection_fraction``, beside the run's own) and the seed set.
 
     Raises:
         ValueError: from :func:`cals_seg.methods.apply_method` (unknown method
@@ -103,7 +107,7 @@ def resolve_config(spec: RunSpec, cfg_options: Optional[dict] = None) -> Config:
     cfg = Config.fromfile(spec.config)
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
-    cfg = apply_method(cfg, spec.method, **spec.options)
+    cfg = apply_method(cfg, spec.method, **dict(protocol or {}, **spec.options))
     cfg.randomness = dict(cfg.get('randomness') or {}, seed=spec.seed)
     return cfg
 
@@ -153,10 +157,14 @@ def code_version(package: str = PACKAGE) -> Dict[str, Any]:
         for name in sorted(files):
             path = osp.join(root, name)
             relative = osp.relpath(path, package).replace(os.sep, '/')
-            if (not name.endswith(CODE_SUFFIXES) or
-                    relative.startswith(REPORT_ONLY + STUDY_ONLY)):
+            if not name.endswith(CODE_SUFFIXES):
                 continue
-            part = ('evaluation' if relative.startswith(EVALUATION_ONLY) else 'tree')
+            if relative.startswith(EVALUATION_ONLY):
+                part = 'evaluation'
+            elif relative.startswith(REPORT_ONLY + STUDY_ONLY):
+                continue
+            else:
+                part = 'tree'
             digests[part].update(relative.encode() + b'\0' + _normalised(path) + b'\0')
     commit = dirty = None
     try:

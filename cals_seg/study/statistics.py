@@ -120,6 +120,43 @@ def pairwise_differences(values: np.ndarray, replicates: Optional[np.ndarray] = 
     return mean, np.sqrt(seed_variance + image_variance), dof
 
 
+def differences_from(values: np.ndarray, reference: int,
+                     replicates: Optional[np.ndarray] = None):
+    """Each row's mean paired difference from one row, and its standard error,
+    for describing how far apart rows are (no claim is made on it: a tuning
+    table's "within noise").
+
+    Unlike :func:`pairwise_differences` the error is formed from whatever noise
+    can be measured: the seeds' when there are two or more, the images' when
+    ``replicates`` are given; NaN when neither.
+
+    Args:
+        values (ndarray): ``(rows, seeds)``.
+        reference (int): the row differences are taken from.
+        replicates (ndarray, optional): ``(B, rows, seeds)`` image-bootstrap
+            values.
+
+    Returns:
+        tuple of two ``(rows,)`` arrays: mean over seeds of ``values[row] -
+        values[reference]``, and its standard error (0 for the reference).
+    """
+    values = np.asarray(values, dtype=float)
+    differences = values - values[reference]
+    seeds = values.shape[1]
+    variance = np.zeros(values.shape[0])
+    measured = False
+    if seeds >= 2:
+        variance += differences.var(axis=1, ddof=1) / seeds
+        measured = True
+    if replicates is not None:
+        resampled = replicates.mean(axis=2)  # [B, rows]
+        variance += np.nanvar(resampled - resampled[:, reference:reference + 1],
+                              axis=0, ddof=1)
+        measured = True
+    error = np.sqrt(variance) if measured else np.full(values.shape[0], np.nan)
+    return differences.mean(axis=1), error
+
+
 def _one_sided_p(difference: np.ndarray, error: np.ndarray,
                  dof: np.ndarray) -> np.ndarray:
     """p-values of "no better" for differences oriented so > 0 is better; NaN
