@@ -5,6 +5,7 @@ two-rank gloo study; and the report's rules (best against tie, rows equal to
 CE) and the run keys on their own."""
 import importlib.util
 import json
+import os
 import os.path as osp
 import re
 import shlex
@@ -180,8 +181,9 @@ def test_study_runs_reuses_redoes_tunes_and_rebuilds_its_report(tmp_path,
     again = run_tool(base + ['--options', 'ls.smoothing=0.3'])
     assert again.returncode == 0, again.stderr[-3000:]
     lines = _progress(again)
-    assert 'evaluated again from its checkpoint' in lines[0], lines
-    assert ': reused ' in lines[1]
+    assert any('/ce/seed0: evaluated again from its checkpoint' in line
+               for line in lines), lines
+    assert any('/ls_smoothing-0.3/seed0: reused ' in line for line in lines), lines
     renewed = json.loads(ce_path.read_text())
     assert renewed['evaluation_key'] == ce_record['evaluation_key']
 
@@ -217,11 +219,6 @@ def test_bad_study_arguments_are_named(tmp_path):
     result = run_tool(['tools/calib_study.py', CONFIG, '--tune', '--seeds', '0', '1',
                        '--tuning-seeds', '1', '2', '--work-dir', str(tmp_path)])
     assert result.returncode == 2 and '--tuning-seeds [1] are also --seeds' in \
-        result.stderr
-    # A config split without a selection part has nowhere to score a choice.
-    result = run_tool(['tools/calib_study.py', 'configs/deeplabv3_voc_ce.py',
-                       '--tune', '--work-dir', str(tmp_path)])
-    assert result.returncode == 2 and 'without one: add selection_fraction' in \
         result.stderr
     result = run_tool(['tools/calib_study.py', CONFIG, '--selection-fraction', '0.3',
                        '--work-dir', str(tmp_path)])
@@ -604,3 +601,154 @@ def test_readme_headline_numbers_are_the_report_s():
                 assert rows[shown][columns[header]] == value, (model, label, header)
                 checked += 1
     assert checked == 2 * 11 * len(columns)
+
+
+def test_slurm_jobs_ask_for_what_the_study_was_given(tmp_path, monkeypatch):
+    """The sbatch script submitit writes for a run: one node, a task per GPU,
+    the CPUs, time limit, partition and extra arguments given, and the signal
+    that lets a timed-out or preempted run stop and be requeued. (The job it
+    runs is the local launcher's, which the other tests run.)"""
+    from cals_seg.study.execute import make_executor
+    login_node = tmp_path / 'bin'  # where submitit looks for srun
+    login_node.mkdir()
+    (login_node / 'srun').write_text('#!/bin/sh\n')
+    (login_node / 'srun').chmod(0o755)
+    monkeypatch.setenv('PATH', f'{login_node}{os.pathsep}{os.environ["PATH"]}')
+    executor = make_executor('slurm', str(tmp_path), tasks=4, gpus_per_task=1,
+                             partition='gpu', cpus_per_task=8, timeout_min=90,
+                             sbatch=['--account=vision', '--exclusive'])
+    script = executor._make_submission_file_text('python -u job.py', 'uid')
+    for line in ('#SBATCH --partition=gpu', '#SBATCH --nodes=1',
+                 '#SBATCH --ntasks-per-node=4', '#SBATCH --gpus-per-node=4',
+                 '#SBATCH --cpus-per-task=8', '#SBATCH --time=90',
+                 '#SBATCH --account=vision', '#SBATCH --exclusive',
+                 '#SBATCH --signal=USR2@120'):
+        assert line in script, line
+    with pytest.raises(ValueError, match="sbatch argument 'account=x'"):
+        make_executor('slurm', str(tmp_path), sbatch=['account=x'])
+
+
+def _study_process(work, data_root, iterations):
+    """A CE study of one run, started as a user starts it, in the background."""
+    import subprocess
+    import sys
+    args = [sys.executable, osp.join(REPO, 'tools', 'calib_study.py'), CONFIG,
+            '--methods', 'ce', '--seeds', '0', '--posthoc', '--shift-severities',
+            '--work-dir', str(work)] + _shrunk(data_root, iterations)
+    args += ['default_hooks.checkpoint.interval=2']
+    return subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, PYTHONPATH=REPO))
+
+
+def _wait_for(predicate, seconds=300):
+    import time
+    end = time.time() + seconds
+    while not predicate():
+        assert time.time() < end, 'timed out'
+        time.sleep(0.5)
+
+
+def test_a_stopped_study_stops_its_training_and_resumes_it(tmp_path, data_root):
+    import signal
+    work = tmp_path / 'study'
+    study = _study_process(work, data_root, iterations=60)
+    runs = work / 'runs'
+    _wait_for(lambda: any((d / 'train' / 'last_checkpoint').exists()
+                          for d in runs.iterdir()) if runs.exists() else False)
+    (run_dir, ) = runs.iterdir()
+    training = int((run_dir / 'child.pid').read_text())
+    study.send_signal(signal.SIGTERM)
+    _, err = study.communicate(timeout=120)
+    assert study.returncode == 1 and 'stopped by SIGTERM' in err, err[-2000:]
+    # Its training's whole process group is gone, not re-parented to init.
+    _wait_for(lambda: _gone(training), seconds=30)
+    assert not (work / 'results' / 'runs').exists()
+    # The next call resumes from the last checkpoint and finishes.
+    again = _study_process(work, data_root, iterations=60)
+    again.communicate(timeout=900)
+    assert again.returncode == 0
+    assert 'Auto resumed from the latest checkpoint' in \
+        (run_dir / 'train.log').read_text()
+    assert len(list((work / 'results' / 'runs').iterdir())) == 1
+
+
+def _gone(process_group: int) -> bool:
+    try:
+        os.killpg(process_group, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def test_two_studies_on_one_work_dir_lose_nothing(tmp_path, data_root):
+    """The second study finds the run locked by the first, says so and
+    leaves it alone; the first records it; a third call reuses it."""
+    work = tmp_path / 'study'
+    first = _study_process(work, data_root, iterations=40)
+    runs = work / 'runs'
+    _wait_for(lambda: runs.exists() and any(
+        (d / 'child.pid').exists() for d in runs.iterdir()))
+    second = _study_process(work, data_root, iterations=40)
+    _, err = second.communicate(timeout=300)
+    assert second.returncode == 1 and 'in progress in another study' in err
+    out, err = first.communicate(timeout=900)
+    assert first.returncode == 0, err[-2000:]
+    (record, ) = (work / 'results' / 'runs').iterdir()
+    third = _study_process(work, data_root, iterations=40)
+    out, _ = third.communicate(timeout=300)
+    assert third.returncode == 0 and ': reused ' in out
+    assert [p.name for p in (work / 'results' / 'runs').iterdir()] == [record.name]
+
+
+def test_plan_prints_the_runs_and_their_cost_without_training(tmp_path, data_root):
+    work = tmp_path / 'study'
+    result = run_tool(['tools/calib_study.py', CONFIG, '--methods', 'ce', 'cals',
+                       '--seeds', '0', '--tune', '--plan', '--work-dir', str(work)]
+                      + _shrunk(data_root))
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    runs = [line.split() for line in lines if line.startswith('pspnet_')]
+    # CE and CALS on seed 0, CALS's grid on the tuning seed 100.
+    assert [r[0].split('/', 1)[1] for r in runs] == [
+        'ce/seed0', 'cals/seed0', 'cals_margin-5.0/seed100',
+        'cals_margin-10.0/seed100', 'cals_margin-20.0/seed100']
+    assert all(r[1] == 'train' and float(r[2]) >= 0 and float(r[3]) >= 0
+               for r in runs)  # minutes, rounded: the shrunk runs take seconds
+    assert any(line.startswith('plan: 5 to train, 0 to evaluate again, 0 to reuse')
+               for line in lines)
+    assert not (work / 'runs').exists() and not (work / 'results').exists()
+
+
+def test_plan_names_missing_data_before_anything_trains(tmp_path, data_root):
+    # A shipped R-50 config whose dataset is not on this machine.
+    result = run_tool(['tools/calib_study.py', 'configs/deeplabv3_cityscapes_ce.py',
+                       '--methods', 'ce', '--plan', '--work-dir', str(tmp_path)])
+    assert result.returncode == 1
+    assert ('deeplabv3_cityscapes_ce/ce/seed0 (configs/deeplabv3_cityscapes_ce.py)'
+            in result.stderr)
+    assert 'data/cityscapes' in result.stderr and 'does not exist' in result.stderr
+    # A broken test split, without --plan: the study stops before training.
+    result = run_tool(['tools/calib_study.py', CONFIG, '--methods', 'ce', '--seeds',
+                       '0', '--work-dir', str(tmp_path)] + _shrunk(data_root) +
+                      ['test_dataloader.dataset.ann_file=ImageSets/missing.txt'])
+    assert result.returncode == 1
+    assert 'test split: ' in result.stderr and 'missing.txt does not exist' in \
+        result.stderr
+    assert not (tmp_path / 'runs').exists()
+
+
+def test_estimate_counts_the_schedule_the_rounds_and_every_evaluated_image():
+    from cals_seg.study.plan import Probe, estimate
+    cfg = Config(dict(train_cfg=dict(max_iters=1200), custom_hooks=[
+        dict(type='CALSMultiplierHook', source='holdout', rounds=100)]))
+    images = dict(test=40, train=21, holdout=20, selection=19, domain=40)
+    settings = dict(posthoc=['ts'], corruptions=['fog'] * 15, severities=[3, 5])
+    train, evaluate = estimate(cfg, Probe(0.5, 0.2), images, settings)
+    # 1200 iterations and 100 rounds over the 20 hold-out images; the test,
+    # hold-out, selection, 30 corrupted and domain passes, and the calibrators'
+    # hold-out pass.
+    assert train == pytest.approx((1200 * 0.5 + 100 * 20 * 0.2) / 60)
+    assert evaluate == pytest.approx((40 + 20 + 19 + 40 * 30 + 40 + 20) * 0.2 / 60)
+    cfg.custom_hooks = [dict(type='CALSMultiplierHook', source='train', interval=10)]
+    assert estimate(cfg, Probe(0.5, 0.2), images, settings)[0] == pytest.approx(10)

@@ -214,6 +214,25 @@ def test_selection_part_is_apart_from_training_and_the_multipliers(voc_root):
         _split(train_dataset, 0.5, selection_fraction=0.5)
 
 
+def test_a_selection_part_is_carved_from_a_split_s_training_part():
+    """A config split without a selection part (the shipped R-50 ones) gets one
+    from its training images; its held-out images stay; a config with one
+    keeps it."""
+    cfg = Config.fromfile(R50_VOC_CE)
+    carved = apply_method(cfg, 'ls', selection_fraction=0.1)
+    assert carved.selection_fraction == 0.1
+    train, holdout = carved.train_dataloader.dataset, carved.holdout_dataloader.dataset
+    assert train.selection_fraction == holdout.selection_fraction == 0.1
+    assert train.holdout_fraction == holdout.holdout_fraction == 0.2
+    assert 'selection_fraction' not in cfg.train_dataloader.dataset  # a copy
+    demo = Config.fromfile(DEMO_CE)
+    with pytest.raises(ValueError, match='selection_fraction=0.1, but '
+                       'train_dataloader is already split with '
+                       'selection_fraction=0.35'):
+        apply_method(demo, 'ls', selection_fraction=0.1)
+    assert apply_method(demo, 'ls').train_dataloader.dataset.selection_fraction == 0.35
+
+
 def test_mosaic_wrapper_is_refused(voc_root):
     mosaic = dict(type='MultiImageMixDataset', pipeline=[],
                   dataset=_voc(voc_root['data_root'], 'a.txt'))
@@ -288,9 +307,6 @@ def test_hook_options():
     (lambda cfg: apply_method(cfg, 'ls', holdout_fraction=0.3), ValueError,
      'holdout_fraction=0.3, but train_dataloader is already split with '
      'holdout_fraction=0.2'),
-    (lambda cfg: apply_method(cfg, 'ls', selection_fraction=0.1), ValueError,
-     'selection_fraction=0.1, but train_dataloader is already split with '
-     'selection_fraction=0.0'),
     (lambda cfg: apply_method(_changed(cfg, holdout_dataloader=None), 'ls'),
      ValueError, 'already split by HashSplitDataset, but holdout_dataloader is '
      'missing'),

@@ -39,13 +39,10 @@ import os.path as osp
 import re
 import shlex
 import shutil
-import socket
-import subprocess
 import sys
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
-from typing import Dict, List
+from contextlib import ExitStack
+from typing import Dict, List, Optional
 
 import torch
 from mmengine.config import Config, DictAction
@@ -58,6 +55,11 @@ from cals_seg.datasets.transforms import CORRUPTIONS  # noqa: E402
 from cals_seg.methods import METHODS, method_options  # noqa: E402
 from cals_seg.methods.config_walk import find_split  # noqa: E402
 from cals_seg.study import tuning  # noqa: E402
+from cals_seg.study.execute import (RunJob, Scheduler, Stopped,  # noqa: E402
+                                    command_minutes, make_executor, run_lock,
+                                    visible_gpus)
+from cals_seg.study.plan import (PlanError, PlannedRun, Probe,  # noqa: E402
+                                 check_data, estimate, probe, summary)
 from cals_seg.study.evaluate import (EVALUATION_FILE, RUN_FILE,  # noqa: E402
                                      TRAIN_DIR)
 from cals_seg.study.runs import (RECORD_VERSION, RunSpec,  # noqa: E402
@@ -105,9 +107,9 @@ def parse_args(argv=None):
                         'or more show whether the choice is stable)')
     parser.add_argument('--selection-fraction', type=float,
                         help='share of the training split in the selection part, '
-                        'given to every run (default: the config\'s own split; '
-                        f'{tuning.DEFAULT_SELECTION_FRACTION} with --tune for a '
-                        'config whose training set is not split yet)')
+                        'given to every run, taken from the training part (default: '
+                        'the config\'s own; else '
+                        f'{tuning.DEFAULT_SELECTION_FRACTION} with --tune)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='settings merged into every base config before the '
                         'method is applied, as tools/train.py --cfg-options')
@@ -125,17 +127,30 @@ def parse_args(argv=None):
                         'the classes named background; none when the dataset has '
                         'none, and fg ECE is then ECE)')
     parser.add_argument('--launcher', choices=('none', 'pytorch', 'slurm'),
-                        default='none')
+                        default='none', help='none: each run one process on this '
+                        'machine; pytorch: --gpus processes per run on this '
+                        'machine; slurm: each run a SLURM job of --gpus tasks, '
+                        'training and evaluating in its allocation (submitit)')
     parser.add_argument('--gpus', type=int, default=1,
-                        help='processes per training run with --launcher')
+                        help='processes (GPUs) per training run with --launcher')
     parser.add_argument('--partition', help='slurm partition (--launcher slurm)')
+    parser.add_argument('--cpus-per-task', type=int,
+                        help='CPUs per process (--launcher slurm)')
+    parser.add_argument('--sbatch', nargs='+', default=[], metavar='--KEY=VALUE',
+                        help='further sbatch arguments (--launcher slurm), e.g. '
+                        '--sbatch=--account=vision --sbatch=--qos=high')
+    parser.add_argument('--run-timeout', type=float, metavar='MINUTES',
+                        help="a run's time limit per start: then it is stopped and "
+                        'started again from its last checkpoint, at most 3 times '
+                        '(default: 3 days)')
     parser.add_argument('--jobs', type=int, default=1,
-                        help='runs at once, each with cpu_count/jobs threads '
-                        '(CPU studies; on 2 cores two one-thread runs take '
-                        'about the time of one two-thread run)')
-    parser.add_argument('--device', default='cuda' if torch.cuda.is_available()
-                        else 'cpu', help='where runs are evaluated (default: '
-                        'cuda when available)')
+                        help='runs at once; on this machine each gets its own '
+                        'GPUs (--gpus of them) or, on CPU, cpu_count/jobs threads '
+                        '(on 2 cores two one-thread runs take about the time of '
+                        'one two-thread run)')
+    parser.add_argument('--device', help='where runs are evaluated (default: '
+                        'where they train: cuda on SLURM or where this machine '
+                        'has it, else cpu)')
     parser.add_argument('--work-dir', default='work_dirs/calib_study')
     parser.add_argument('--results-dir', help='the run records (default: '
                         'WORK_DIR/results)')
@@ -144,6 +159,10 @@ def parse_args(argv=None):
     parser.add_argument('--title', default='Calibration study')
     parser.add_argument('--report', action='store_true',
                         help='only rebuild the report from RESULTS_DIR')
+    parser.add_argument('--plan', action='store_true',
+                        help='check the data and print every run (to train, '
+                        'evaluate again or reuse) with its estimated cost, then '
+                        'stop; every study prints this first')
     parser.add_argument('--evaluate-run', metavar='RUN_DIR',
                         help=argparse.SUPPRESS)  # the study's own worker
     args = parser.parse_args(argv)
@@ -173,8 +192,8 @@ def parse_args(argv=None):
                      f'{unknown}')
     if args.gpus < 1 or args.jobs < 1:
         parser.error('--gpus and --jobs must be >= 1')
-    if args.launcher != 'none' and args.jobs != 1:
-        parser.error('--jobs is for runs on one machine without a launcher')
+    if args.run_timeout is not None and args.run_timeout <= 0:
+        parser.error(f'--run-timeout must be > 0 minutes, got {args.run_timeout}')
     if args.domain_root and not osp.isdir(args.domain_root):
         parser.error(f'--domain-root {args.domain_root} does not exist')
     reported = sorted(set(args.tuning_seeds) & set(args.seeds))
@@ -196,11 +215,11 @@ def parse_args(argv=None):
 def protocol_options(args) -> Dict[str, dict]:
     """Per base config, the protocol options every run of it gets: the
     selection part's share where the study sets it (``--selection-fraction``,
-    or its default under ``--tune`` for a config not split yet).
+    or its default under ``--tune`` for a config without a selection part).
 
     Raises:
-        ValueError: ``--tune`` on a config split without a selection part, or a
-            method option that sets the share too.
+        ValueError: a share other than the one the config has, or a method
+            option that sets the share.
     """
     given = sorted(m for m, o in args.method_options.items()
                    if 'selection_fraction' in o)
@@ -215,20 +234,16 @@ def protocol_options(args) -> Dict[str, dict]:
             cfg.merge_from_dict(args.cfg_options)
         split = find_split((cfg.get('train_dataloader') or {}).get('dataset') or {})
         fraction = args.selection_fraction
-        if split is not None and fraction not in (None, split.get('selection_fraction')):
+        if split is not None and split.get('selection_fraction') and \
+                fraction not in (None, split['selection_fraction']):
             raise ValueError(
                 f'--selection-fraction {fraction}: {config} splits its training '
                 f'set already, with selection_fraction='
                 f'{split.get("selection_fraction", 0)}; change it in the config')
-        if fraction is None and args.tune:
-            if split is None:
-                fraction = tuning.DEFAULT_SELECTION_FRACTION
-            elif not split.get('selection_fraction'):
-                raise ValueError(
-                    f'--tune scores each value on the selection part of the '
-                    f'training split, and {config} splits its training set '
-                    'without one: add selection_fraction to its HashSplitDataset '
-                    'configs (tools/make_demo_data.py\'s configs use 0.2)')
+        if fraction is None and args.tune and not (split or {}).get(
+                'selection_fraction'):
+            # Taken from the training part; a split's held-out part stays.
+            fraction = tuning.DEFAULT_SELECTION_FRACTION
         protocol[config] = ({} if fraction is None else
                             dict(selection_fraction=fraction))
     return protocol
@@ -271,8 +286,8 @@ class StudyError(Exception):
 
 
 class Study:
-    """Runs (or reuses) the study's runs, at most ``jobs`` at once, printing a
-    line per finished run with the time left."""
+    """Runs (or reuses) the study's runs through its executor, at most ``jobs``
+    at once, printing a line per finished run with the time left."""
 
     def __init__(self, args):
         self.args = args
@@ -281,15 +296,30 @@ class Study:
         # submitting host may have none), else this machine's.
         self.train_device = ('cuda' if args.launcher == 'slurm' or
                              torch.cuda.is_available() else 'cpu')
+        args.device = args.device or self.train_device
         self.world_size = args.gpus if args.launcher != 'none' else 1
+        on_gpu = self.train_device == 'cuda'
+        executor = make_executor(
+            'slurm' if args.launcher == 'slurm' else 'local',
+            osp.join(args.work_dir, 'submitit'), tasks=self.world_size,
+            gpus_per_task=int(on_gpu), partition=args.partition,
+            cpus_per_task=args.cpus_per_task, timeout_min=args.run_timeout,
+            sbatch=args.sbatch)
+        local_gpus = visible_gpus() if on_gpu and args.launcher != 'slurm' else []
+        self.scheduler = Scheduler(executor, args.jobs, local_gpus,
+                                   self.world_size if local_gpus else 0)
+        self.threads = (None if on_gpu else
+                        max(1, (os.cpu_count() or 1) // (args.jobs * self.world_size)))
         self.evaluation = dict(
             posthoc=list(args.posthoc),
             corruptions=list(args.corruptions) if args.shift_severities else [],
             severities=sorted(set(args.shift_severities)),
             domain_root=args.domain_root, background=args.background)
-        self.lock = threading.Lock()
         self.done = self.total = self.trained = 0
         self.seconds = 0.0
+        # Per base config: images per split, and the probe's timings.
+        self._checked: Dict[str, dict] = {}
+        self._probes: Dict[str, Probe] = {}
         self.started = time.time()
 
     def settings(self, spec: RunSpec, full: bool = True) -> dict:
@@ -304,65 +334,125 @@ class Study:
                     posthoc=self.evaluation['posthoc'] if calibrated else [])
 
     def run_all(self, specs: List[RunSpec], full: bool = True) -> Dict[str, dict]:
-        """The record of every spec, by :attr:`RunSpec.id`."""
-        # Configs are read here, one at a time: mmengine's Config.fromfile is
-        # not thread-safe (its pkg_resources lookups fail under threads).
-        configs = [resolve_config(spec, self.args.cfg_options,
-                                  self.args.protocol[spec.config])
-                   for spec in specs]
-        keys = [run_key(cfg, spec, self.world_size, self.code, self.train_device)
-                for spec, cfg in zip(specs, configs)]
-        scorings = [evaluation_key(cfg, self.code, self.args.device)
-                    for cfg in configs]
-        settings = [self.settings(spec, full) for spec in specs]
-        with self.lock:
-            self.total += len(specs)
-        records, failures = {}, []
-        with ThreadPoolExecutor(max_workers=self.args.jobs) as pool:
-            futures = {pool.submit(self.run, *job): job[0]
-                       for job in zip(specs, configs, keys, scorings, settings)}
-            for future in as_completed(futures):
-                spec = futures[future]
-                try:
-                    records[spec.id] = future.result()
-                except Exception as error:  # every failure is named at the end
+        """The record of every spec, by :attr:`RunSpec.id`: stored ones reused,
+        the others run through the scheduler while the study holds their
+        folders' locks.
+
+        Raises:
+            StudyError: runs failed or were in progress in another study; the
+                others are recorded.
+            Stopped: the study was stopped; its runs resume on the next call.
+        """
+        configs = self.configs(specs)
+        self.total += len(specs)
+        records, failures, work, pending = {}, [], {}, {}
+        with ExitStack() as locks:
+            for spec, cfg in zip(specs, configs):
+                key, scoring, settings, record, action = self.classify(spec, cfg,
+                                                                       full)
+                if action == 'reuse':
+                    records[spec.id] = record
+                    self._progress(spec, f'reused {key}')
+                    continue
+                run_dir = osp.join(self.args.work_dir, 'runs',
+                                   spec.name.replace('/', '_') + f'_{key}')
+                if not locks.enter_context(run_lock(run_dir)):
+                    failures.append(f'{spec.name}: in progress in another study '
+                                    f'(its folder {run_dir} is locked); skipped')
+                    self._progress(spec, 'skipped: in progress in another study')
+                    continue
+                resumed = self._prepare(run_dir, cfg, settings)
+                work[spec.name] = RunJob(run_dir, REPO, self.world_size > 1,
+                                         self.threads)
+                pending[spec.name] = (spec, key, scoring, settings, record, resumed,
+                                      time.time())
+
+            def finished(name: str, error: Optional[BaseException]) -> None:
+                spec = pending[name][0]
+                if error is not None:
                     failures.append(f'{spec.name}: {type(error).__name__}: {error}')
-                    print(f'{spec.name}: FAILED (the others go on)', flush=True)
+                    self._progress(spec, 'FAILED (the others go on)')
+                    return
+                records[spec.id] = self._record(work[name].run_dir, *pending[name])
+
+            self.scheduler.run(work, finished)
         if failures:
             raise StudyError(f'{len(failures)} run(s) failed:\n' +
                              '\n'.join(failures))
         return records
 
-    def run(self, spec: RunSpec, cfg, key: str, scoring: str, settings: dict) -> dict:
-        """Reuse, evaluate again or train and evaluate one run: ``key`` is its
-        training key, ``scoring`` its evaluation key."""
+    def configs(self, specs: List[RunSpec]) -> list:
+        """The resolved training config of each spec."""
+        # One at a time: mmengine's Config.fromfile is not thread-safe.
+        return [resolve_config(spec, self.args.cfg_options,
+                               self.args.protocol[spec.config]) for spec in specs]
+
+    def classify(self, spec: RunSpec, cfg, full: bool = True) -> tuple:
+        """What the study does with a run: ``(key, evaluation key, settings,
+        stored record or None, action)``, the action 'reuse' (its record's keys
+        match and its evaluation covers the settings), 'evaluate' (again, from
+        its checkpoint, with at least what it had) or 'train'."""
+        key = run_key(cfg, spec, self.world_size, self.code, self.train_device)
+        scoring = evaluation_key(cfg, self.code, self.args.device)
+        settings = self.settings(spec, full)
         record = load_record(self.args.results_dir, key)
-        if (record is not None and record.get('evaluation_key') == scoring
+        if record is None:
+            return key, scoring, settings, None, 'train'
+        if (record.get('evaluation_key') == scoring
                 and covers(record['settings'], settings)):
-            self._progress(spec, f'reused {key}')
-            return record
-        if record is not None:  # evaluate again, never with less than before
-            settings = union(record['settings'], settings)
-        run_dir = osp.join(self.args.work_dir, 'runs',
-                           spec.name.replace('/', '_') + f'_{key}')
-        os.makedirs(run_dir, exist_ok=True)
+            return key, scoring, settings, record, 'reuse'
+        return key, scoring, union(record['settings'], settings), record, 'evaluate'
+
+    def plan(self, specs: List[RunSpec], full: bool = True) -> List[PlannedRun]:
+        """Every spec's action and estimated cost; the data of each base config
+        checked and, where it has runs to train or evaluate, probed.
+
+        Raises:
+            PlanError: missing or unreadable data, or a probe that failed.
+        """
+        planned, probes, checked = [], self._probes, self._checked
+        for spec, cfg in zip(specs, self.configs(specs)):
+            if spec.config not in checked:
+                checked[spec.config] = check_data(cfg, f'{spec.name} ({spec.config})',
+                                                  self.args.domain_root)
+            key, _, settings, _, action = self.classify(spec, cfg, full)
+            train_min = evaluate_min = 0.0
+            if action != 'reuse':
+                if spec.config not in probes:
+                    probes[spec.config] = probe(cfg, REPO, self.threads,
+                                                self.args.device)
+                train_min, evaluate_min = estimate(cfg, probes[spec.config],
+                                                   checked[spec.config], settings)
+                if action == 'evaluate':
+                    train_min = 0.0
+            planned.append(PlannedRun(spec.name, key, action, train_min,
+                                      evaluate_min))
+        return planned
+
+    def _prepare(self, run_dir: str, cfg, settings: dict) -> bool:
+        """Write the run's config and settings; whether it has a checkpoint
+        to resume from (a finished training resumes at its last iteration and
+        stops at once)."""
         cfg.dump(osp.join(run_dir, 'config.py'))
         work_dir = osp.join(run_dir, TRAIN_DIR)
         resumed = osp.isfile(osp.join(work_dir, 'last_checkpoint'))
-        start = time.time()
-        # A finished training resumes at its last iteration and stops at once.
-        self._train(run_dir)
-        trained = time.time()
+        if not resumed:
+            # Stopped before its first checkpoint: start afresh, so that no log
+            # of the stopped start is read as this run's (the multipliers).
+            shutil.rmtree(work_dir, ignore_errors=True)
         write_atomic(osp.join(run_dir, RUN_FILE), json.dumps(dict(
             settings=settings, device=self.args.device)).encode())
-        self._subprocess([sys.executable, osp.abspath(__file__), '--evaluate-run',
-                          run_dir], run_dir, 'evaluate.log')
+        return resumed
+
+    def _record(self, run_dir: str, spec: RunSpec, key: str, scoring: str,
+                settings: dict, before: Optional[dict], resumed: bool,
+                submitted: float) -> dict:
+        """Store the record of a run whose job ended well, and say so."""
         with open(osp.join(run_dir, EVALUATION_FILE)) as f:
             evaluation = json.load(f)
-        # Training: every start of the run, a killed one's too.
-        minutes = dict(train=training_minutes(work_dir),
-                       evaluate=(time.time() - trained) / 60)
-        again = record is not None
+        # Training: every start of the run, a stopped one's too.
+        minutes = dict(train=training_minutes(osp.join(run_dir, TRAIN_DIR)),
+                       evaluate=command_minutes(run_dir, 'evaluate.log'))
         record = dict(
             key=key, record_version=RECORD_VERSION, config=spec.config,
             method=spec.method, options=spec.options,
@@ -373,12 +463,11 @@ class Study:
             device=self.args.device, settings=settings, minutes=minutes,
             **evaluation)
         save_record(self.args.results_dir, record)
-        with self.lock:
-            self.trained += 1
-            self.seconds += time.time() - start
-        if again and resumed:
+        self.trained += 1
+        self.seconds += time.time() - submitted
+        if before is not None and resumed:
             done = 'evaluated again from its checkpoint'
-        elif again:
+        elif before is not None:
             done = f'trained again (no checkpoint kept) {minutes["train"]:.1f} min'
         else:
             done = f'trained {minutes["train"]:.1f} min'
@@ -386,61 +475,17 @@ class Study:
         return record
 
     def _progress(self, spec: RunSpec, what: str) -> None:
-        with self.lock:
-            self.done += 1
-            left = self.total - self.done
-            eta = ''
-            if self.trained and left:
-                minutes = round(self.seconds / self.trained * left / self.args.jobs
-                                / 60)
-                eta = (f'; {left} left, about {minutes // 60} h {minutes % 60:02d} '
-                       'min if none is reused')
-            print(f'[{self.done}/{self.total}] {spec.name}: {what}{eta}', flush=True)
-
-    def _threads_env(self) -> dict:
-        threads = str(max(1, (os.cpu_count() or 1) // self.args.jobs))
-        return dict(os.environ, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads,
-                    PYTHONPATH=REPO + os.pathsep + os.environ.get('PYTHONPATH', ''))
-
-    def _train(self, run_dir: str) -> None:
-        work_dir = osp.join(run_dir, TRAIN_DIR)
-        if not osp.isfile(osp.join(work_dir, 'last_checkpoint')):
-            # Killed before its first checkpoint: start afresh, so that no log
-            # of the killed attempt is read as this run's (the multipliers).
-            shutil.rmtree(work_dir, ignore_errors=True)
-        train = [osp.join(REPO, 'tools', 'train.py'), osp.join(run_dir, 'config.py'),
-                 '--work-dir', work_dir, '--resume']
-        args = self.args
-        if args.launcher == 'pytorch':
-            with socket.socket() as s:
-                s.bind(('127.0.0.1', 0))
-                port = s.getsockname()[1]
-            command = [sys.executable, '-m', 'torch.distributed.run',
-                       f'--nproc_per_node={args.gpus}', f'--master_port={port}',
-                       *train, '--launcher', 'pytorch']
-        elif args.launcher == 'slurm':
-            command = ['srun', f'--ntasks={args.gpus}',
-                       f'--ntasks-per-node={args.gpus}', f'--gres=gpu:{args.gpus}',
-                       *([f'--partition={args.partition}'] if args.partition
-                         else []), sys.executable, '-u', *train,
-                       '--launcher', 'slurm']
-        else:
-            command = [sys.executable, *train]
-        self._subprocess(command, run_dir, 'train.log')
-
-    def _subprocess(self, command, run_dir: str, log: str) -> None:
-        path = osp.join(run_dir, log)
-        with open(path, 'w') as out:
-            result = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT,
-                                    env=self._threads_env())
-        if result.returncode != 0:
-            with open(path) as f:
-                tail = f.read()[-2000:]
-            raise RuntimeError(f'{" ".join(command[:4])} ... failed (exit '
-                               f'{result.returncode}); the log {path} ends:\n{tail}')
+        self.done += 1
+        left = self.total - self.done
+        eta = ''
+        if self.trained and left:
+            minutes = round(self.seconds / self.trained * left / self.args.jobs / 60)
+            eta = (f'; {left} left, about {minutes // 60} h {minutes % 60:02d} '
+                   'min if none is reused')
+        print(f'[{self.done}/{self.total}] {spec.name}: {what}{eta}', flush=True)
 
 
-def plan(args) -> List[dict]:
+def default_rows(args) -> List[dict]:
     """The study's rows: per base config, each method at its defaults (and the
     user's --options) on every seed."""
     return [dict(kind='default', config=config, method=method,
@@ -460,11 +505,7 @@ def tune(study: Study, args) -> List[dict]:
     """The tuned rows: each knob's grid on the tuning seeds, scored on the
     selection part; a choice at an end of the grid extends it one step and is
     made again; the chosen value then runs on every reported seed."""
-    grids = {}
-    for config in args.configs:
-        for method in tuning.tunable(args.methods):
-            if tuning.KNOBS[method].option not in args.method_options.get(method, {}):
-                grids[(config, method)] = list(tuning.KNOBS[method].grid)
+    grids = tuning_grids(args)
     records = run_grid(study, args, grids)
     extended = {}
     for (config, method), grid in grids.items():
@@ -492,6 +533,14 @@ def tune(study: Study, args) -> List[dict]:
     return rows
 
 
+def tuning_grids(args) -> Dict[tuple, List[float]]:
+    """``{(config, method): grid}`` of every knob the study tunes (not one the
+    user fixed with --options)."""
+    return {(config, method): list(tuning.KNOBS[method].grid)
+            for config in args.configs for method in tuning.tunable(args.methods)
+            if tuning.KNOBS[method].option not in args.method_options.get(method, {})}
+
+
 def grid_specs(args, config: str, method: str, value: float) -> List[RunSpec]:
     """The tuning runs of one grid value, one per tuning seed."""
     knob = tuning.KNOBS[method]
@@ -502,9 +551,13 @@ def grid_specs(args, config: str, method: str, value: float) -> List[RunSpec]:
 def run_grid(study: Study, args, grids: Dict[tuple, List[float]]) -> Dict[str, dict]:
     """Train and score (test, hold-out and selection parts only) the tuning
     runs of ``grids`` (``{(config, method): values}``), by spec id."""
-    specs = [spec for (config, method), values in grids.items()
-             for value in values for spec in grid_specs(args, config, method, value)]
+    specs = all_grid_specs(args, grids)
     return study.run_all(specs, full=False) if specs else {}
+
+
+def all_grid_specs(args, grids: Dict[tuple, List[float]]) -> List[RunSpec]:
+    return [spec for (config, method), values in grids.items()
+            for value in values for spec in grid_specs(args, config, method, value)]
 
 
 def grid_scores(args, records: Dict[str, dict], config: str, method: str,
@@ -564,8 +617,23 @@ def main(argv=None):
           f'(commit {study.code["commit"]}{", dirty" if study.code["dirty"] else ""})'
           f'; records in {args.results_dir}, logs in {args.work_dir}/runs',
           flush=True)
-    rows = plan(args)
+    rows = default_rows(args)
     specs = seed_major(rows)
+    grids = tuning_grids(args) if args.tune else {}
+    try:
+        planned = study.plan(specs) + study.plan(all_grid_specs(args, grids),
+                                                 full=False)
+    except PlanError as error:
+        sys.exit(f'error: {error}')
+    print('\n'.join(summary(planned, args.jobs, study.train_device)))
+    if grids:
+        print(f'then the chosen value of each of the {len(grids)} tuned knobs on '
+              f'every seed ({len(grids) * len(args.seeds)} runs at most, fewer where '
+              'a default is chosen), and one grid step past a chosen end (at most '
+              f'{len(grids) * len(args.tuning_seeds)} runs): planned once chosen',
+              flush=True)
+    if args.plan:
+        return
     try:
         records = study.run_all(specs)
         if args.tune:
@@ -574,6 +642,9 @@ def main(argv=None):
             rows += tuned
     except (StudyError, ValueError) as error:
         sys.exit(f'error: {error}')
+    except Stopped as signal_name:
+        sys.exit(f'stopped by {signal_name}: the runs in flight were stopped; the '
+                 'next call resumes them from their last checkpoints')
     for row in rows:
         row['keys'] = [records[RunSpec(row['config'], row['method'], row['options'],
                                        seed).id]['key'] for seed in row['seeds']]

@@ -12,7 +12,7 @@ import copy
 from typing import List, Optional, Sequence
 
 from ..utils.data_check import leaf_datasets
-from .config_walk import SPLIT_TYPE, find_split, split_training_set
+from .config_walk import SPLIT_TYPE, datasets_in, find_split, split_training_set
 
 PLUGIN_IMPORTS = ['cals_seg', 'cals_seg.utils.mmengine_checkpoints']
 # 293 of 1,464 images held out in the authors' VOC split.
@@ -37,7 +37,8 @@ def apply_protocol(cfg: dict, holdout_fraction: Optional[float] = None,
       nothing trains or fits on (``tools/calib_study.py --tune`` scores its
       choices there). A config whose training set is already split is kept as
       it is (it must then have a ``holdout_dataloader``), so the protocol can be
-      applied twice.
+      applied twice; but a selection part asked of a split without one is
+      carved out of its training part, the held-out part unchanged.
     - ``optim_wrapper.clip_grad`` clips the gradient norm at ``max_grad_norm``.
     - ``val_evaluator`` and ``test_evaluator`` get CalibrationMetric per image,
       pooled, and without ``exclude_classes``, unless they have one already.
@@ -79,27 +80,26 @@ def _split_training_set(cfg: dict, holdout_fraction: Optional[float],
     train = cfg['train_dataloader']
     existing = find_split(train['dataset'])
     if existing is not None:
-        for name, asked in (('holdout_fraction', holdout_fraction),
-                            ('selection_fraction', selection_fraction)):
-            has = existing.get(name, 0.0 if name == 'selection_fraction' else None)
-            if asked is not None and asked != has:
-                raise ValueError(
-                    f'{name}={asked}, but train_dataloader is already split '
-                    f'with {name}={has}: change it in the config')
         if not isinstance(cfg.get('holdout_dataloader'), dict):
             raise ValueError('train_dataloader is already split by '
                              f'{SPLIT_TYPE}, but holdout_dataloader is missing')
+        for name, asked, has in (
+                ('holdout_fraction', holdout_fraction, existing.get('holdout_fraction')),
+                ('selection_fraction', selection_fraction,
+                 existing.get('selection_fraction') or None)):
+            if asked is not None and has is not None and asked != has:
+                raise ValueError(
+                    f'{name}={asked}, but train_dataloader is already split '
+                    f'with {name}={has}: change it in the config')
+        if selection_fraction and not existing.get('selection_fraction'):
+            _add_selection_part(cfg, existing['holdout_fraction'], selection_fraction)
         return
     fraction = (DEFAULT_HOLDOUT_FRACTION
                 if holdout_fraction is None else holdout_fraction)
     if not (isinstance(fraction, (int, float)) and 0 < fraction < 1):
         raise ValueError(f'holdout_fraction must be in (0, 1), got {fraction!r}')
     selection = 0.0 if selection_fraction is None else selection_fraction
-    if not (isinstance(selection, (int, float)) and 0 <= selection
-            and fraction + selection < 1):
-        raise ValueError(f'selection_fraction must be >= 0 and leave images to '
-                         f'train on beside holdout_fraction {fraction}, got '
-                         f'{selection_fraction!r}')
+    _check_selection(fraction, selection)
 
     def make_split(dataset: dict, part: str) -> dict:
         split = dict(type=SPLIT_TYPE, split=part, holdout_fraction=fraction,
@@ -118,6 +118,25 @@ def _split_training_set(cfg: dict, holdout_fraction: Optional[float],
         num_workers=train.get('num_workers', 0),
         sampler=dict(type='DefaultSampler', shuffle=False),
         dataset=holdout)
+
+
+def _check_selection(holdout: float, selection) -> None:
+    if not (isinstance(selection, (int, float)) and 0 <= selection
+            and holdout + selection < 1):
+        raise ValueError(f'selection_fraction must be >= 0 and leave images to '
+                         f'train on beside holdout_fraction {holdout}, got '
+                         f'{selection!r}')
+
+
+def _add_selection_part(cfg: dict, holdout: float, selection: float) -> None:
+    """Carve a selection part out of the training part of a config already
+    split without one: the held-out images stay as they are."""
+    _check_selection(holdout, selection)
+    for key in ('train_dataloader', 'holdout_dataloader'):
+        for node in datasets_in(cfg[key]['dataset']):
+            if node.get('type') == SPLIT_TYPE:
+                node['selection_fraction'] = selection
+    cfg['selection_fraction'] = selection
 
 
 def _test_pipeline(cfg: dict) -> list:

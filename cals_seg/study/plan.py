@@ -1,0 +1,226 @@
+"""A study's plan, before anything trains: each run with what the study does with
+it (reuse its record, evaluate its checkpoint again, or train it), the data it
+reads checked, and its cost estimated from a probe.
+
+- :func:`check_data` finds what would fail after a run trained: a split whose
+  data root, image list or folders are missing, an empty split, a sample that
+  does not load, a shifted domain in another layout.
+- :func:`probe` times a few training iterations of a base config and the
+  evaluation of one test image, on this machine.
+- :func:`estimate` turns a probe into minutes for one run; :func:`summary`
+  prints the plan.
+"""
+import copy
+import json
+import os
+import os.path as osp
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Dict, List, NamedTuple, Optional, Sequence
+
+PROBE_ITERATIONS = 8
+PROBE_WARMUP = 2  # first iterations left out (allocation, first batches)
+
+
+class PlanError(ValueError):
+    """The study would fail after training: the message names the run, its base
+    config and the missing path."""
+
+
+class Probe(NamedTuple):
+    """Seconds one training iteration and one evaluated test image take here."""
+    iteration_s: float
+    image_s: float
+
+
+class PlannedRun(NamedTuple):
+    """One run of the plan.
+
+    Attributes:
+        name (str): the run (:attr:`RunSpec.name`).
+        key (str): its training key.
+        action (str): 'reuse', 'evaluate' (again, from its checkpoint) or
+            'train' (then evaluate).
+        train_min (float): estimated training minutes (0 unless 'train').
+        evaluate_min (float): estimated evaluation minutes (0 for 'reuse').
+    """
+    name: str
+    key: str
+    action: str
+    train_min: float
+    evaluate_min: float
+
+
+def _leaf_paths(dataset: dict) -> List[str]:
+    """The files and folders a dataset config reads: data root, image list
+    and data folders (those it names)."""
+    from ..utils.data_check import leaf_datasets
+    paths = []
+    for leaf in leaf_datasets(dataset):
+        root = leaf.get('data_root') or ''
+        paths.append(root)
+        if leaf.get('ann_file'):
+            paths.append(osp.join(root, leaf['ann_file']))
+        for folder in (leaf.get('data_prefix') or {}).values():
+            if folder:
+                paths.append(osp.join(root, folder))
+    return [p for p in paths if p]
+
+
+def check_data(cfg, run: str, domain_root: Optional[str] = None) -> Dict[str, int]:
+    """Check every split a run reads and return its number of images (before
+    its key, which fingerprints the data).
+
+    Args:
+        cfg (Config): the run's resolved config.
+        run (str): the run and its base config, for the messages.
+        domain_root (str, optional): a shifted domain, in the test split's layout.
+
+    Returns:
+        dict: images per split ('test', 'train', 'holdout', 'selection' where
+        the config has it, 'domain' with ``domain_root``).
+
+    Raises:
+        PlanError: a missing path, an empty split, or a sample that fails to load.
+    """
+    from mmengine.registry import init_default_scope
+    from mmengine.runner import Runner
+    from ..evaluation.shift import shift_loader
+    from ..evaluation.split_report import split_loaders
+    init_default_scope('mmseg')
+    loaders = {k: v for k, v in split_loaders(cfg).items() if v is not None}
+    if domain_root:
+        loaders['domain'] = shift_loader(cfg, data_root=domain_root)
+    counts = {}
+    for split, loader in loaders.items():
+        where = f'{run}, {split} split'
+        missing = [p for p in _leaf_paths(loader['dataset']) if not osp.exists(p)]
+        if missing:
+            raise PlanError(f'{where}: {missing[0]} does not exist')
+        try:
+            dataset = Runner.build_dataloader(copy.deepcopy(loader)).dataset
+            if len(dataset) == 0:
+                raise PlanError(f'{where}: no images')
+            dataset[0]
+        except PlanError:
+            raise
+        except Exception as error:  # named with the split it came from
+            raise PlanError(f'{where}: {type(error).__name__}: {error}') from error
+        counts[split] = len(dataset)
+    return counts
+
+
+def probe(cfg, repo: str, threads: Optional[int], device: str) -> Probe:
+    """Time :data:`PROBE_ITERATIONS` training iterations of ``cfg`` (its own
+    process, ``tools/train.py``, as a run trains) and one test image's
+    evaluation (the model at its initial weights: the cost does not depend on
+    them).
+
+    Args:
+        cfg (Config): a resolved training config (the base config's CE run).
+        repo (str): the repository whose tools/train.py runs.
+        threads (int, optional): OMP threads, as the study gives each run.
+        device (str): where the image is evaluated.
+    """
+    import torch
+    from mmengine.registry import init_default_scope
+    from mmengine.runner import Runner
+    from mmseg.apis import init_model
+    from ..evaluation.split_report import (evaluate_split, prediction_head,
+                                           split_loaders)
+    short = copy.deepcopy(cfg)
+    short.train_cfg.max_iters = PROBE_ITERATIONS
+    short.train_cfg.val_interval = PROBE_ITERATIONS + 1
+    short.default_hooks.logger.interval = 1
+    short.default_hooks.checkpoint = dict(type='CheckpointHook', interval=-1,
+                                          save_last=False)
+    short.custom_hooks = []  # the multipliers' rounds are estimated apart
+    with tempfile.TemporaryDirectory() as work_dir:
+        config = osp.join(work_dir, 'probe.py')
+        short.dump(config)
+        env = dict(os.environ, PYTHONPATH=repo + os.pathsep +
+                   os.environ.get('PYTHONPATH', ''))
+        if threads:
+            env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+        result = subprocess.run([sys.executable, osp.join(repo, 'tools', 'train.py'),
+                                 config, '--work-dir', work_dir], env=env,
+                                capture_output=True, text=True)
+        if result.returncode != 0:
+            raise PlanError(f'the probe of {cfg.filename} failed:\n'
+                            f'{result.stderr[-2000:]}')
+        times = [entry['time'] for entry in _scalars(work_dir) if 'time' in entry]
+    if len(times) <= PROBE_WARMUP:
+        raise PlanError(f'the probe of {cfg.filename} logged no iteration times')
+    iteration_s = statistics.median(times[PROBE_WARMUP:])
+    init_default_scope('mmseg')
+    model = init_model(cfg, None, device=device)
+    head = prediction_head(model)
+    loader = Runner.build_dataloader(split_loaders(cfg)['test'])
+    batch = [next(iter(loader))]
+    threads_before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        evaluate_split(model, batch, head.num_classes)  # warm-up
+        start = time.perf_counter()
+        evaluate_split(model, batch, head.num_classes)
+        image_s = time.perf_counter() - start
+    finally:
+        torch.set_num_threads(threads_before)
+    return Probe(iteration_s, image_s)
+
+
+def _scalars(work_dir: str) -> List[dict]:
+    entries = []
+    for root, _, files in os.walk(work_dir):
+        if 'scalars.json' in files:
+            with open(osp.join(root, 'scalars.json')) as f:
+                entries += [json.loads(line) for line in f if line.strip()]
+    return entries
+
+
+def estimate(cfg, found: Probe, images: Dict[str, int], settings: dict) -> tuple:
+    """Estimated (training, evaluation) minutes of one run.
+
+    Training: the probe's iteration time times the schedule's iterations, plus
+    a multiplier hook's hold-out rounds (each a pass over the hold-out images).
+    Evaluation: one image's time times the images the run's evaluation reads:
+    the test split, hold-out and selection parts, every corrupted pass and the
+    shifted domain, with the hold-out part once more when calibrators are fitted.
+    """
+    iterations = cfg.train_cfg.max_iters
+    train_s = found.iteration_s * iterations
+    for hook in cfg.get('custom_hooks') or []:
+        if hook.get('type') == 'CALSMultiplierHook' and hook.get('source') == 'holdout':
+            interval = hook.get('interval')
+            rounds = (min(hook['rounds'], iterations) if hook.get('rounds')
+                      else iterations // interval if isinstance(interval, int)
+                      else 0)  # 'epoch': not known before the data is read
+            train_s += rounds * images.get('holdout', 0) * found.image_s
+    passes = (images['test'] + images.get('holdout', 0) + images.get('selection', 0)
+              + images['test'] * len(settings['corruptions']) * len(settings['severities'])
+              + images.get('domain', 0))
+    if settings['posthoc']:
+        passes += images.get('holdout', 0)
+    return train_s / 60, passes * found.image_s / 60
+
+
+def summary(runs: Sequence[PlannedRun], jobs: int, device: str) -> List[str]:
+    """The plan in lines: one per run, then the totals and the wall time with
+    ``jobs`` runs at once."""
+    lines = [f'{"run":<70} {"action":<9} {"train min":>9} {"eval min":>8}']
+    for run in runs:
+        lines.append(f'{run.name:<70} {run.action:<9} {run.train_min:9.1f} '
+                     f'{run.evaluate_min:8.1f}')
+    counts = {a: sum(r.action == a for r in runs) for a in ('train', 'evaluate',
+                                                            'reuse')}
+    train = sum(r.train_min for r in runs)
+    evaluate = sum(r.evaluate_min for r in runs)
+    lines.append(f'plan: {counts["train"]} to train, {counts["evaluate"]} to evaluate '
+                 f'again, {counts["reuse"]} to reuse; estimated {train:.0f} min of '
+                 f'training and {evaluate:.0f} min of evaluation on {device}, about '
+                 f'{(train + evaluate) / jobs:.0f} min with {jobs} at once')
+    return lines
