@@ -419,8 +419,8 @@ class Study:
             train_min = evaluate_min = 0.0
             if action != 'reuse':
                 if spec.config not in probes:
-                    probes[spec.config] = probe(cfg, REPO, self.threads,
-                                                self.args.device)
+                    probes[spec.config] = probe(cfg, spec.config, REPO,
+                                                self.threads, self.args.device)
                 train_min, evaluate_min = estimate(cfg, probes[spec.config],
                                                    checked[spec.config], settings)
                 if action == 'evaluate':

@@ -113,14 +113,15 @@ def check_data(cfg, run: str, domain_root: Optional[str] = None) -> Dict[str, in
     return counts
 
 
-def probe(cfg, repo: str, threads: Optional[int], device: str) -> Probe:
+def probe(cfg, name: str, repo: str, threads: Optional[int], device: str) -> Probe:
     """Time :data:`PROBE_ITERATIONS` training iterations of ``cfg`` (its own
     process, ``tools/train.py``, as a run trains) and one test image's
-    evaluation (the model at its initial weights: the cost does not depend on
-    them).
+    evaluation, from random weights: the cost does not depend on them, and
+    pretrained ones may have to be downloaded.
 
     Args:
         cfg (Config): a resolved training config (the base config's CE run).
+        name (str): the base config, for the messages.
         repo (str): the repository whose tools/train.py runs.
         threads (int, optional): OMP threads, as the study gives each run.
         device (str): where the image is evaluated.
@@ -138,6 +139,8 @@ def probe(cfg, repo: str, threads: Optional[int], device: str) -> Probe:
     short.default_hooks.checkpoint = dict(type='CheckpointHook', interval=-1,
                                           save_last=False)
     short.custom_hooks = []  # the multipliers' rounds are estimated apart
+    short.load_from = None
+    short.model = _without_pretrained(short.model)
     with tempfile.TemporaryDirectory() as work_dir:
         config = osp.join(work_dir, 'probe.py')
         short.dump(config)
@@ -149,11 +152,11 @@ def probe(cfg, repo: str, threads: Optional[int], device: str) -> Probe:
                                  config, '--work-dir', work_dir], env=env,
                                 capture_output=True, text=True)
         if result.returncode != 0:
-            raise PlanError(f'the probe of {cfg.filename} failed:\n'
+            raise PlanError(f'the probe of {name} failed:\n'
                             f'{result.stderr[-2000:]}')
         times = [entry['time'] for entry in _scalars(work_dir) if 'time' in entry]
     if len(times) <= PROBE_WARMUP:
-        raise PlanError(f'the probe of {cfg.filename} logged no iteration times')
+        raise PlanError(f'the probe of {name} logged no iteration times')
     iteration_s = statistics.median(times[PROBE_WARMUP:])
     init_default_scope('mmseg')
     model = init_model(cfg, None, device=device)
@@ -171,6 +174,19 @@ def probe(cfg, repo: str, threads: Optional[int], device: str) -> Probe:
     finally:
         torch.set_num_threads(threads_before)
     return Probe(iteration_s, image_s)
+
+
+def _without_pretrained(node):
+    """A model config with no pretrained weights to load: ``pretrained`` None
+    and every ``init_cfg`` of type 'Pretrained' left out."""
+    if isinstance(node, dict):
+        return {k: (None if k == 'pretrained' else _without_pretrained(v))
+                for k, v in node.items()
+                if not (k == 'init_cfg' and isinstance(v, dict)
+                        and v.get('type') == 'Pretrained')}
+    if isinstance(node, list):
+        return [_without_pretrained(v) for v in node]
+    return node
 
 
 def _scalars(work_dir: str) -> List[dict]:
