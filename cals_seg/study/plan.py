@@ -135,6 +135,10 @@ def probe(cfg, name: str, repo: str, threads: Optional[int], device: str) -> Pro
     short = copy.deepcopy(cfg)
     short.train_cfg.max_iters = PROBE_ITERATIONS
     short.train_cfg.val_interval = PROBE_ITERATIONS + 1
+    # No validation (mmengine validates after the last iteration otherwise), and
+    # each iteration's own time logged, not a mean over a window.
+    short.val_cfg = short.val_dataloader = short.val_evaluator = None
+    short.log_processor = dict(short.get('log_processor') or {}, window_size=1)
     short.default_hooks.logger.interval = 1
     short.default_hooks.checkpoint = dict(type='CheckpointHook', interval=-1,
                                           save_last=False)
