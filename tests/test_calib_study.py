@@ -270,11 +270,17 @@ def test_run_keys_follow_what_changes_the_numbers(tmp_path, data_root, monkeypat
     assert evaluation_key(cfg, code, 'cuda') != scoring
 
 
-def test_whole_numbers_become_the_float_options_they_name(data_root):
+def _tool():
+    """tools/calib_study.py as a module."""
     spec = importlib.util.spec_from_file_location(
         'calib_study', osp.join(REPO, 'tools', 'calib_study.py'))
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
+    return tool
+
+
+def test_whole_numbers_become_the_float_options_they_name(data_root):
+    tool = _tool()
     options = tool.parse_method_options(['cals.margin=20', 'cals.groups=label',
                                          'fl.gamma=2'], ['cals', 'fl'])
     assert options == dict(cals=dict(margin=20.0, groups='label'),
@@ -618,12 +624,16 @@ def test_slurm_jobs_ask_for_what_the_study_was_given(tmp_path, monkeypatch):
                              partition='gpu', cpus_per_task=8, timeout_min=90,
                              sbatch=['--account=vision', '--exclusive'])
     script = executor._make_submission_file_text('python -u job.py', 'uid')
+    lines = set(script.splitlines())
     for line in ('#SBATCH --partition=gpu', '#SBATCH --nodes=1',
                  '#SBATCH --ntasks-per-node=4', '#SBATCH --gpus-per-node=4',
                  '#SBATCH --cpus-per-task=8', '#SBATCH --time=90',
                  '#SBATCH --account=vision', '#SBATCH --exclusive',
                  '#SBATCH --signal=USR2@120'):
-        assert line in script, line
+        assert line in lines, (line, script)
+    args = _tool().parse_args([CONFIG, '--launcher', 'slurm',
+                               '--sbatch=--account=vision', '--sbatch=--qos=high'])
+    assert args.sbatch == ['--account=vision', '--qos=high']
     with pytest.raises(ValueError, match="sbatch argument 'account=x'"):
         make_executor('slurm', str(tmp_path), sbatch=['account=x'])
 
@@ -657,7 +667,7 @@ def test_a_stopped_study_stops_its_training_and_resumes_it(tmp_path, data_root):
     _wait_for(lambda: any((d / 'train' / 'last_checkpoint').exists()
                           for d in runs.iterdir()) if runs.exists() else False)
     (run_dir, ) = runs.iterdir()
-    training = int((run_dir / 'child.pid').read_text())
+    training = int((run_dir / 'child0.pid').read_text())
     study.send_signal(signal.SIGTERM)
     _, err = study.communicate(timeout=120)
     assert study.returncode == 1 and 'stopped by SIGTERM' in err, err[-2000:]
@@ -688,7 +698,7 @@ def test_two_studies_on_one_work_dir_lose_nothing(tmp_path, data_root):
     first = _study_process(work, data_root, iterations=40)
     runs = work / 'runs'
     _wait_for(lambda: runs.exists() and any(
-        (d / 'child.pid').exists() for d in runs.iterdir()))
+        (d / 'child0.pid').exists() for d in runs.iterdir()))
     second = _study_process(work, data_root, iterations=40)
     _, err = second.communicate(timeout=300)
     assert second.returncode == 1 and 'in progress in another study' in err
@@ -764,3 +774,18 @@ def test_the_probe_loads_no_pretrained_weights():
         cfg.model.backbone, init_cfg=dict(type='Pretrained', checkpoint='x.pth'))))
     assert model['pretrained'] is None and 'init_cfg' not in model['backbone']
     assert model['decode_head'] == cfg.model.decode_head.to_dict()
+
+
+def test_gpus_go_out_in_whole_sets_and_slurm_runs_are_not_estimated_here():
+    from cals_seg.study.execute import Scheduler
+    from cals_seg.study.plan import PlannedRun, summary
+    assert Scheduler(None, 1, gpus=[0, 1, 2], gpus_per_run=2).free == [[0, 1]]
+    assert Scheduler(None, 2, gpus=[4, 5], gpus_per_run=1).free == [[4], [5]]
+    with pytest.raises(ValueError, match='need 4 GPUs; 3 are visible'):
+        Scheduler(None, 2, gpus=[0, 1, 2], gpus_per_run=2)
+    nan = float('nan')
+    lines = summary([PlannedRun('a/ce/seed0', 'k', 'train', nan, nan),
+                     PlannedRun('a/ls/seed0', 'k2', 'reuse', 0.0, 0.0)], 1, 'cuda')
+    assert lines[1].split()[-2:] == ['-', '-']
+    assert lines[-1] == ('plan: 1 to train, 0 to evaluate again, 1 to reuse; not '
+                         'estimated: the runs go to SLURM nodes')

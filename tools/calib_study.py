@@ -136,7 +136,8 @@ def parse_args(argv=None):
     parser.add_argument('--partition', help='slurm partition (--launcher slurm)')
     parser.add_argument('--cpus-per-task', type=int,
                         help='CPUs per process (--launcher slurm)')
-    parser.add_argument('--sbatch', nargs='+', default=[], metavar='--KEY=VALUE',
+    parser.add_argument('--sbatch', action='extend', nargs='+', default=[],
+                        metavar='--KEY=VALUE',
                         help='further sbatch arguments (--launcher slurm), e.g. '
                         '--sbatch=--account=vision --sbatch=--qos=high')
     parser.add_argument('--run-timeout', type=float, metavar='MINUTES',
@@ -196,6 +197,10 @@ def parse_args(argv=None):
         parser.error(f'--run-timeout must be > 0 minutes, got {args.run_timeout}')
     if args.domain_root and not osp.isdir(args.domain_root):
         parser.error(f'--domain-root {args.domain_root} does not exist')
+    for name in ('seeds', 'tuning_seeds'):
+        values = getattr(args, name)
+        if len(set(values)) != len(values):
+            parser.error(f'--{name.replace("_", "-")} {values}: a seed given twice')
     reported = sorted(set(args.tuning_seeds) & set(args.seeds))
     if args.tune and reported:
         parser.error(f'--tuning-seeds {reported} are also --seeds: the run that '
@@ -307,7 +312,8 @@ class Study:
             sbatch=args.sbatch)
         local_gpus = visible_gpus() if on_gpu and args.launcher != 'slurm' else []
         self.scheduler = Scheduler(executor, args.jobs, local_gpus,
-                                   self.world_size if local_gpus else 0)
+                                   self.world_size if local_gpus else 0,
+                                   local=args.launcher != 'slurm')
         self.threads = (None if on_gpu else
                         max(1, (os.cpu_count() or 1) // (args.jobs * self.world_size)))
         self.evaluation = dict(
@@ -354,8 +360,7 @@ class Study:
                     records[spec.id] = record
                     self._progress(spec, f'reused {key}')
                     continue
-                run_dir = osp.join(self.args.work_dir, 'runs',
-                                   spec.name.replace('/', '_') + f'_{key}')
+                run_dir = self.run_dir(spec, key)
                 if not locks.enter_context(run_lock(run_dir)):
                     failures.append(f'{spec.name}: in progress in another study '
                                     f'(its folder {run_dir} is locked); skipped')
@@ -364,16 +369,19 @@ class Study:
                 resumed = self._prepare(run_dir, cfg, settings)
                 work[spec.name] = RunJob(run_dir, REPO, self.world_size > 1,
                                          self.threads)
-                pending[spec.name] = (spec, key, scoring, settings, record, resumed,
-                                      time.time())
+                pending[spec.name] = (spec, key, scoring, settings, record, resumed)
 
             def finished(name: str, error: Optional[BaseException]) -> None:
                 spec = pending[name][0]
-                if error is not None:
-                    failures.append(f'{spec.name}: {type(error).__name__}: {error}')
-                    self._progress(spec, 'FAILED (the others go on)')
-                    return
-                records[spec.id] = self._record(work[name].run_dir, *pending[name])
+                if error is None:
+                    try:
+                        records[spec.id] = self._record(work[name].run_dir,
+                                                        *pending[name])
+                        return
+                    except (OSError, ValueError, KeyError) as failure:
+                        error = failure  # its evaluation left no usable files
+                failures.append(f'{spec.name}: {type(error).__name__}: {error}')
+                self._progress(spec, 'FAILED (the others go on)')
 
             self.scheduler.run(work, finished)
         if failures:
@@ -401,7 +409,14 @@ class Study:
         if (record.get('evaluation_key') == scoring
                 and covers(record['settings'], settings)):
             return key, scoring, settings, record, 'reuse'
-        return key, scoring, union(record['settings'], settings), record, 'evaluate'
+        kept = osp.isfile(osp.join(self.run_dir(spec, key), TRAIN_DIR,
+                                   'last_checkpoint'))
+        return (key, scoring, union(record['settings'], settings), record,
+                'evaluate' if kept else 'train')
+
+    def run_dir(self, spec: RunSpec, key: str) -> str:
+        return osp.join(self.args.work_dir, 'runs',
+                        spec.name.replace('/', '_') + f'_{key}')
 
     def plan(self, specs: List[RunSpec], full: bool = True) -> List[PlannedRun]:
         """Every spec's action and estimated cost; the data of each base config
@@ -416,8 +431,10 @@ class Study:
                 checked[spec.config] = check_data(cfg, f'{spec.name} ({spec.config})',
                                                   self.args.domain_root)
             key, _, settings, _, action = self.classify(spec, cfg, full)
-            train_min = evaluate_min = 0.0
-            if action != 'reuse':
+            train_min = evaluate_min = float('nan')  # not estimated
+            if action == 'reuse':
+                train_min = evaluate_min = 0.0
+            elif self.args.launcher != 'slurm':  # a login node is not a node
                 if spec.config not in probes:
                     probes[spec.config] = probe(cfg, spec.config, REPO,
                                                 self.threads, self.args.device)
@@ -445,8 +462,7 @@ class Study:
         return resumed
 
     def _record(self, run_dir: str, spec: RunSpec, key: str, scoring: str,
-                settings: dict, before: Optional[dict], resumed: bool,
-                submitted: float) -> dict:
+                settings: dict, before: Optional[dict], resumed: bool) -> dict:
         """Store the record of a run whose job ended well, and say so."""
         with open(osp.join(run_dir, EVALUATION_FILE)) as f:
             evaluation = json.load(f)
@@ -464,7 +480,7 @@ class Study:
             **evaluation)
         save_record(self.args.results_dir, record)
         self.trained += 1
-        self.seconds += time.time() - submitted
+        self.seconds += 60 * (minutes['train'] + minutes['evaluate'])
         if before is not None and resumed:
             done = 'evaluated again from its checkpoint'
         elif before is not None:

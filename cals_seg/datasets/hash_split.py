@@ -10,6 +10,7 @@ from mmseg.registry import DATASETS
 from ..utils.data_check import with_pipeline
 
 SPLITS = ('train', 'holdout', 'selection')
+HOLDOUT_FRACTION = 0.1  # the split's own default share
 
 
 def hash_fraction(key: str) -> float:
@@ -49,7 +50,7 @@ class HashSplitDataset:
     """
 
     def __init__(self, dataset: Union[dict, BaseDataset], split: str,
-                 holdout_fraction: float = 0.1,
+                 holdout_fraction: float = HOLDOUT_FRACTION,
                  selection_fraction: float = 0.0,
                  pipeline: Optional[list] = None):
         if split not in SPLITS:

@@ -11,6 +11,7 @@ norm at 2.0 (configs/train/lag_segment.yaml) and reports calibration per image w
 import copy
 from typing import List, Optional, Sequence
 
+from ..datasets.hash_split import HOLDOUT_FRACTION
 from ..utils.data_check import leaf_datasets
 from .config_walk import SPLIT_TYPE, datasets_in, find_split, split_training_set
 
@@ -92,7 +93,9 @@ def _split_training_set(cfg: dict, holdout_fraction: Optional[float],
                     f'{name}={asked}, but train_dataloader is already split '
                     f'with {name}={has}: change it in the config')
         if selection_fraction and not existing.get('selection_fraction'):
-            _add_selection_part(cfg, existing['holdout_fraction'], selection_fraction)
+            _add_selection_part(cfg, existing.get('holdout_fraction',
+                                                  HOLDOUT_FRACTION),
+                                selection_fraction)
         return
     fraction = (DEFAULT_HOLDOUT_FRACTION
                 if holdout_fraction is None else holdout_fraction)

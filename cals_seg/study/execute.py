@@ -17,6 +17,7 @@ through submitit, local processes or SLURM behind one interface.
 - :func:`run_lock` keeps two studies from running one run at once.
 """
 import fcntl
+import glob
 import json
 import os
 import os.path as osp
@@ -29,8 +30,11 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence
 
 import submitit
 
+from ..utils.io import write_atomic
+
 LAUNCHERS = ('local', 'slurm')
-CHILD_PID = 'child.pid'  # the process group of a run's training or evaluation
+# The process group of a task's training or evaluation, per task (rank).
+CHILD_PID = 'child{rank}.pid'
 TIMES = 'times.json'  # start and end of each command of a run, by its log
 LOCK = '.lock'
 
@@ -75,13 +79,16 @@ class RunJob(submitit.helpers.Checkpointable):
                  osp.join(self.run_dir, 'config.py'), '--work-dir',
                  osp.join(self.run_dir, 'train'), '--resume']
         if self.distributed:
-            submitit.helpers.TorchDistributedEnvironment().export(overwrite=True)
+            # The allocation's GPUs stay visible to every rank: mmengine picks
+            # its own by LOCAL_RANK.
+            submitit.helpers.TorchDistributedEnvironment().export(
+                set_cuda_visible_devices=False, overwrite=True)
             train += ['--launcher', 'pytorch']
-        self._run(train, 'train.log' if rank == 0 else f'train_rank{rank}.log')
+        self._run(train, 'train.log' if rank == 0 else f'train_rank{rank}.log', rank)
         if rank != 0:
             return 'trained'
         self._run([osp.join(self.repo, 'tools', 'calib_study.py'), '--evaluate-run',
-                   self.run_dir], 'evaluate.log')
+                   self.run_dir], 'evaluate.log', rank)
         return 'evaluated'
 
     def checkpoint(self, *args, **kwargs) -> submitit.helpers.DelayedSubmission:
@@ -107,9 +114,9 @@ class RunJob(submitit.helpers.Checkpointable):
                        MKL_NUM_THREADS=str(self.threads))
         return env
 
-    def _run(self, command: List[str], log: str) -> None:
+    def _run(self, command: List[str], log: str, rank: int) -> None:
         path = osp.join(self.run_dir, log)
-        pid_file = osp.join(self.run_dir, CHILD_PID)
+        pid_file = osp.join(self.run_dir, CHILD_PID.format(rank=rank))
         with open(path, 'w') as out:
             # A session of its own, so that stopping it stops its workers too.
             self._child = subprocess.Popen([self.python, *command], stdout=out,
@@ -125,14 +132,14 @@ class RunJob(submitit.helpers.Checkpointable):
                 self.stop()
                 if osp.exists(pid_file):
                     os.remove(pid_file)
-        times_file = osp.join(self.run_dir, TIMES)
-        times = {}
-        if osp.isfile(times_file):
-            with open(times_file) as f:
-                times = json.load(f)
-        times[log] = [started, time.time()]
-        with open(times_file, 'w') as f:
-            json.dump(times, f)
+        if rank == 0:  # the commands of the run's first task, one at a time
+            times_file = osp.join(self.run_dir, TIMES)
+            times = {}
+            if osp.isfile(times_file):
+                with open(times_file) as f:
+                    times = json.load(f)
+            times[log] = [started, time.time()]
+            write_atomic(times_file, json.dumps(times).encode())
         if code != 0:
             with open(path) as f:
                 tail = f.read()[-2000:]
@@ -194,7 +201,7 @@ def make_executor(launcher: str, folder: str, tasks: int = 1,
         if not item.startswith('--') or not key:
             raise ValueError(f'sbatch argument {item!r}: expected --key=value or '
                              '--flag')
-        extra[key.replace('-', '_')] = value if equals else ''
+        extra[key.replace('-', '_')] = value if equals else True
     executor = submitit.SlurmExecutor(folder=folder)
     executor.update_parameters(
         partition=partition, nodes=1, ntasks_per_node=tasks,
@@ -221,15 +228,16 @@ def run_lock(run_dir: str) -> Iterator[bool]:
 
 
 def stop_children(run_dirs: Sequence[str]) -> None:
-    """SIGTERM to the process groups runs left behind (their job was killed
-    before it could stop them)."""
+    """SIGTERM to the process groups local runs left behind (their job was
+    killed before it could stop them). Only for runs on this machine: a pid
+    written on another node names nothing here."""
     for run_dir in run_dirs:
-        path = osp.join(run_dir, CHILD_PID)
-        try:
-            with open(path) as f:
-                os.killpg(int(f.read()), signal.SIGTERM)
-        except (OSError, ValueError):
-            pass
+        for path in glob.glob(osp.join(run_dir, CHILD_PID.format(rank='*'))):
+            try:
+                with open(path) as f:
+                    os.killpg(int(f.read()), signal.SIGTERM)
+            except (OSError, ValueError):
+                pass
 
 
 class Scheduler:
@@ -241,20 +249,25 @@ class Scheduler:
         gpus (sequence[int]): local GPUs to share out (``gpus_per_run`` to each
             run in flight); empty: none assigned (CPU, or SLURM's own).
         gpus_per_run (int): GPUs each local run takes.
+        local (bool): the runs' processes are on this machine (a stopped
+            study then also stops the process groups its jobs left).
         poll_s (float): seconds between checks of the runs in flight.
     """
 
     def __init__(self, executor: submitit.Executor, jobs: int,
                  gpus: Sequence[int] = (), gpus_per_run: int = 0,
-                 poll_s: float = 1.0):
+                 local: bool = True, poll_s: float = 1.0):
         if gpus and gpus_per_run and jobs * gpus_per_run > len(gpus):
             raise ValueError(f'{jobs} runs at once with {gpus_per_run} GPU(s) each '
                              f'need {jobs * gpus_per_run} GPUs; {len(gpus)} are '
                              'visible')
         self.executor = executor
         self.jobs = jobs
-        self.free = [list(gpus[k:k + gpus_per_run]) for k in
-                     range(0, len(gpus), gpus_per_run)] if gpus and gpus_per_run else []
+        # Whole sets only: a run never gets fewer GPUs than it has ranks.
+        self.free = ([list(gpus[k:k + gpus_per_run]) for k in
+                      range(0, len(gpus) - gpus_per_run + 1, gpus_per_run)]
+                     if gpus and gpus_per_run else [])
+        self.local = local
         self.poll_s = poll_s
 
     def run(self, work: Dict[str, RunJob],
@@ -269,18 +282,22 @@ class Scheduler:
         waiting = list(work)
         flying: Dict[str, tuple] = {}  # name -> (job, gpus)
 
-        def stop(signum, frame):
-            raise Stopped(signal.Signals(signum).name)
+        stopped = []
+
+        def stop(signum, frame):  # acted on between submissions and checks
+            stopped.append(signal.Signals(signum).name)
 
         previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             while waiting or flying:
-                while waiting and len(flying) < self.jobs:
+                while waiting and len(flying) < self.jobs and not stopped:
                     name = waiting.pop(0)
                     gpus = self.free.pop(0) if self.free else []
                     if gpus:
                         self.executor.update_parameters(visible_gpus=gpus)
                     flying[name] = (self.executor.submit(work[name]), gpus)
+                if stopped:
+                    raise Stopped(stopped[0])
                 for name in [n for n, (job, _) in flying.items() if job.done()]:
                     job, gpus = flying.pop(name)
                     if gpus:
@@ -293,12 +310,15 @@ class Scheduler:
                     done(name, error)
                 if flying:
                     time.sleep(self.poll_s)
-        except Stopped:
+        except BaseException:  # stopped, or an error: no run goes on unwatched
+            for sig in previous:
+                signal.signal(sig, signal.SIG_IGN)  # a second Ctrl-C waits too
             for job, _ in flying.values():
                 job.cancel(check=False)
             for job, _ in flying.values():
                 _wait(job, 30)
-            stop_children([work[name].run_dir for name in flying])
+            if self.local:
+                stop_children([work[name].run_dir for name in flying])
             raise
         finally:
             for sig, handler in previous.items():

@@ -12,6 +12,7 @@ reads checked, and its cost estimated from a probe.
 """
 import copy
 import json
+import math
 import os
 import os.path as osp
 import statistics
@@ -162,19 +163,22 @@ def probe(cfg, name: str, repo: str, threads: Optional[int], device: str) -> Pro
     if len(times) <= PROBE_WARMUP:
         raise PlanError(f'the probe of {name} logged no iteration times')
     iteration_s = statistics.median(times[PROBE_WARMUP:])
-    init_default_scope('mmseg')
-    model = init_model(cfg, None, device=device)
-    head = prediction_head(model)
-    loader = Runner.build_dataloader(split_loaders(cfg)['test'])
-    batch = [next(iter(loader))]
     threads_before = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
     try:
+        init_default_scope('mmseg')
+        model = init_model(cfg, None, device=device)
+        head = prediction_head(model)
+        loader = Runner.build_dataloader(split_loaders(cfg)['test'])
+        batch = [next(iter(loader))]
         evaluate_split(model, batch, head.num_classes)  # warm-up
         start = time.perf_counter()
         evaluate_split(model, batch, head.num_classes)
         image_s = time.perf_counter() - start
+    except Exception as error:  # named with the config it came from
+        raise PlanError(f'the probe of {name} failed to evaluate an image on '
+                        f'{device}: {type(error).__name__}: {error}') from error
     finally:
         torch.set_num_threads(threads_before)
     return Probe(iteration_s, image_s)
@@ -230,17 +234,25 @@ def estimate(cfg, found: Probe, images: Dict[str, int], settings: dict) -> tuple
 
 def summary(runs: Sequence[PlannedRun], jobs: int, device: str) -> List[str]:
     """The plan in lines: one per run, then the totals and the wall time with
-    ``jobs`` runs at once."""
+    ``jobs`` runs at once ('-' and no totals where runs were not estimated:
+    they run on SLURM nodes, which a probe here would not time)."""
+    def cell(minutes: float, width: int) -> str:
+        return f'{"-":>{width}}' if math.isnan(minutes) else f'{minutes:{width}.1f}'
+
     lines = [f'{"run":<70} {"action":<9} {"train min":>9} {"eval min":>8}']
     for run in runs:
-        lines.append(f'{run.name:<70} {run.action:<9} {run.train_min:9.1f} '
-                     f'{run.evaluate_min:8.1f}')
+        lines.append(f'{run.name:<70} {run.action:<9} {cell(run.train_min, 9)} '
+                     f'{cell(run.evaluate_min, 8)}')
     counts = {a: sum(r.action == a for r in runs) for a in ('train', 'evaluate',
                                                             'reuse')}
+    line = (f'plan: {counts["train"]} to train, {counts["evaluate"]} to evaluate '
+            f'again, {counts["reuse"]} to reuse')
     train = sum(r.train_min for r in runs)
     evaluate = sum(r.evaluate_min for r in runs)
-    lines.append(f'plan: {counts["train"]} to train, {counts["evaluate"]} to evaluate '
-                 f'again, {counts["reuse"]} to reuse; estimated {train:.0f} min of '
-                 f'training and {evaluate:.0f} min of evaluation on {device}, about '
-                 f'{(train + evaluate) / jobs:.0f} min with {jobs} at once')
+    if math.isnan(train + evaluate):
+        lines.append(line + '; not estimated: the runs go to SLURM nodes')
+    else:
+        lines.append(f'{line}; estimated {train:.0f} min of training and '
+                     f'{evaluate:.0f} min of evaluation on {device}, about '
+                     f'{(train + evaluate) / jobs:.0f} min with {jobs} at once')
     return lines

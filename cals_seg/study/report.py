@@ -578,9 +578,13 @@ def _tuning_lines(row: dict, records: Dict[str, dict]) -> List[str]:
                 reading += '; at the end of the extended grid'
             lines.append(f'| {label} | {name} | {scores} | – | {reading} |')
             continue
-        noise = abs(difference[k]) <= NOISE_ERRORS * error[k]
+        if not np.isfinite(error[k]):
+            reading = 'noise not measured'
+        else:
+            reading = ('noise' if abs(difference[k]) <= NOISE_ERRORS * error[k]
+                       else 'worse')
         lines.append(f'| {label} | {name} | {scores} | {difference[k]:+.4f} ± '
-                     f'{error[k]:.4f} | {"noise" if noise else "worse"} |')
+                     f'{error[k]:.4f} | {reading} |')
     return lines
 
 
