@@ -326,6 +326,7 @@ class Study:
         # Per base config: images per split, and the probe's timings.
         self._checked: Dict[str, dict] = {}
         self._probes: Dict[str, Probe] = {}
+        self._resolved: Dict[str, Config] = {}  # by RunSpec.id
         self.started = time.time()
 
     def settings(self, spec: RunSpec, full: bool = True) -> dict:
@@ -390,10 +391,13 @@ class Study:
         return records
 
     def configs(self, specs: List[RunSpec]) -> list:
-        """The resolved training config of each spec."""
-        # One at a time: mmengine's Config.fromfile is not thread-safe.
-        return [resolve_config(spec, self.args.cfg_options,
-                               self.args.protocol[spec.config]) for spec in specs]
+        """The resolved training config of each spec, resolved once per study
+        (the plan and the runs read the same ones)."""
+        for spec in specs:
+            if spec.id not in self._resolved:
+                self._resolved[spec.id] = resolve_config(
+                    spec, self.args.cfg_options, self.args.protocol[spec.config])
+        return [self._resolved[spec.id] for spec in specs]
 
     def classify(self, spec: RunSpec, cfg, full: bool = True) -> tuple:
         """What the study does with a run: ``(key, evaluation key, settings,
