@@ -767,10 +767,10 @@ def test_estimate_counts_the_schedule_the_rounds_and_every_evaluated_image():
 def test_the_probe_loads_no_pretrained_weights():
     """The probe times a model from random weights: a shipped R-50 config's
     pretrained backbone would be downloaded otherwise."""
-    from cals_seg.study.plan import _without_pretrained
+    from cals_seg.study.finetune import without_pretrained
     cfg = Config.fromfile('configs/deeplabv3_cityscapes_ce.py')
     assert cfg.model.pretrained  # open-mmlab://resnet50_v1c
-    model = _without_pretrained(dict(cfg.model, backbone=dict(
+    model = without_pretrained(dict(cfg.model, backbone=dict(
         cfg.model.backbone, init_cfg=dict(type='Pretrained', checkpoint='x.pth'))))
     assert model['pretrained'] is None and 'init_cfg' not in model['backbone']
     assert model['decode_head'] == cfg.model.decode_head.to_dict()

@@ -42,7 +42,7 @@ import shutil
 import sys
 import time
 from contextlib import ExitStack
-from typing import Dict, List, Optional
+from typing import Dict, List, NamedTuple, Optional
 
 import torch
 from mmengine.config import Config, DictAction
@@ -54,7 +54,7 @@ from cals_seg.calibrators import SHORT_NAMES  # noqa: E402
 from cals_seg.datasets.transforms import CORRUPTIONS  # noqa: E402
 from cals_seg.methods import METHODS, method_options  # noqa: E402
 from cals_seg.methods.config_walk import find_split  # noqa: E402
-from cals_seg.study import tuning  # noqa: E402
+from cals_seg.study import finetune, tuning  # noqa: E402
 from cals_seg.study.execute import (RunJob, Scheduler, Stopped,  # noqa: E402
                                     command_minutes, make_executor, run_lock,
                                     visible_gpus)
@@ -110,6 +110,19 @@ def parse_args(argv=None):
                         'given to every run, taken from the training part (default: '
                         'the config\'s own; else '
                         f'{tuning.DEFAULT_SELECTION_FRACTION} with --tune)')
+    parser.add_argument('--from', nargs='+', dest='checkpoints',
+                        metavar='CHECKPOINT', help='fine-tune every method from '
+                        'this trained checkpoint of the base config (one per '
+                        'BASE_CONFIG, in order) instead of training it in full')
+    parser.add_argument('--finetune-iters', type=int, metavar='N',
+                        help='iterations of each fine-tuning run with --from; the '
+                        'schedule, warm-up and multiplier rounds scale to them '
+                        f'(default: {finetune.DEFAULT_SHARE:g} of the base '
+                        'config\'s)')
+    parser.add_argument('--full', action='store_true',
+                        help='with --from: also train every method in full, and '
+                        'report how the fine-tuned rows rank the methods against '
+                        'the full ones')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='settings merged into every base config before the '
                         'method is applied, as tools/train.py --cfg-options')
@@ -212,9 +225,53 @@ def parse_args(argv=None):
     try:
         args.method_options = parse_method_options(args.options, args.methods)
         args.protocol = protocol_options(args)
+        args.starts = fine_tuning_starts(args)
     except ValueError as error:
         parser.error(str(error))
     return args
+
+
+def base_config(args, config: str) -> Config:
+    """A base config as every run of it sees it: with --cfg-options merged."""
+    cfg = Config.fromfile(config)
+    if args.cfg_options:
+        cfg.merge_from_dict(args.cfg_options)
+    return cfg
+
+
+def fine_tuning_starts(args) -> Dict[str, List[Optional[finetune.Start]]]:
+    """Per base config, how its rows start: [None] (trained in full) without
+    --from; with it, the checkpoint and iterations (and None first with
+    --full).
+
+    Raises:
+        ValueError: --from without one checkpoint per config, a checkpoint
+            that is not a file, --finetune-iters or --full without --from, or
+            a config whose schedule cannot be shrunk.
+    """
+    if not args.checkpoints:
+        if args.finetune_iters is not None or args.full:
+            raise ValueError('--finetune-iters and --full need --from CHECKPOINT')
+        return {config: [None] for config in args.configs}
+    if len(args.checkpoints) != len(args.configs):
+        raise ValueError(f'--from gives {len(args.checkpoints)} checkpoint(s) for '
+                         f'{len(args.configs)} base config(s): give one per config, '
+                         'in their order')
+    missing = [c for c in args.checkpoints if not osp.isfile(c)]
+    if missing:
+        raise ValueError(f'--from: checkpoint(s) not found: {", ".join(missing)}')
+    if args.finetune_iters is not None and args.finetune_iters < 1:
+        raise ValueError(f'--finetune-iters must be >= 1, got {args.finetune_iters}')
+    starts = {}
+    for config, checkpoint in zip(args.configs, args.checkpoints):
+        cfg = base_config(args, config)
+        try:
+            iters = args.finetune_iters or finetune.default_iters(cfg)
+        except ValueError as error:
+            raise ValueError(f'{config}: {error}') from None
+        starts[config] = ([None] if args.full else []) + [
+            finetune.Start(checkpoint, iters)]
+    return starts
 
 
 def protocol_options(args) -> Dict[str, dict]:
@@ -234,9 +291,7 @@ def protocol_options(args) -> Dict[str, dict]:
                          'so give --selection-fraction for all of them')
     protocol = {}
     for config in args.configs:
-        cfg = Config.fromfile(config)
-        if args.cfg_options:
-            cfg.merge_from_dict(args.cfg_options)
+        cfg = base_config(args, config)
         split = find_split((cfg.get('train_dataloader') or {}).get('dataset') or {})
         fraction = args.selection_fraction
         if split is not None and split.get('selection_fraction') and \
@@ -481,7 +536,7 @@ class Study:
             seed=spec.seed, world_size=self.world_size, code=self.code,
             evaluation_key=scoring, train_device=self.train_device,
             device=self.args.device, settings=settings, minutes=minutes,
-            **evaluation)
+            **start_fields(spec.start), **evaluation)
         save_record(self.args.results_dir, record)
         self.trained += 1
         self.seconds += 60 * (minutes['train'] + minutes['evaluate'])
@@ -506,18 +561,41 @@ class Study:
 
 
 def default_rows(args) -> List[dict]:
-    """The study's rows: per base config, each method at its defaults (and the
-    user's --options) on every seed."""
+    """The study's rows: per base config and start (trained in full, or
+    fine-tuned from --from), each method at its defaults (and the user's
+    --options) on every seed."""
     return [dict(kind='default', config=config, method=method,
-                 options=args.method_options.get(method, {}), seeds=args.seeds)
-            for config in args.configs for method in args.methods]
+                 options=args.method_options.get(method, {}), seeds=args.seeds,
+                 **start_fields(start))
+            for config in args.configs for start in args.starts[config]
+            for method in args.methods]
+
+
+def start_fields(start: Optional[finetune.Start]) -> dict:
+    """What a manifest row says of its start: nothing when trained in full;
+    ``finetune`` (checkpoint, its hash, iterations) when fine-tuned."""
+    if start is None:
+        return {}
+    return dict(finetune=dict(checkpoint=start.checkpoint, iters=start.iters,
+                              sha256=finetune.checkpoint_digest(start.checkpoint)))
+
+
+def row_start(row: dict) -> Optional[finetune.Start]:
+    entry = row.get('finetune')
+    return None if entry is None else finetune.Start(entry['checkpoint'],
+                                                     entry['iters'])
+
+
+def row_spec(row: dict, seed: int) -> RunSpec:
+    return RunSpec(row['config'], row['method'], row['options'], seed,
+                   row_start(row))
 
 
 def seed_major(rows: List[dict]) -> List[RunSpec]:
     """The runs of ``rows``, every row's first seed before any row's second: a
     study stopped part way has every method at the same number of seeds."""
     most = max((len(row['seeds']) for row in rows), default=0)
-    return [RunSpec(row['config'], row['method'], row['options'], row['seeds'][k])
+    return [row_spec(row, row['seeds'][k])
             for k in range(most) for row in rows if k < len(row['seeds'])]
 
 
@@ -528,68 +606,80 @@ def tune(study: Study, args) -> List[dict]:
     grids = tuning_grids(args)
     records = run_grid(study, args, grids)
     extended = {}
-    for (config, method), grid in grids.items():
-        value = tuning.extension(tuning.KNOBS[method], grid,
-                                 tuning.choose(grid_scores(args, records, config,
-                                                           method, grid)))
+    for knob_of, grid in grids.items():
+        value = tuning.extension(tuning.KNOBS[knob_of.method], grid, tuning.choose(
+            grid_scores(args, records, knob_of, grid)))
         if value is not None:
-            extended[(config, method)] = value
+            extended[knob_of] = value
             grid.append(value)
     records.update(run_grid(study, args, {k: [v] for k, v in extended.items()}))
     rows = []
-    for (config, method), grid in grids.items():
+    for knob_of, grid in grids.items():
+        config, start, method = knob_of
         knob = tuning.KNOBS[method]
-        scores = grid_scores(args, records, config, method, grid)
+        scores = grid_scores(args, records, knob_of, grid)
         keys = {str(value): [records[spec.id]['key'] for spec in
-                             grid_specs(args, config, method, value)]
+                             grid_specs(args, knob_of, value)]
                 for value in grid}
         rows.append(dict(kind='tuned', config=config, method=method,
                          options=dict(args.method_options.get(method, {}),
                                       **{knob.option: tuning.choose(scores)}),
-                         seeds=args.seeds, knob=knob.option, grid=grid,
-                         extended=extended.get((config, method)),
+                         seeds=args.seeds, **start_fields(start), knob=knob.option,
+                         grid=grid, extended=extended.get(knob_of),
                          scores={str(v): s for v, s in scores.items()},
                          tuning_seeds=args.tuning_seeds, tuning_keys=keys))
     return rows
 
 
-def tuning_grids(args) -> Dict[tuple, List[float]]:
-    """``{(config, method): grid}`` of every knob the study tunes (not one the
-    user fixed with --options)."""
-    return {(config, method): list(tuning.KNOBS[method].grid)
-            for config in args.configs for method in tuning.tunable(args.methods)
+class TunedKnob(NamedTuple):
+    """A knob tuned for one base config and start."""
+    config: str
+    start: Optional[finetune.Start]
+    method: str
+
+
+def tuning_grids(args) -> Dict[TunedKnob, List[float]]:
+    """The grid of every knob the study tunes (not one the user fixed with
+    --options), per base config and start."""
+    return {TunedKnob(config, start, method): list(tuning.KNOBS[method].grid)
+            for config in args.configs for start in args.starts[config]
+            for method in tuning.tunable(args.methods)
             if tuning.KNOBS[method].option not in args.method_options.get(method, {})}
 
 
-def grid_specs(args, config: str, method: str, value: float) -> List[RunSpec]:
+def grid_specs(args, knob_of: TunedKnob, value: float) -> List[RunSpec]:
     """The tuning runs of one grid value, one per tuning seed."""
-    knob = tuning.KNOBS[method]
-    options = dict(args.method_options.get(method, {}), **{knob.option: value})
-    return [RunSpec(config, method, options, seed) for seed in args.tuning_seeds]
+    knob = tuning.KNOBS[knob_of.method]
+    options = dict(args.method_options.get(knob_of.method, {}),
+                   **{knob.option: value})
+    return [RunSpec(knob_of.config, knob_of.method, options, seed, knob_of.start)
+            for seed in args.tuning_seeds]
 
 
-def run_grid(study: Study, args, grids: Dict[tuple, List[float]]) -> Dict[str, dict]:
+def run_grid(study: Study, args,
+             grids: Dict[TunedKnob, List[float]]) -> Dict[str, dict]:
     """Train and score (test, hold-out and selection parts only) the tuning
-    runs of ``grids`` (``{(config, method): values}``), by spec id."""
+    runs of ``grids`` (values per knob), by spec id."""
     specs = all_grid_specs(args, grids)
     return study.run_all(specs, full=False) if specs else {}
 
 
-def all_grid_specs(args, grids: Dict[tuple, List[float]]) -> List[RunSpec]:
-    return [spec for (config, method), values in grids.items()
-            for value in values for spec in grid_specs(args, config, method, value)]
+def all_grid_specs(args, grids: Dict[TunedKnob, List[float]]) -> List[RunSpec]:
+    return [spec for knob_of, values in grids.items()
+            for value in values for spec in grid_specs(args, knob_of, value)]
 
 
-def grid_scores(args, records: Dict[str, dict], config: str, method: str,
+def grid_scores(args, records: Dict[str, dict], knob_of: TunedKnob,
                 grid: List[float]) -> Dict[float, List[float]]:
     """Per grid value, the selection part's score of each tuning seed's run.
 
     Raises:
         ValueError: a run's config has no selection part.
     """
+    config, method = knob_of.config, knob_of.method
     scores = {}
     for value in grid:
-        runs = [records[spec.id] for spec in grid_specs(args, config, method, value)]
+        runs = [records[spec.id] for spec in grid_specs(args, knob_of, value)]
         if any(tuning.SPLIT not in run for run in runs):
             raise ValueError(f'{config}: the tuning runs of {method} have no '
                              f'{tuning.SPLIT} part to score on; give '
@@ -666,8 +756,8 @@ def main(argv=None):
         sys.exit(f'stopped by {signal_name}: the runs in flight were stopped; the '
                  'next call resumes them from their last checkpoints')
     for row in rows:
-        row['keys'] = [records[RunSpec(row['config'], row['method'], row['options'],
-                                       seed).id]['key'] for seed in row['seeds']]
+        row['keys'] = [records[row_spec(row, seed).id]['key']
+                       for seed in row['seeds']]
     # Quoted as a shell needs it, so that the report's first line runs as shown.
     command = 'python tools/calib_study.py ' + shlex.join(
         sys.argv[1:] if argv is None else argv)

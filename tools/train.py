@@ -10,7 +10,7 @@ import sys
 # The plugin and MMEngine checkpoints
 import cals_seg.utils.mmengine_checkpoints  # noqa: F401
 from mmengine.logging import print_log
-from mmengine.runner import Runner
+from mmengine.runner import Runner, find_latest_checkpoint
 
 from mmseg.registry import RUNNERS
 
@@ -26,7 +26,8 @@ def parse_args():
         '--resume',
         action='store_true',
         default=False,
-        help='resume from the latest checkpoint in the work_dir automatically')
+        help='resume from the latest checkpoint in the work_dir automatically '
+        '(without one: start afresh, from load_from\'s weights if it is set)')
     parser.add_argument(
         '--amp',
         action='store_true',
@@ -50,7 +51,13 @@ def main():
         else:
             cfg.optim_wrapper.type = 'AmpOptimWrapper'
             cfg.optim_wrapper.loss_scale = 'dynamic'
-    cfg.resume = args.resume
+    if args.resume and find_latest_checkpoint(cfg.work_dir):
+        # MMEngine resumes from load_from when it is set; a run started from a
+        # checkpoint (fine-tuning) resumes from its own latest one instead.
+        cfg.resume, cfg.load_from = True, None
+    else:
+        # Nothing of its own yet: a fresh start, from load_from's weights if any.
+        cfg.resume = args.resume and not cfg.get('load_from')
     exit_if_dataset_missing(cfg, ('train_dataloader', 'val_dataloader'))
     prepare_cpu_distributed(cfg, args.launcher)
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(

@@ -22,6 +22,8 @@ import tempfile
 import time
 from typing import Dict, List, NamedTuple, Optional, Sequence
 
+from .finetune import without_pretrained
+
 PROBE_ITERATIONS = 8
 PROBE_WARMUP = 2  # first iterations left out (allocation, first batches)
 
@@ -145,7 +147,7 @@ def probe(cfg, name: str, repo: str, threads: Optional[int], device: str) -> Pro
                                           save_last=False)
     short.custom_hooks = []  # the multipliers' rounds are estimated apart
     short.load_from = None
-    short.model = _without_pretrained(short.model)
+    short.model = without_pretrained(short.model)
     with tempfile.TemporaryDirectory() as work_dir:
         config = osp.join(work_dir, 'probe.py')
         short.dump(config)
@@ -182,19 +184,6 @@ def probe(cfg, name: str, repo: str, threads: Optional[int], device: str) -> Pro
     finally:
         torch.set_num_threads(threads_before)
     return Probe(iteration_s, image_s)
-
-
-def _without_pretrained(node):
-    """A model config with no pretrained weights to load: ``pretrained`` None
-    and every ``init_cfg`` of type 'Pretrained' left out."""
-    if isinstance(node, dict):
-        return {k: (None if k == 'pretrained' else _without_pretrained(v))
-                for k, v in node.items()
-                if not (k == 'init_cfg' and isinstance(v, dict)
-                        and v.get('type') == 'Pretrained')}
-    if isinstance(node, list):
-        return [_without_pretrained(v) for v in node]
-    return node
 
 
 def _scalars(work_dir: str) -> List[dict]:

@@ -140,7 +140,16 @@ def _row_label(row: dict) -> str:
         chose_default = (knob is not None and
                          row['options'][knob.option] == default_value(row['method']))
         label += ', tuned (chose the default)' if chose_default else ', tuned'
+    if row.get('finetune'):
+        label += f', fine-tuned {row["finetune"]["iters"]} it'
     return label
+
+
+def _section(row: dict) -> Tuple[str, Optional[int], Optional[str]]:
+    """The part of the report a manifest row belongs to: its base config and,
+    for fine-tuned rows, their iterations and starting checkpoint."""
+    start = row.get('finetune') or {}
+    return row['config'], start.get('iters'), start.get('sha256')
 
 
 def _settings(manifest: dict, records: Dict[str, dict]) -> dict:
@@ -151,13 +160,14 @@ def _settings(manifest: dict, records: Dict[str, dict]) -> dict:
     return records[manifest['rows'][0]['keys'][0]]['settings']
 
 
-def _rows(manifest: dict, records: Dict[str, dict], config: str) -> List[Row]:
-    """The table rows of one base config: trained rows (defaults, then tuned)
-    and post-hoc rows after their method's default row."""
+def _rows(manifest: dict, records: Dict[str, dict], section: tuple) -> List[Row]:
+    """The table rows of one section (:func:`_section`): trained rows
+    (defaults, then tuned) and post-hoc rows after their method's default
+    row."""
     corruptions = tuple(_settings(manifest, records)['corruptions'])
     rows = []
     for entry in manifest['rows']:
-        if entry['config'] != config:
+        if _section(entry) != section:
             continue
         entry = dict(entry, records=[records[k] for k in entry['keys']])
         label = _row_label(entry)
@@ -496,11 +506,11 @@ def _fair_reading(rows: List[Row], ce: Optional[Row],
 
 
 def _tuning_table(manifest: dict, records: Dict[str, dict],
-                  config: str) -> List[str]:
+                  section: tuple) -> List[str]:
     """Each tuned method's grid: every value's selection score on each tuning
     seed, its paired difference from the chosen value with the standard error
     of seeds and selection images, and whether that is within noise."""
-    tuned = [r for r in manifest['rows'] if r['config'] == config and
+    tuned = [r for r in manifest['rows'] if _section(r) == section and
              r['kind'] == 'tuned']
     if not tuned:
         return []
@@ -585,6 +595,68 @@ def _tuning_lines(row: dict, records: Dict[str, dict]) -> List[str]:
                        else 'worse')
         lines.append(f'| {label} | {name} | {scores} | {difference[k]:+.4f} ± '
                      f'{error[k]:.4f} | {reading} |')
+    return lines
+
+
+def _leaders_text(rows: List[Row], key: str, higher: bool) -> str:
+    """The methods in front on ``key`` among ``rows``, by method name: 'X'
+    (best), 'tie: X, Y' or 'no claim'."""
+    leaders = _leaders(_candidates(rows, lambda r: r.values(key), key), higher,
+                       key)[0]
+    names = [LABELS.get(r.method, r.method) for r in rows if r.label in leaders]
+    if not names:
+        return 'no claim'
+    return names[0] if len(names) == 1 else 'tie: ' + ', '.join(names)
+
+
+def _rank_correlation(x: List[float], y: List[float]) -> float:
+    """Spearman's ρ; NaN for fewer than 3 values or a side without an order
+    (every value equal)."""
+    from scipy.stats import spearmanr
+    if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return float('nan')
+    return float(spearmanr(x, y)[0])
+
+
+def _finetune_agreement(sections: Dict[tuple, List[Row]]) -> List[str]:
+    """Per base config with both, how the fine-tuned rows rank the methods
+    against the rows trained in full: each method at its defaults, the same
+    seeds; Spearman's rank correlation of their means and each side's verdict
+    per verdict metric; and what a run costs on each side."""
+    lines = []
+    for (config, iters, digest), tuned_rows in sections.items():
+        full_rows = sections.get((config, None, None))
+        if iters is None or full_rows is None:
+            continue
+        def by_method(rows):
+            return {r.method: r for r in rows if r.output == RAW and not r.tuned}
+        full, tuned = by_method(full_rows), by_method(tuned_rows)
+        methods = [m for m in full if m in tuned]
+        stem = osp.splitext(osp.basename(config))[0]
+        if not lines:
+            lines += ['## Fine-tuning against training in full', '']
+        lines += [f'### {stem}, fine-tuned {iters} it', '',
+                  f'The {len(methods)} methods at their defaults, fine-tuned from '
+                  f'the checkpoint (sha256 {digest}) against trained in full. '
+                  'Spearman\'s ρ: the rank correlation of the methods\' means over '
+                  'seeds (1: the same order); each side\'s verdict as in its own '
+                  'section.', '',
+                  '| metric | Spearman ρ | in full: best or tied | fine-tuned: '
+                  'best or tied |', '| --- | --- | --- | --- |']
+        for key, header, higher in COLUMNS:
+            if key not in VERDICT_METRICS:
+                continue
+            rho = _rank_correlation([full[m].values(key).mean() for m in methods],
+                                    [tuned[m].values(key).mean() for m in methods])
+            rho_text = '–' if not np.isfinite(rho) else f'{rho:.2f}'
+            lines.append(f'| {header} | {rho_text} | '
+                         f'{_leaders_text([full[m] for m in methods], key, higher)} | '
+                         f'{_leaders_text([tuned[m] for m in methods], key, higher)} |')
+        cost = [np.mean([r['minutes']['train'] for m in methods
+                         for r in side[m].records]) for side in (full, tuned)]
+        lines += ['', f'Training per run, mean over these runs: {cost[0]:.1f} min in '
+                  f'full, {cost[1]:.1f} min fine-tuned ({cost[1] / cost[0]:.2f} of '
+                  'the cost; the checkpoint itself is not counted).', '']
     return lines
 
 
@@ -702,13 +774,24 @@ def build_report(manifest: dict, records: Dict[str, dict],
         ' A verdict marked "seeds only" had no per-image sums to resample (records '
         'made before them, or under shift).', '']
     figures: Dict[str, bytes] = {}
-    for config in dict.fromkeys(row['config'] for row in manifest['rows']):
+    sections: Dict[tuple, List[Row]] = {}
+    for section in dict.fromkeys(_section(row) for row in manifest['rows']):
+        config, iters, _ = section
         stem = osp.splitext(osp.basename(config))[0]
-        rows = _rows(manifest, records, config)
+        rows = sections[section] = _rows(manifest, records, section)
         ce = next((r for r in rows if r.method == 'ce' and r.output == RAW
                    and not r.tuned), None)
-        lines += [f'## {stem}', '', f'Base config `{config}`.', '',
-                  '### In-domain (test split)', '']
+        if iters is None:
+            lines += [f'## {stem}', '', f'Base config `{config}`.', '']
+        else:
+            start = next(r['finetune'] for r in manifest['rows']
+                         if _section(r) == section)
+            stem += f'_ft{iters}'
+            lines += [f'## {stem}', '', f'Base config `{config}`, every run '
+                      f'fine-tuned for {iters} iterations from `{start["checkpoint"]}` '
+                      f'(sha256 {start["sha256"]}), its schedule, warm-up and '
+                      'multiplier rounds shrunk to match.', '']
+        lines += ['### In-domain (test split)', '']
         notes = _domain_table(rows, ce, lines)
         distinct = _distinct(rows, ce)
         several_seeds = max(len(r.records) for r in rows) > 1
@@ -720,7 +803,7 @@ def build_report(manifest: dict, records: Dict[str, dict],
         if not several_seeds:
             lines.append(f'- {ONE_SEED}')
         lines += [f'- {note}' for note in notes]
-        lines += _tuning_table(manifest, records, config)
+        lines += _tuning_table(manifest, records, section)
         settings = _settings(manifest, records)
         shift_columns = ['clean'] + [str(s) for s in sorted(settings['severities'])
                                      if settings['corruptions']]
@@ -751,4 +834,5 @@ def build_report(manifest: dict, records: Dict[str, dict],
         lines += ['']
         lines += [f'![{name}]({figures_dir}/{name})' for name in config_figures]
         lines += ['']
+    lines += _finetune_agreement(sections)
     return '\n'.join(lines), figures

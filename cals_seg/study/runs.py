@@ -8,7 +8,8 @@ produced its numbers:
   trained weights: the fully resolved training config (base config, the study's
   ``--cfg-options``, the method recipe and the seed), the method's full options
   (defaults filled in, so ``ls`` and ``ls smoothing=0.05`` are one run), the
-  number of training processes, the training code (:func:`code_version`, Python's
+  number of training processes, the checkpoint a fine-tuning run starts from
+  (its bytes' hash, not its path), the training code (:func:`code_version`, Python's
   docstrings and comments left out), the versions of torch, numpy, MMEngine, MMCV
   and MMSegmentation, the device type and a fingerprint of the training and
   hold-out data (:func:`data_fingerprint`);
@@ -38,6 +39,7 @@ from mmengine.config import Config
 
 from ..methods import apply_method, method_options
 from ..utils.io import write_atomic
+from .finetune import Start, checkpoint_digest, finetune_config
 
 PACKAGE = osp.dirname(osp.dirname(osp.abspath(__file__)))
 # Parts of the package that draw the report's figures from stored records and
@@ -73,42 +75,51 @@ class RunSpec(NamedTuple):
         method (str): a method recipe name (:data:`cals_seg.methods.METHODS`).
         options (dict): the method options given (not the defaults).
         seed (int): ``randomness.seed``.
+        start (Start, optional): fine-tuned from this checkpoint for its
+            iterations (:mod:`cals_seg.study.finetune`); None: trained in full.
     """
     config: str
     method: str
     options: Dict[str, Any]
     seed: int
+    start: Optional[Start] = None
 
     @property
     def id(self) -> str:
         """A hashable identity (the options are a dict)."""
-        return json.dumps([self.config, self.method, self.options, self.seed],
-                          sort_keys=True, default=str)
+        return json.dumps([self.config, self.method, self.options, self.seed,
+                           self.start], sort_keys=True, default=str)
 
     @property
     def name(self) -> str:
-        """``<config stem>/<method>[_key-value...]/seed<k>``, for progress lines
-        and folder names."""
+        """``<config stem>/<method>[_key-value...][_ft<iters>]/seed<k>``, for
+        progress lines and folder names."""
         stem = osp.splitext(osp.basename(self.config))[0]
         options = ''.join(f'_{k}-{v}' for k, v in sorted(self.options.items()))
-        return f'{stem}/{self.method}{options}/seed{self.seed}'
+        tuned = f'_ft{self.start.iters}' if self.start else ''
+        return f'{stem}/{self.method}{options}{tuned}/seed{self.seed}'
 
 
 def resolve_config(spec: RunSpec, cfg_options: Optional[dict] = None,
                    protocol: Optional[dict] = None) -> Config:
     """The training config of a run: the base config with ``cfg_options``
     merged, the method recipe applied (with the study-wide ``protocol`` options,
-    such as ``selection_fraction``, beside the run's own) and the seed set.
+    such as ``selection_fraction``, beside the run's own), the seed set and, for
+    a fine-tuning run, its schedule shrunk to start from its checkpoint
+    (:func:`cals_seg.study.finetune.finetune_config`).
 
     Raises:
         ValueError: from :func:`cals_seg.methods.apply_method` (unknown method
-            or option, a config the recipe cannot change).
+            or option, a config the recipe cannot change) or from
+            :func:`~cals_seg.study.finetune.finetune_config`.
     """
     cfg = Config.fromfile(spec.config)
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
     cfg = apply_method(cfg, spec.method, **dict(protocol or {}, **spec.options))
     cfg.randomness = dict(cfg.get('randomness') or {}, seed=spec.seed)
+    if spec.start is not None:
+        finetune_config(cfg, spec.start)
     return cfg
 
 
@@ -244,6 +255,8 @@ def run_key(cfg: Config, spec: RunSpec, world_size: int, code: Dict[str, Any],
         device (str): where it trains ('cpu', 'cuda', 'cuda:1': the type counts).
     """
     config = {k: v for k, v in cfg.to_dict().items() if k not in UNKEYED}
+    if config.get('load_from'):  # the weights it starts from, wherever they lie
+        config['load_from'] = 'sha256:' + checkpoint_digest(config['load_from'])
     data = {name: data_fingerprint(cfg[name]['dataset'])
             for name in ('train_dataloader', 'holdout_dataloader') if cfg.get(name)}
     return _hash(dict(config=_canonical(config), method=spec.method,
