@@ -57,9 +57,10 @@ demo: setup
 # corruptions at severities 3 and 5 and the shifted domain; the same again
 # fine-tuned for 150 iterations from a CE checkpoint of each config (trained first,
 # on seed 1000, as a team's own), with how the fine-tuned rows rank the methods
-# against the full ones; two runs at a time. Finished runs are reused from
-# docs/results (keyed by config, options, checkpoint, code, libraries and data), so
-# it resumes; writes docs/results.md and docs/figures/.
+# against the full ones; ensembles of each method's seeds and flip TTA of CE and of
+# the lowest-ECE method, from the kept checkpoints; two runs at a time. Finished
+# runs are reused from docs/results (keyed by config, options, checkpoint, code,
+# libraries and data), so it resumes; writes docs/results.md and docs/figures/.
 BENCHMARK_CONFIGS := configs/demo/deeplabv3_r18tiny_1500it_demo-voc_ce.py \
 	configs/demo/pspnet_r18tiny_1500it_demo-voc_ce.py
 BENCHMARK_OPTIONS := train_cfg.val_interval=1500 default_hooks.checkpoint.interval=1500
@@ -72,7 +73,7 @@ benchmark: setup
 		--cfg-options $(BENCHMARK_OPTIONS) randomness.seed=1000 > /dev/null) &&) true
 	$(PY) tools/calib_study.py $(BENCHMARK_CONFIGS) --seeds 0 1 2 --tune --tuning-seeds 100 101 \
 		--from $(foreach config,$(BENCHMARK_CONFIGS),$(call BENCHMARK_START,$(config))/iter_1500.pth) \
-		--finetune-iters 150 --full --jobs 2 \
+		--finetune-iters 150 --full --free-rows --jobs 2 \
 		--domain-root data/cals_demo/voc_shifted/VOCdevkit/VOC2012 \
 		--cfg-options $(BENCHMARK_OPTIONS) \
 		--work-dir work_dirs/benchmark --results-dir docs/results --out docs/results.md \

@@ -789,3 +789,77 @@ def test_gpus_go_out_in_whole_sets_and_slurm_runs_are_not_estimated_here():
     assert lines[1].split()[-2:] == ['-', '-']
     assert lines[-1] == ('plan: 1 to train, 0 to evaluate again, 1 to reuse; not '
                          'estimated: the runs go to SLURM nodes')
+
+
+def test_a_failed_run_is_marked_in_a_report_that_no_verdict_of_it_uses(tmp_path,
+                                                                      data_root):
+    """LS seed 0 finds a corrupt checkpoint to resume from (a disk that died
+    mid-write) and fails; the others go on, study.json and the report are
+    written, the LS row says a seed is missing and is in no verdict, and the
+    study exits non-zero naming the run."""
+    work = tmp_path / 'study'
+    command = [CONFIG, '--methods', 'ce', 'ls', '--seeds', '0', '1', '--posthoc',
+               '--shift-severities', '--work-dir', str(work)] + _shrunk(data_root)
+    tool = _tool()
+    study = tool.Study(tool.parse_args(command))
+    broken = RunSpec(CONFIG, 'ls', {}, 0)
+    key = study.classify(broken, study.configs([broken])[0])[0]
+    train_dir = osp.join(study.run_dir(broken, key), 'train')
+    os.makedirs(train_dir)
+    with open(osp.join(train_dir, 'iter_2.pth'), 'wb') as f:
+        f.write(b'not a checkpoint')
+    with open(osp.join(train_dir, 'last_checkpoint'), 'w') as f:
+        f.write(osp.join(train_dir, 'iter_2.pth'))
+    result = run_tool(['tools/calib_study.py'] + command)
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert 'ls/seed0: ' in result.stderr and 'the report marks them' in result.stderr
+    manifest = json.loads((work / 'results' / 'study.json').read_text())
+    keys = {row['method']: row['keys'] for row in manifest['rows']}
+    assert keys['ls'][0] is None and all(keys['ce']) and keys['ls'][1]
+    report = (work / 'report.md').read_text()
+    assert '| LS ε 0.05 (1 of 2 seeds missing: in no verdict) | 1 |' in report
+    verdicts = [line for line in report.splitlines()
+                if line.startswith(('- mIoU:', '- ECE:', '- NLL:'))]
+    assert len(verdicts) == 3 and not any('LS' in line for line in verdicts)
+    again = run_tool(['tools/calib_study.py', '--report', '--work-dir', str(work),
+                      '--out', str(tmp_path / 'again.md')])
+    assert again.returncode == 0 and (tmp_path / 'again.md').read_text() == report
+
+
+def test_free_rows_average_kept_models_without_training(tmp_path, data_root):
+    """--free-rows: each method's two seeds as one ensemble and flip TTA of CE
+    and of the row with the lower mean ECE, evaluated from the kept
+    checkpoints; their records name their members and their cost; a second
+    call reuses them all."""
+    work = tmp_path / 'study'
+    command = ['tools/calib_study.py', CONFIG, '--methods', 'ce', 'ls', '--seeds',
+               '0', '1', '--posthoc', '--shift-severities', '--free-rows',
+               '--work-dir', str(work)] + _shrunk(data_root)
+    result = run_tool(command)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = _progress(result)
+    assert sum(': trained ' in line for line in lines) == 4
+    free = [line for line in lines if '/ensemble: ' in line or '_tta: ' in line]
+    assert len(free) == 2 + 4 and all(': evaluated ' in line for line in free)
+    records = {r['key']: r for r in (json.loads(p.read_text()) for p in
+                                     (work / 'results' / 'runs').iterdir())}
+    ensembles = [r for r in records.values() if r.get('kind') == 'ensemble']
+    assert sorted(r['method'] for r in ensembles) == ['ce', 'ls']
+    for ensemble in ensembles:
+        members = [records[k] for k in ensemble['members']]
+        assert [m['seed'] for m in members] == ensemble['seeds'] == [0, 1]
+        assert {m['method'] for m in members} == {ensemble['method']}
+        assert ensemble['minutes']['train'] == pytest.approx(
+            sum(m['minutes']['train'] for m in members))
+        assert 'holdout' not in ensemble and ensemble['fits'] == {}
+    ttas = [r for r in records.values() if r.get('kind') == 'tta']
+    assert sorted((r['method'], r['seed']) for r in ttas) == [
+        ('ce', 0), ('ce', 1), ('ls', 0), ('ls', 1)]
+    assert {r['tta'] for r in ttas} == {'flip'}
+    report = (work / 'report.md').read_text()
+    assert '| CE, ensemble of 2 seeds | 2 (one model) |' in report
+    assert '| CE + flip TTA | 2 |' in report and '| LS ε 0.05 + flip TTA | 2 |' in report
+    again = run_tool(command)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert all(': reused ' in line for line in _progress(again))
+    assert (work / 'report.md').read_text() == report

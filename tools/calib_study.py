@@ -62,11 +62,15 @@ from cals_seg.study.plan import (PlanError, PlannedRun, Probe,  # noqa: E402
                                  check_data, estimate, probe, summary)
 from cals_seg.study.evaluate import (EVALUATION_FILE, RUN_FILE,  # noqa: E402
                                      TRAIN_DIR)
+from cals_seg.evaluation.tta import tta_pipeline  # noqa: E402
+from cals_seg.study.finetune import start_fields  # noqa: E402
+from cals_seg.study.free_rows import KINDS as FREE_KINDS  # noqa: E402
+from cals_seg.study.free_rows import (FreeSpec, ensemble_rows,  # noqa: E402
+                                      free_key, free_specs, tta_rows)
 from cals_seg.study.runs import (RECORD_VERSION, RunSpec,  # noqa: E402
                                  code_version, covers, evaluation_key, load_record,
-                                 load_records,
-                                 resolve_config, run_key, save_record,
-                                 training_minutes, union)
+                                 load_records, resolve_config, row_spec, run_key,
+                                 save_record, training_minutes, union)
 from cals_seg.utils.io import write_atomic  # noqa: E402
 
 STUDY_FILE = 'study.json'
@@ -123,6 +127,11 @@ def parse_args(argv=None):
                         help='with --from: also train every method in full, and '
                         'report how the fine-tuned rows rank the methods against '
                         'the full ones')
+    parser.add_argument('--free-rows', action='store_true',
+                        help='rows that need no training, evaluated from the kept '
+                        'checkpoints: each method\'s seeds as one ensemble, and '
+                        'test-time augmentation (the config\'s tta_pipeline, else a '
+                        'flip) of CE and of the method with the lowest mean ECE')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='settings merged into every base config before the '
                         'method is applied, as tools/train.py --cfg-options')
@@ -341,10 +350,6 @@ def parse_method_options(items: List[str], methods: List[str]) -> Dict[str, dict
     return options
 
 
-class StudyError(Exception):
-    """Runs of the study failed; the message names each and why."""
-
-
 class Study:
     """Runs (or reuses) the study's runs through its executor, at most ``jobs``
     at once, printing a line per finished run with the time left."""
@@ -376,6 +381,10 @@ class Study:
             corruptions=list(args.corruptions) if args.shift_severities else [],
             severities=sorted(set(args.shift_severities)),
             domain_root=args.domain_root, background=args.background)
+        self.failures: List[str] = []  # one line per failed or skipped run
+        self.records: Dict[str, dict] = {}  # every run's record, by spec id
+        self.keys: Dict[str, str] = {}  # training keys by RunSpec.id
+        self.on_record = None  # called after each stored record
         self.done = self.total = self.trained = 0
         self.seconds = 0.0
         # Per base config: images per split, and the probe's timings.
@@ -391,18 +400,20 @@ class Study:
         if not full:
             return dict(posthoc=[], corruptions=[], severities=[], domain_root=None,
                         background=self.evaluation['background'])
-        calibrated = spec.method in self.args.posthoc_on
+        calibrated = (spec.method in self.args.posthoc_on
+                      and not isinstance(spec, FreeSpec))  # free rows: raw only
         return dict(self.evaluation,
                     posthoc=self.evaluation['posthoc'] if calibrated else [])
 
     def run_all(self, specs: List[RunSpec], full: bool = True) -> Dict[str, dict]:
-        """The record of every spec, by :attr:`RunSpec.id`: stored ones reused,
-        the others run through the scheduler while the study holds their
-        folders' locks.
+        """The record of every spec that has one, by :attr:`RunSpec.id`: stored
+        ones reused, the others run through the scheduler while the study holds
+        their folders' locks. A run that fails, or is in progress in another
+        study, has none; :attr:`failures` says why, and the others go on.
+        Specs may be free runs (:class:`FreeSpec`), evaluated only, after
+        their members.
 
         Raises:
-            StudyError: runs failed or were in progress in another study; the
-                others are recorded.
             Stopped: the study was stopped; its runs resume on the next call.
         """
         configs = self.configs(specs)
@@ -410,10 +421,17 @@ class Study:
         records, failures, work, pending = {}, [], {}, {}
         with ExitStack() as locks:
             for spec, cfg in zip(specs, configs):
+                absent = [m.name for m in getattr(spec, 'members', ())
+                          if m.id not in self.records]
+                if absent:
+                    failures.append(f'{spec.name}: no record of {", ".join(absent)}')
+                    self._progress(spec, 'skipped: a member run has no record')
+                    continue
                 key, scoring, settings, record, action = self.classify(spec, cfg,
                                                                        full)
+                self.keys[spec.id] = key
                 if action == 'reuse':
-                    records[spec.id] = record
+                    records[spec.id] = self.records[spec.id] = record
                     self._progress(spec, f'reused {key}')
                     continue
                 run_dir = self.run_dir(spec, key)
@@ -422,17 +440,20 @@ class Study:
                                     f'(its folder {run_dir} is locked); skipped')
                     self._progress(spec, 'skipped: in progress in another study')
                     continue
-                resumed = self._prepare(run_dir, cfg, settings)
+                resumed = self._prepare(run_dir, cfg, settings, spec)
                 work[spec.name] = RunJob(run_dir, REPO, self.world_size > 1,
-                                         self.threads)
+                                         self.threads,
+                                         train=not isinstance(spec, FreeSpec))
                 pending[spec.name] = (spec, key, scoring, settings, record, resumed)
 
             def finished(name: str, error: Optional[BaseException]) -> None:
                 spec = pending[name][0]
                 if error is None:
                     try:
-                        records[spec.id] = self._record(work[name].run_dir,
-                                                        *pending[name])
+                        records[spec.id] = self.records[spec.id] = self._record(
+                            work[name].run_dir, *pending[name])
+                        if self.on_record is not None:
+                            self.on_record()
                         return
                     except (OSError, ValueError, KeyError) as failure:
                         error = failure  # its evaluation left no usable files
@@ -440,36 +461,49 @@ class Study:
                 self._progress(spec, 'FAILED (the others go on)')
 
             self.scheduler.run(work, finished)
-        if failures:
-            raise StudyError(f'{len(failures)} run(s) failed:\n' +
-                             '\n'.join(failures))
+        self.failures += failures
         return records
+
+    def stored_key(self, spec: RunSpec) -> Optional[str]:
+        """The key of the spec's run where its record is stored (by this study
+        or another), else None."""
+        key = self.keys.get(spec.id)
+        if key is None or load_record(self.args.results_dir, key) is None:
+            return None
+        return key
 
     def configs(self, specs: List[RunSpec]) -> list:
         """The resolved training config of each spec, resolved once per study
         (the plan and the runs read the same ones)."""
-        for spec in specs:
+        trained = [getattr(spec, 'members', (spec, ))[0] for spec in specs]
+        for spec in trained:
             if spec.id not in self._resolved:
                 self._resolved[spec.id] = resolve_config(
                     spec, self.args.cfg_options, self.args.protocol[spec.config])
-        return [self._resolved[spec.id] for spec in specs]
+        return [self._resolved[spec.id] for spec in trained]
 
     def classify(self, spec: RunSpec, cfg, full: bool = True) -> tuple:
         """What the study does with a run: ``(key, evaluation key, settings,
         stored record or None, action)``, the action 'reuse' (its record's keys
         match and its evaluation covers the settings), 'evaluate' (again, from
-        its checkpoint, with at least what it had) or 'train'."""
-        key = run_key(cfg, spec, self.world_size, self.code, self.train_device)
+        its checkpoint, with at least what it had) or 'train'; a free run
+        (:class:`FreeSpec`, its members recorded) is never trained."""
+        free = isinstance(spec, FreeSpec)
+        if free:
+            key = free_key(spec, [self.records[m.id]['key'] for m in spec.members],
+                           tta_pipeline(cfg)[0] if spec.kind == 'tta' else None)
+        else:
+            key = run_key(cfg, spec, self.world_size, self.code, self.train_device)
         scoring = evaluation_key(cfg, self.code, self.args.device)
         settings = self.settings(spec, full)
         record = load_record(self.args.results_dir, key)
         if record is None:
-            return key, scoring, settings, None, 'train'
+            return key, scoring, settings, None, 'evaluate' if free else 'train'
         if (record.get('evaluation_key') == scoring
                 and covers(record['settings'], settings)):
             return key, scoring, settings, record, 'reuse'
-        kept = osp.isfile(osp.join(self.run_dir(spec, key), TRAIN_DIR,
-                                   'last_checkpoint'))
+        kept = free or osp.isfile(osp.join(self.run_dir(spec, key), TRAIN_DIR,
+                                           'last_checkpoint'))
         return (key, scoring, union(record['settings'], settings), record,
                 'evaluate' if kept else 'train')
 
@@ -505,11 +539,18 @@ class Study:
                                       evaluate_min))
         return planned
 
-    def _prepare(self, run_dir: str, cfg, settings: dict) -> bool:
-        """Write the run's config and settings; whether it has a checkpoint
-        to resume from (a finished training resumes at its last iteration and
-        stops at once)."""
+    def _prepare(self, run_dir: str, cfg, settings: dict, spec) -> bool:
+        """Write the run's config and settings (a free run's: its members' run
+        folders); whether it has a checkpoint to resume from (a finished
+        training resumes at its last iteration and stops at once)."""
         cfg.dump(osp.join(run_dir, 'config.py'))
+        if isinstance(spec, FreeSpec):
+            members = [osp.abspath(self.run_dir(m, self.records[m.id]['key']))
+                       for m in spec.members]
+            write_atomic(osp.join(run_dir, RUN_FILE), json.dumps(dict(
+                settings=settings, device=self.args.device,
+                free=dict(kind=spec.kind, members=members))).encode())
+            return True
         work_dir = osp.join(run_dir, TRAIN_DIR)
         resumed = osp.isfile(osp.join(work_dir, 'last_checkpoint'))
         if not resumed:
@@ -525,9 +566,17 @@ class Study:
         """Store the record of a run whose job ended well, and say so."""
         with open(osp.join(run_dir, EVALUATION_FILE)) as f:
             evaluation = json.load(f)
-        # Training: every start of the run, a stopped one's too.
-        minutes = dict(train=training_minutes(osp.join(run_dir, TRAIN_DIR)),
-                       evaluate=command_minutes(run_dir, 'evaluate.log'))
+        evaluated = command_minutes(run_dir, 'evaluate.log')
+        members = [self.records[m.id] for m in getattr(spec, 'members', ())]
+        free = {}
+        if members:  # its cost: what its members trained, and its evaluation
+            minutes = dict(train=sum(m['minutes']['train'] for m in members),
+                           evaluate=evaluated)
+            free = dict(kind=spec.kind, members=[m['key'] for m in members],
+                        seeds=[m['seed'] for m in members])
+        else:  # training: every start of the run, a stopped one's too
+            minutes = dict(train=training_minutes(osp.join(run_dir, TRAIN_DIR)),
+                           evaluate=evaluated)
         record = dict(
             key=key, record_version=RECORD_VERSION, config=spec.config,
             method=spec.method, options=spec.options,
@@ -536,10 +585,13 @@ class Study:
             seed=spec.seed, world_size=self.world_size, code=self.code,
             evaluation_key=scoring, train_device=self.train_device,
             device=self.args.device, settings=settings, minutes=minutes,
-            **start_fields(spec.start), **evaluation)
+            **start_fields(spec.start), **free, **evaluation)
         save_record(self.args.results_dir, record)
         self.trained += 1
-        self.seconds += 60 * (minutes['train'] + minutes['evaluate'])
+        self.seconds += 60 * (evaluated + (0 if members else minutes['train']))
+        if members:
+            self._progress(spec, f'evaluated {evaluated:.1f} min')
+            return record
         if before is not None and resumed:
             done = 'evaluated again from its checkpoint'
         elif before is not None:
@@ -571,26 +623,6 @@ def default_rows(args) -> List[dict]:
             for method in args.methods]
 
 
-def start_fields(start: Optional[finetune.Start]) -> dict:
-    """What a manifest row says of its start: nothing when trained in full;
-    ``finetune`` (checkpoint, its hash, iterations) when fine-tuned."""
-    if start is None:
-        return {}
-    return dict(finetune=dict(checkpoint=start.checkpoint, iters=start.iters,
-                              sha256=finetune.checkpoint_digest(start.checkpoint)))
-
-
-def row_start(row: dict) -> Optional[finetune.Start]:
-    entry = row.get('finetune')
-    return None if entry is None else finetune.Start(entry['checkpoint'],
-                                                     entry['iters'])
-
-
-def row_spec(row: dict, seed: int) -> RunSpec:
-    return RunSpec(row['config'], row['method'], row['options'], seed,
-                   row_start(row))
-
-
 def seed_major(rows: List[dict]) -> List[RunSpec]:
     """The runs of ``rows``, every row's first seed before any row's second: a
     study stopped part way has every method at the same number of seeds."""
@@ -605,6 +637,11 @@ def tune(study: Study, args) -> List[dict]:
     made again; the chosen value then runs on every reported seed."""
     grids = tuning_grids(args)
     records = run_grid(study, args, grids)
+    for knob_of in [k for k, grid in grids.items() if not all(
+            spec.id in records for spec in all_grid_specs(args, {k: grid}))]:
+        study.failures.append(f'{knob_of.config}: {knob_of.method} not tuned, a '
+                              'run of its grid has no record')
+        del grids[knob_of]
     extended = {}
     for knob_of, grid in grids.items():
         value = tuning.extension(tuning.KNOBS[knob_of.method], grid, tuning.choose(
@@ -615,6 +652,11 @@ def tune(study: Study, args) -> List[dict]:
     records.update(run_grid(study, args, {k: [v] for k, v in extended.items()}))
     rows = []
     for knob_of, grid in grids.items():
+        if knob_of in extended and not all(spec.id in records for spec in grid_specs(
+                args, knob_of, extended[knob_of])):
+            study.failures.append(f'{knob_of.config}: {knob_of.method} not tuned, a '
+                                  'run of its extended grid has no record')
+            continue
         config, start, method = knob_of
         knob = tuning.KNOBS[method]
         scores = grid_scores(args, records, knob_of, grid)
@@ -691,7 +733,7 @@ def grid_scores(args, records: Dict[str, dict], knob_of: TunedKnob,
 def write_report(args, manifest: dict) -> None:
     from cals_seg.study.report import build_report
     records = {r['key']: r for r in load_records(args.results_dir)}
-    wanted = [key for row in manifest['rows'] for key in row['keys']]
+    wanted = [key for row in manifest['rows'] for key in row['keys'] if key]
     wanted += [key for row in manifest['rows']
                for keys in row.get('tuning_keys', {}).values() for key in keys]
     missing = [key for key in wanted if key not in records]
@@ -742,35 +784,60 @@ def main(argv=None):
               'a default is chosen), and one grid step past a chosen end (at most '
               f'{len(grids) * len(args.tuning_seeds)} runs): planned once chosen',
               flush=True)
+    if args.free_rows:
+        print('then the free rows, from the kept checkpoints: each row\'s seeds as '
+              'an ensemble, and test-time augmentation of CE and of the row with '
+              'the lowest mean ECE on every seed: evaluation only', flush=True)
     if args.plan:
         return
-    try:
-        records = study.run_all(specs)
-        if args.tune:
-            tuned = tune(study, args)
-            records.update(study.run_all(seed_major(tuned)))
-            rows += tuned
-    except (StudyError, ValueError) as error:
-        sys.exit(f'error: {error}')
-    except Stopped as signal_name:
-        sys.exit(f'stopped by {signal_name}: the runs in flight were stopped; the '
-                 'next call resumes them from their last checkpoints')
-    for row in rows:
-        row['keys'] = [records[row_spec(row, seed).id]['key']
-                       for seed in row['seeds']]
     # Quoted as a shell needs it, so that the report's first line runs as shown.
     command = 'python tools/calib_study.py ' + shlex.join(
         sys.argv[1:] if argv is None else argv)
-    manifest = dict(title=args.title, command=command.strip(), rows=rows,
-                    posthoc=list(args.posthoc), posthoc_on=list(args.posthoc_on),
-                    seeds=args.seeds, tuned=args.tune,
-                    tuning_seeds=args.tuning_seeds if args.tune else [],
-                    settings=study.evaluation)
-    write_atomic(manifest_path, json.dumps(manifest, indent=1).encode('utf-8'))
-    write_report(args, manifest)
+
+    def with_keys(rows: List[dict]) -> List[dict]:
+        """The rows with their runs' keys, None where a run has no record yet
+        (failed, or not finished)."""
+        return [dict(row, keys=[study.stored_key(spec) for spec in (
+            free_specs(row) if row['kind'] in FREE_KINDS else
+            [row_spec(row, seed) for seed in row['seeds']])]) for row in rows]
+
+    def write_manifest() -> dict:
+        """study.json as it stands."""
+        manifest = dict(
+            title=args.title, command=command.strip(), rows=with_keys(rows),
+            posthoc=list(args.posthoc), posthoc_on=list(args.posthoc_on),
+            seeds=args.seeds, tuned=args.tune,
+            tuning_seeds=args.tuning_seeds if args.tune else [],
+            settings=study.evaluation)
+        os.makedirs(args.results_dir, exist_ok=True)
+        write_atomic(manifest_path, json.dumps(manifest, indent=1).encode('utf-8'))
+        return manifest
+
+    study.on_record = write_manifest
+    try:
+        study.run_all(specs)
+        if args.tune:
+            tuned = tune(study, args)
+            rows += tuned
+            study.run_all(seed_major(tuned))
+        if args.free_rows:
+            by_key = {r['key']: r for r in study.records.values()}
+            free = ensemble_rows(rows) + tta_rows(with_keys(rows), by_key)
+            rows += free
+            study.run_all([spec for row in free for spec in free_specs(row)])
+    except ValueError as error:
+        sys.exit(f'error: {error}')
+    except Stopped as signal_name:
+        write_manifest()
+        sys.exit(f'stopped by {signal_name}: the runs in flight were stopped; the '
+                 'next call resumes them from their last checkpoints')
+    write_report(args, write_manifest())
     minutes = (time.time() - study.started) / 60
     print(f'{study.trained} run(s) trained, {study.done - study.trained} reused, '
           f'{minutes:.1f} min')
+    if study.failures:
+        sys.exit(f'error: {len(study.failures)} run(s) failed; the report marks '
+                 'them and no verdict uses them:\n' + '\n'.join(study.failures))
 
 
 if __name__ == '__main__':

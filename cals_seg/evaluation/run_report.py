@@ -96,13 +96,31 @@ def evaluate_checkpoint(cfg, checkpoint: str, calibrators: Sequence[str] = ('ts'
         over corruptions) and, with a domain, ``domain``
         (``[output][metric]``).
     """
+    return evaluate_model(load_model(cfg, checkpoint, device), cfg, calibrators,
+                          device, splits, shift, background)
+
+
+def load_model(cfg, checkpoint: str, device: torch.device = torch.device('cpu')):
+    """A checkpoint's segmentor, in mmseg's scope, on ``device``."""
     from mmengine.registry import init_default_scope
     from mmseg.apis import init_model
+    init_default_scope('mmseg')
+    return init_model(cfg, checkpoint, device=str(device))
+
+
+def evaluate_model(model, cfg, calibrators: Sequence[str] = ('ts', ),
+                   device: torch.device = torch.device('cpu'),
+                   splits: Sequence[str] = ('test', ),
+                   shift: Optional[ShiftPlan] = None,
+                   background: Optional[Sequence[str]] = None
+                   ) -> Tuple[dict, Dict[str, Calibrator]]:
+    """:func:`evaluate_checkpoint` of a loaded model: a segmentor, or one that
+    averages several predictions (:mod:`cals_seg.models.segmentors.averaged`:
+    test-time augmentation, read through ``cfg``'s test pipeline, or an
+    ensemble)."""
     unknown = sorted(set(splits) - set(SPLITS))
     if unknown:
         raise ValueError(f'unknown splits {unknown}; the splits are {SPLITS}')
-    init_default_scope('mmseg')
-    model = init_model(cfg, checkpoint, device=str(device))
     head = prediction_head(model)
     num_classes = head.num_classes
     ignore_index = getattr(head, 'ignore_index', 255)

@@ -59,11 +59,14 @@ class RunJob(submitit.helpers.Checkpointable):
         threads (int, optional): OMP/MKL threads of each process (CPU runs
             side by side); None: the library defaults.
         python (str): the interpreter of the commands.
+        train (bool): False: evaluate only (a free run: an ensemble, TTA).
     """
 
     def __init__(self, run_dir: str, repo: str, distributed: bool = False,
-                 threads: Optional[int] = None, python: str = sys.executable):
+                 threads: Optional[int] = None, python: str = sys.executable,
+                 train: bool = True):
         self.run_dir = osp.abspath(run_dir)
+        self.train = train
         self.repo = repo
         self.distributed = distributed
         self.threads = threads
@@ -84,7 +87,9 @@ class RunJob(submitit.helpers.Checkpointable):
             submitit.helpers.TorchDistributedEnvironment().export(
                 set_cuda_visible_devices=False, overwrite=True)
             train += ['--launcher', 'pytorch']
-        self._run(train, 'train.log' if rank == 0 else f'train_rank{rank}.log', rank)
+        if self.train:
+            self._run(train, 'train.log' if rank == 0 else f'train_rank{rank}.log',
+                      rank)
         if rank != 0:
             return 'trained'
         self._run([osp.join(self.repo, 'tools', 'calib_study.py'), '--evaluate-run',

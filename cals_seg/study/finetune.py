@@ -11,7 +11,7 @@ the checkpoint (``load_from``), so no pretrained backbone is loaded.
 import hashlib
 import os
 import os.path as osp
-from typing import Dict, NamedTuple, Tuple
+from typing import Dict, NamedTuple, Optional, Tuple
 
 from mmengine.config import Config
 
@@ -128,3 +128,18 @@ def checkpoint_digest(path: str) -> str:
                 digest.update(block)
         _DIGESTS[cached] = digest.hexdigest()[:16]
     return _DIGESTS[cached]
+
+
+def start_fields(start: Optional[Start]) -> dict:
+    """What a manifest row or record says of its start: nothing when trained
+    in full; ``finetune`` (checkpoint, its hash, iterations) when fine-tuned."""
+    if start is None:
+        return {}
+    return dict(finetune=dict(checkpoint=start.checkpoint, iters=start.iters,
+                              sha256=checkpoint_digest(start.checkpoint)))
+
+
+def row_start(row: dict) -> Optional[Start]:
+    """The start of a manifest row (:func:`start_fields`)."""
+    entry = row.get('finetune')
+    return None if entry is None else Start(entry['checkpoint'], entry['iters'])

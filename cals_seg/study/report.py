@@ -39,6 +39,12 @@ SHIFT_METRICS = (('ECE', 'ECE', False), ('mIoU', 'mIoU', True))
 EQUAL_TOLERANCE = 1e-6
 # Image resamples per verdict: enough for the variance of a difference to a few %.
 RESAMPLES = 1000
+FREE_ROWS = ('Rows that trained nothing of their own, from the kept checkpoints: '
+             'an ensemble averages its seeds\' probabilities (one model: in a '
+             'verdict its value stands on each of its seeds, so a row is compared '
+             'with it seed by seed); TTA averages each seed\'s model over flips '
+             '(and scales, where the config has a tta_pipeline). Their training '
+             'minutes are their members\'.')
 ONE_SEED = ('One seed per row: no "best" is claimed, since a claim needs the '
             'spread over seeds.')
 
@@ -52,6 +58,19 @@ class Row(NamedTuple):
     corruptions: Tuple[str, ...] = ()  # the study's, for the shift columns
     tuned: bool = False
     fits_undone: int = 0
+    missing: int = 0  # seeds whose run failed or is not finished: no verdict
+    free: str = ''  # 'ensemble' (one model: its record on each member seed), 'tta'
+
+    def cost(self) -> float:
+        """Minutes to train and evaluate the row (an ensemble: all its members'
+        training), the mean over its seeds."""
+        return float(np.mean([r['minutes']['train'] + r['minutes'].get('evaluate', 0)
+                              for r in self.records]))
+
+    def shown(self, values: Optional[np.ndarray]) -> Optional[np.ndarray]:
+        """What a cell shows of per-seed values: one value for an ensemble."""
+        return values[:1] if values is not None and self.free == 'ensemble' \
+            else values
 
     @property
     def runs(self) -> Tuple[Tuple[str, ...], str]:
@@ -131,7 +150,8 @@ def _row_label(row: dict) -> str:
     knob = KNOBS.get(row['method'])
     shown = dict(row['options'])
     if knob is not None:
-        value = row['records'][0]['resolved_options'][knob.option]
+        value = (row['records'][0]['resolved_options'][knob.option]
+                 if row['records'] else shown.get(knob.option, default_value(row['method'])))
         shown.pop(knob.option, None)
         label += f' {knob.symbol} {_number(value)}'
     if shown:
@@ -160,20 +180,39 @@ def _settings(manifest: dict, records: Dict[str, dict]) -> dict:
     return records[manifest['rows'][0]['keys'][0]]['settings']
 
 
-def _rows(manifest: dict, records: Dict[str, dict], section: tuple) -> List[Row]:
+def _rows(manifest: dict, records: Dict[str, dict],
+          section: tuple) -> Tuple[List[Row], List[str]]:
     """The table rows of one section (:func:`_section`): trained rows
     (defaults, then tuned) and post-hoc rows after their method's default
-    row."""
+    row; and the labels of rows without any finished run (a key of None: its
+    run failed or has not finished), which no table shows."""
     corruptions = tuple(_settings(manifest, records)['corruptions'])
-    rows = []
+    rows, absent = [], []
     for entry in manifest['rows']:
         if _section(entry) != section:
             continue
-        entry = dict(entry, records=[records[k] for k in entry['keys']])
+        entry = dict(entry, records=[records[k] for k in entry['keys']
+                                     if k is not None])
         label = _row_label(entry)
+        missing = len(entry['keys']) - len(entry['records'])
+        if not entry['records']:
+            absent.append(label)
+            continue
+        if entry['kind'] == 'ensemble':
+            (record, ) = entry['records']
+            rows.append(Row(f'{label}, ensemble of {len(record["seeds"])} seeds',
+                            entry['method'], RAW,
+                            [dict(record, seed=seed) for seed in record['seeds']],
+                            corruptions, free='ensemble'))
+            continue
+        if entry['kind'] == 'tta':
+            rows.append(Row(f'{label} + {entry["records"][0]["tta"]} TTA',
+                            entry['method'], RAW, entry['records'], corruptions,
+                            missing=missing, free='tta'))
+            continue
         tuned = entry['kind'] == 'tuned'
         rows.append(Row(label, entry['method'], RAW, entry['records'],
-                        corruptions, tuned))
+                        corruptions, tuned, missing=missing))
         if tuned or entry['method'] not in manifest['posthoc_on']:
             continue
         for name in manifest['posthoc']:
@@ -181,10 +220,10 @@ def _rows(manifest: dict, records: Dict[str, dict], section: tuple) -> List[Row]
             undone = sum(not f['kept'] for f in fits)
             rows.append(Row(f'{label} + {CALIBRATOR_LABELS.get(name, name)}',
                             entry['method'], name, entry['records'], corruptions,
-                            fits_undone=undone))
-    trained = [r for r in rows if r.output == RAW and not r.tuned]
+                            fits_undone=undone, missing=missing))
+    trained = [r for r in rows if r.output == RAW and not r.tuned and not r.free]
     return (trained + [r for r in rows if r.output != RAW] +
-            [r for r in rows if r.tuned])
+            [r for r in rows if r.free] + [r for r in rows if r.tuned]), absent
 
 
 def _equals(row: Row, reference: Row) -> bool:
@@ -202,14 +241,14 @@ def _equals(row: Row, reference: Row) -> bool:
 
 
 def _distinct(rows: List[Row], ce: Optional[Row]) -> List[Row]:
-    """The rows that say something of their own, each set of pixels once: not
-    equal to CE, not a tuned row that chose its method's default (the same
-    runs again), not a post-hoc fit undone on every seed (its method's row
-    again)."""
+    """The rows that say something of their own, each set of pixels once, and
+    whole: not equal to CE, not a tuned row that chose its method's default
+    (the same runs again), not a post-hoc fit undone on every seed (its
+    method's row again), not a row with seeds missing."""
     seen, distinct = set(), []
     for row in rows:
-        if (row.runs in seen or (ce is not None and _equals(row, ce)) or
-                (row.output != RAW and row.fits_undone == len(row.records))):
+        if (row.runs in seen or (ce is not None and _equals(row, ce)) or row.missing
+                or (row.output != RAW and row.fits_undone == len(row.records))):
             continue
         seen.add(row.runs)
         distinct.append(row)
@@ -225,6 +264,7 @@ class Candidate(NamedTuple):
     values: np.ndarray
     image_sums: Optional[np.ndarray] = None
     shape: Tuple[int, int] = (0, 0)
+    one_model: bool = False  # an ensemble: the same value on every seed
 
 
 def _replicates(candidates: Sequence[Candidate], seeds: List[int],
@@ -261,7 +301,8 @@ def _leaders(candidates: Sequence[Candidate], higher: bool,
     if not candidates:
         return [], 'no rows to compare: no claim'
     seeds = sorted(set.intersection(*(set(c.seeds) for c in candidates)))
-    cells = {c.label: _cell(c.values) for c in candidates}
+    cells = {c.label: _cell(c.values[:1] if c.one_model else c.values)
+             for c in candidates}
     table = np.array([[dict(zip(c.seeds, c.values))[seed] for seed in seeds]
                       for c in candidates]).reshape(len(candidates), len(seeds))
     replicates = _replicates(candidates, seeds, metric)
@@ -302,15 +343,16 @@ def _candidates(rows: Sequence['Row'], values: Callable,
         if v is None:
             continue
         sums, shape = row.image_sums() if metric in IMAGE_METRICS else (None, (0, 0))
-        found.append(Candidate(row.label, row.seeds, v, sums, shape))
+        found.append(Candidate(row.label, row.seeds, v, sums, shape,
+                               row.free == 'ensemble'))
     return found
 
 
 def _domain_table(rows: List[Row], ce: Optional[Row], lines: List[str]) -> List[str]:
     """The in-domain table; returns the notes it needs."""
     headers = [h for _, h, _ in COLUMNS]
-    lines += ['| method | seeds | ' + ' | '.join(headers) + ' | train min |',
-              '| --- ' * (len(COLUMNS) + 3) + '|']
+    lines += ['| method | seeds | ' + ' | '.join(headers) + ' | train min | '
+              'eval min |', '| --- ' * (len(COLUMNS) + 4) + '|']
     notes = []
     for row in rows:
         flags = []
@@ -319,12 +361,18 @@ def _domain_table(rows: List[Row], ce: Optional[Row], lines: List[str]) -> List[
         if row.fits_undone:
             flags.append(f'fit undone on {row.fits_undone} of {len(row.records)} '
                          'seeds')
+        if row.missing:
+            flags.append(f'{row.missing} of {len(row.records) + row.missing} seeds '
+                         'missing: in no verdict')
         label = row.label + (f' ({"; ".join(flags)})' if flags else '')
-        minutes = ('' if row.output != RAW else
-                   f'{np.mean([r["minutes"]["train"] for r in row.records]):.1f}')
-        lines.append(f'| {label} | {len(row.records)} | ' +
-                     ' | '.join(_cell(row.values(k)) for k, _, _ in COLUMNS) +
-                     f' | {minutes} |')
+        minutes = ['' if row.output != RAW else
+                   f'{np.mean([r["minutes"].get(part, 0) for r in row.records]):.1f}'
+                   for part in ('train', 'evaluate')]
+        seeds = (f'{len(row.records)} (one model)' if row.free == 'ensemble'
+                 else len(row.records))
+        lines.append(f'| {label} | {seeds} | ' +
+                     ' | '.join(_cell(row.shown(row.values(k))) for k, _, _ in COLUMNS)
+                     + f' | {" | ".join(minutes)} |')
         if flags and flags[0] == '= CE' and row.output == RAW:
             notes.append(f'{row.label} equals CE on every number and seed.')
     return notes
@@ -343,8 +391,8 @@ def _shift_table(rows: List[Row], columns: List[str], lines: List[str]) -> None:
     lines += ['| method | ' + ' | '.join(headers) + ' |',
               '| --- ' * (len(headers) + 1) + '|']
     for row in rows:
-        cells = [_cell(row.shift(column, metric)) for metric, _, _ in SHIFT_METRICS
-                 for column in columns]
+        cells = [_cell(row.shown(row.shift(column, metric)))
+                 for metric, _, _ in SHIFT_METRICS for column in columns]
         lines.append(f'| {row.label} | ' + ' | '.join(cells) + ' |')
 
 
@@ -452,8 +500,9 @@ def _fair_rows(rows: List[Row]) -> List[Row]:
     fixed); and CE + TS, whose one parameter is fitted on the same hold-out
     part the knobs were chosen on."""
     tuned = {r.method for r in rows if r.tuned}
-    return [r for r in rows if (r.output == RAW and (r.tuned or r.method not in tuned))
-            or (r.method == 'ce' and r.output == 'ts')]
+    return [r for r in rows if not r.free and (
+        (r.output == RAW and (r.tuned or r.method not in tuned))
+        or (r.method == 'ce' and r.output == 'ts'))]
 
 
 def _criteria(columns: List[str]) -> List[Tuple[str, bool, Callable, Optional[str]]]:
@@ -598,6 +647,16 @@ def _tuning_lines(row: dict, records: Dict[str, dict]) -> List[str]:
     return lines
 
 
+def _cheapest(leaders: List[str], rows: List[Row]) -> str:
+    """Where several rows tie for best: the one that costs least to train and
+    evaluate, as a clause of the verdict."""
+    if len(leaders) < 2:
+        return ''
+    cost = {r.label: r.cost() for r in rows}
+    label = min(leaders, key=lambda name: cost[name])
+    return f'; the cheapest of them: {label} ({cost[label]:.1f} min to train and evaluate)'
+
+
 def _leaders_text(rows: List[Row], key: str, higher: bool) -> str:
     """The methods in front on ``key`` among ``rows``, by method name: 'X'
     (best), 'tie: X, Y' or 'no claim'."""
@@ -629,7 +688,8 @@ def _finetune_agreement(sections: Dict[tuple, List[Row]]) -> List[str]:
         if iters is None or full_rows is None:
             continue
         def by_method(rows):
-            return {r.method: r for r in rows if r.output == RAW and not r.tuned}
+            return {r.method: r for r in rows if r.output == RAW and not r.tuned
+                    and not r.missing and not r.free}
         full, tuned = by_method(full_rows), by_method(tuned_rows)
         methods = [m for m in full if m in tuned]
         stem = osp.splitext(osp.basename(config))[0]
@@ -755,7 +815,8 @@ def build_report(manifest: dict, records: Dict[str, dict],
         records (dict): run records by key.
         figures_dir (str): where the figures will be, relative to the report.
     """
-    used = [records[k] for row in manifest['rows'] for k in row['keys']]
+    used = [records[k] for row in manifest['rows'] for k in row['keys']
+            if k is not None]
     posthoc = ', '.join(CALIBRATOR_LABELS.get(c, c) for c in manifest['posthoc'])
     lines = [
         f'# {manifest["title"]}', '',
@@ -778,9 +839,10 @@ def build_report(manifest: dict, records: Dict[str, dict],
     for section in dict.fromkeys(_section(row) for row in manifest['rows']):
         config, iters, _ = section
         stem = osp.splitext(osp.basename(config))[0]
-        rows = sections[section] = _rows(manifest, records, section)
+        rows, absent = _rows(manifest, records, section)
+        sections[section] = rows
         ce = next((r for r in rows if r.method == 'ce' and r.output == RAW
-                   and not r.tuned), None)
+                   and not r.tuned and not r.missing), None)
         if iters is None:
             lines += [f'## {stem}', '', f'Base config `{config}`.', '']
         else:
@@ -791,6 +853,10 @@ def build_report(manifest: dict, records: Dict[str, dict],
                       f'fine-tuned for {iters} iterations from `{start["checkpoint"]}` '
                       f'(sha256 {start["sha256"]}), its schedule, warm-up and '
                       'multiplier rounds shrunk to match.', '']
+        if not rows:
+            lines += [f'No finished run (failed, or not run yet): '
+                      f'{", ".join(absent)}.', '']
+            continue
         lines += ['### In-domain (test split)', '']
         notes = _domain_table(rows, ce, lines)
         distinct = _distinct(rows, ce)
@@ -799,10 +865,16 @@ def build_report(manifest: dict, records: Dict[str, dict],
         for key, header, higher in COLUMNS:
             if key in VERDICT_METRICS and several_seeds:
                 candidates = _candidates(distinct, lambda r: r.values(key), key)
-                lines.append(f'- {header}: {verdict(candidates, higher, key)}.')
+                leaders, text = _leaders(candidates, higher, key)
+                lines.append(f'- {header}: {text}{_cheapest(leaders, distinct)}.')
         if not several_seeds:
             lines.append(f'- {ONE_SEED}')
         lines += [f'- {note}' for note in notes]
+        if absent:
+            lines.append(f'- Without a finished run (failed, or not run yet): '
+                         f'{", ".join(absent)}.')
+        if any(r.free for r in rows):
+            lines.append(f'- {FREE_ROWS}')
         lines += _tuning_table(manifest, records, section)
         settings = _settings(manifest, records)
         shift_columns = ['clean'] + [str(s) for s in sorted(settings['severities'])

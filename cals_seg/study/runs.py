@@ -39,7 +39,7 @@ from mmengine.config import Config
 
 from ..methods import apply_method, method_options
 from ..utils.io import write_atomic
-from .finetune import Start, checkpoint_digest, finetune_config
+from .finetune import Start, checkpoint_digest, finetune_config, row_start
 
 PACKAGE = osp.dirname(osp.dirname(osp.abspath(__file__)))
 # Parts of the package that draw the report's figures from stored records and
@@ -98,6 +98,13 @@ class RunSpec(NamedTuple):
         options = ''.join(f'_{k}-{v}' for k, v in sorted(self.options.items()))
         tuned = f'_ft{self.start.iters}' if self.start else ''
         return f'{stem}/{self.method}{options}{tuned}/seed{self.seed}'
+
+
+def row_spec(row: dict, seed: int) -> RunSpec:
+    """The run of a study manifest's row (``config``, ``method``, ``options``,
+    ``finetune``) on one seed."""
+    return RunSpec(row['config'], row['method'], row['options'], seed,
+                   row_start(row))
 
 
 def resolve_config(spec: RunSpec, cfg_options: Optional[dict] = None,
