@@ -16,7 +16,8 @@ from mmengine.config import Config
 
 from cals_seg.datasets.demo_data import make_demo_dataset
 from cals_seg.study import tuning
-from cals_seg.study.report import Candidate, Row, _equals, verdict
+from cals_seg.study.report import Candidate, Row, verdict
+from cals_seg.study.report.rows import equals
 from cals_seg.study.runs import (RunSpec, code_version, covers, evaluation_key,
                                  resolve_config, run_key, union)
 from helpers import REPO, run_tool
@@ -370,23 +371,23 @@ def test_verdicts_are_paired_by_seed_and_name_every_tied_row():
 
 
 def test_an_advantage_under_shift_counts_when_the_paired_test_finds_it():
-    from cals_seg.study.report import _survival
+    from cals_seg.study.report.tables import survival
     clean = np.array([1.0, 1.1, 1.2])
-    assert _survival(clean, clean + np.array([1.0, 1.1, 1.1]), 0.05) == 'grows'
-    assert _survival(clean, clean - np.array([0.5, 0.6, 0.55]), 0.05) == 'shrinks'
-    assert _survival(clean, clean + np.array([0.1, -0.1, 0.05]), 0.05) == 'holds'
-    assert _survival(clean, np.array([0.5, -0.5, 0.1]), 0.05) == 'not found under shift'
-    assert _survival(np.array([1.0, -1.0, 0.2]), clean, 0.05) == 'found only under shift'
-    assert _survival(clean, clean, 1e-9) == 'found in neither'
+    assert survival(clean, clean + np.array([1.0, 1.1, 1.1]), 0.05) == 'grows'
+    assert survival(clean, clean - np.array([0.5, 0.6, 0.55]), 0.05) == 'shrinks'
+    assert survival(clean, clean + np.array([0.1, -0.1, 0.05]), 0.05) == 'holds'
+    assert survival(clean, np.array([0.5, -0.5, 0.1]), 0.05) == 'not found under shift'
+    assert survival(np.array([1.0, -1.0, 0.2]), clean, 0.05) == 'found only under shift'
+    assert survival(clean, clean, 1e-9) == 'found in neither'
 
 
 
 def test_rows_equal_to_ce_are_found_seed_by_seed():
     ce = _row('CE', [5.0, 6.0])
-    assert _equals(_row('SVLS', [5.0, 6.0]), ce)
-    assert not _equals(_row('LS', [5.0, 6.1]), ce)
-    assert not _equals(_row('LS', [5.0, 6.0], seeds=[0, 2]), ce)
-    assert not _equals(ce, ce)
+    assert equals(_row('SVLS', [5.0, 6.0]), ce)
+    assert not equals(_row('LS', [5.0, 6.1]), ce)
+    assert not equals(_row('LS', [5.0, 6.0], seeds=[0, 2]), ce)
+    assert not equals(ce, ce)
 
 
 def test_demo_prints_progress_and_the_table(tmp_path):
@@ -496,8 +497,9 @@ def test_fits_undone_on_every_seed_are_named_once(monkeypatch):
     again: neither the verdicts nor the reliability grid name it twice; a fit
     kept on one seed is a row of its own."""
     from cals_seg.study import report
+    from cals_seg.study.report import figures
     panels = []
-    monkeypatch.setattr(report, 'bins_grid',
+    monkeypatch.setattr(figures, 'bins_grid',
                         lambda rows, title: panels.extend(r[0] for r in rows))
     runs = dict(ce=('ce', {}, (5.0, 6.0)),
                 cals=('cals', dict(margin=20.0), (5.01, 6.02)))
@@ -525,23 +527,26 @@ def test_fits_undone_on_every_seed_are_named_once(monkeypatch):
     # Every NLL is 1.0: the verdict names every distinct row.
     verdicts = [line for line in text.splitlines() if line.startswith('- NLL:')]
     assert len(verdicts) == 1
-    named = verdicts[0].split(': ')[-1].rstrip('.').split(', ')
+    tied, cheapest = verdicts[0].rstrip('.').split('; the cheapest of them: ')
+    named = tied.split(': ')[-1].split(', ')
     # CE + VS equals CE on every number (its fit kept on one seed changed nothing
     # here), so it is left out as CE again.
     assert named == ['CE', 'CALS m 20', 'CE + TS', 'CALS m 20 + TS']
+    # Every run took a minute to train and none to evaluate: the first is named.
+    assert cheapest == 'CE (1.0 min to train and evaluate)'
     assert panels == ['CE', 'CALS m 20', 'CE + TS', 'CE + VS', 'CALS m 20 + TS']
 
 
 def test_multipliers_of_the_same_runs_are_shown_once():
     """A tuned row that chose the default is the default row's runs again."""
-    from cals_seg.study.report import _multiplier_lines
+    from cals_seg.study.report.tables import multiplier_lines
     records = [dict(key=f'k{seed}', classes=['a', 'b'],
                     resolved_options=dict(groups='logit'),
                     multipliers=dict(final=[0.1 * seed, 0.2])) for seed in (1, 2)]
     default = Row('CALS m 20', 'cals', 'raw', records)
     chose_default = Row('CALS m 20, tuned (chose the default)', 'cals', 'raw',
                         records, tuned=True)
-    lines = _multiplier_lines([default, chose_default])
+    lines = multiplier_lines([default, chose_default])
     assert sum('multipliers at the end' in line for line in lines) == 1
     assert '| 0.15 | 0.2 |' in lines
 
@@ -801,7 +806,7 @@ def test_a_failed_run_is_marked_in_a_report_that_no_verdict_of_it_uses(tmp_path,
     command = [CONFIG, '--methods', 'ce', 'ls', '--seeds', '0', '1', '--posthoc',
                '--shift-severities', '--work-dir', str(work)] + _shrunk(data_root)
     tool = _tool()
-    study = tool.Study(tool.parse_args(command))
+    study = tool.Study(tool.parse_args(command), tool.REPO)
     broken = RunSpec(CONFIG, 'ls', {}, 0)
     key = study.classify(broken, study.configs([broken])[0])[0]
     train_dir = osp.join(study.run_dir(broken, key), 'train')

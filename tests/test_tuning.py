@@ -8,7 +8,8 @@ import pytest
 
 from cals_seg.functional.image_sums import bootstrap_weights, layout
 from cals_seg.study import tuning
-from cals_seg.study.report import RESAMPLES, _tuning_table
+from cals_seg.study.report import RESAMPLES
+from cals_seg.study.report.tuning_table import tuning_table
 from cals_seg.study.statistics import differences_from
 
 
@@ -105,7 +106,7 @@ def test_tuning_table_reads_noise_from_seeds_and_images():
                knob='margin', grid=[5.0, 10.0, 20.0], extended=None,
                scores={str(v): s for v, s in scores.items()},
                tuning_seeds=[100, 101], tuning_keys=keys)
-    text = '\n'.join(_tuning_table(dict(rows=[row]), records, 'c.py'))
+    text = '\n'.join(tuning_table(dict(rows=[row]), records, ('c.py', None, None)))
     assert 'tuning seed(s) 100, 101' in text and '(30 images' in text
     lines = {line.split(' | ')[1]: line for line in text.splitlines()
              if line.startswith('| CALS |')}
