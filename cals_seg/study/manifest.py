@@ -46,10 +46,11 @@ def write_report(results_dir: str, out: str, manifest: dict) -> None:
         FileNotFoundError: a record the manifest names is not there.
     """
     from .report import build_report
-    records = {r['key']: r for r in load_records(results_dir)}
     wanted = [key for row in manifest['rows'] for key in row['keys'] if key]
     wanted += [key for row in manifest['rows']
                for keys in row.get('tuning_keys', {}).values() for key in keys]
+    # A study whose every run failed (or is running elsewhere) has no records.
+    records = ({r['key']: r for r in load_records(results_dir)} if wanted else {})
     missing = [key for key in wanted if key not in records]
     if missing:
         raise FileNotFoundError(f'{len(missing)} run record(s) of {STUDY_FILE} are '
