@@ -26,6 +26,11 @@ from .runs import (RECORD_VERSION, RunSpec, code_version, covers, evaluation_key
                    training_minutes, union)
 
 
+def members_of(spec) -> tuple:
+    """The trained runs a free run reads; none for a run that trains."""
+    return spec.members if isinstance(spec, FreeSpec) else ()
+
+
 class Study:
     """Runs (or reuses) the study's runs through its executor, at most ``jobs``
     at once, printing a line per finished run with the time left."""
@@ -98,7 +103,7 @@ class Study:
         records, failures, work, pending = {}, [], {}, {}
         with ExitStack() as locks:
             for spec, cfg in zip(specs, configs):
-                absent = [m.name for m in getattr(spec, 'members', ())
+                absent = [m.name for m in members_of(spec)
                           if m.id not in self.records]
                 if absent:
                     failures.append(f'{spec.name}: no record of {", ".join(absent)}')
@@ -152,7 +157,7 @@ class Study:
     def configs(self, specs: List[RunSpec]) -> list:
         """The resolved training config of each spec, resolved once per study
         (the plan and the runs read the same ones)."""
-        trained = [getattr(spec, 'members', (spec, ))[0] for spec in specs]
+        trained = [(members_of(spec) or (spec, ))[0] for spec in specs]
         for spec in trained:
             if spec.id not in self._resolved:
                 self._resolved[spec.id] = resolve_config(
@@ -244,7 +249,7 @@ class Study:
         with open(osp.join(run_dir, EVALUATION_FILE)) as f:
             evaluation = json.load(f)
         evaluated = command_minutes(run_dir, 'evaluate.log')
-        members = [self.records[m.id] for m in getattr(spec, 'members', ())]
+        members = [self.records[m.id] for m in members_of(spec)]
         free = {}
         if members:  # its cost: what its members trained, and its evaluation
             minutes = dict(train=sum(m['minutes']['train'] for m in members),
