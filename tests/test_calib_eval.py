@@ -140,6 +140,7 @@ def test_every_calibrator_fits_reports_and_applies(saved_logits, tmp_path):
         assert state in result.stdout
         assert osp.isfile(osp.join(out, f'calibrator_{name}.pth'))
     assert osp.getsize(osp.join(out, 'reliability.png')) > 5000
+    assert report['metrics']['ts']['accuracy change'] == 0  # keeps the argmax
 
     # The evaluated images alone, as new logits to apply the saved files to.
     new_dir = _copy(saved_logits, tmp_path, 'new_logits')
@@ -352,3 +353,74 @@ def test_save_logits_with_a_calibrator_records_the_configs_ignore_index(tmp_path
     assert cfg.model.type == 'CalibratedSegmentor'
     hook = cfg.custom_hooks[-1]
     assert hook.type == 'SaveLogitsHook' and hook.ignore_index == 254
+
+
+def test_conformal_sets_and_preserving_calibrators(saved_logits, tmp_path):
+    """--conformal: the reported coverage and set size are what the saved
+    threshold gives on the evaluated images, recomputed here with numpy; the
+    calibrators that keep the argmax report no accuracy change, and get sets
+    of their own."""
+    out = str(tmp_path / 'sets')
+    names = ['ets', 'cmsap', 'cmsop']
+    result = run_tool(['tools/calib_eval.py', saved_logits['logits_dir'],
+                       '--fit-split', '0.5', '--calibrators', *names,
+                       '--max-fit-pixels', '5000', '--conformal', '0.4',
+                       '--out', out])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert 'conformal sets at alpha=0.4' in result.stdout
+    report = json.load(open(osp.join(out, 'metrics.json')))
+    for name in names:
+        assert report['metrics'][name]['accuracy change'] == 0
+        assert osp.isfile(osp.join(out, f'conformal_{name}.json'))
+    assert osp.getsize(osp.join(out, 'set_sizes.png')) > 5000
+    saved = json.load(open(osp.join(out, 'conformal_uncalibrated.json')))
+    threshold = saved['coverage']
+    manifest = json.load(open(osp.join(saved_logits['logits_dir'], 'manifest.json')))
+    covered = pixels = size = 0
+    for name in manifest['ground_truth']:
+        if name in report['fit_images']:
+            continue
+        logits = np.load(osp.join(saved_logits['logits_dir'], f'{name}.npy'))
+        labels = np.array(Image.open(manifest['ground_truth'][name]))
+        # the same float32 softmax: an untrained model's probabilities crowd
+        # the threshold, where one ulp moves a class in or out
+        probs = torch.softmax(torch.from_numpy(logits).float(), 0).numpy()
+        sets = 1 - probs <= np.float32(threshold)
+        kept = labels != 255
+        covered += sets[labels[kept], *np.nonzero(kept)].sum()
+        pixels += kept.sum()
+        size += sets[:, kept].sum()
+    test = report['conformal']['uncalibrated']['test']['coverage']
+    assert test['coverage'] == pytest.approx(100 * covered / pixels, abs=0.05)
+    assert test['set_size'] == pytest.approx(size / pixels, abs=1e-3)
+    assert saved['images'] == len(report['fit_images'])
+
+    # tools/test.py --conformal maps the same sets, from the model's own logits
+    maps = str(tmp_path / 'maps')
+    result = run_tool([
+        'tools/test.py', CONFIG, str(saved_logits['root'] / 'train' / 'iter_6.pth'),
+        '--work-dir', str(tmp_path / 'test'), '--conformal',
+        osp.join(out, 'conformal_uncalibrated.json'), '--set-size-dir', maps,
+        '--cfg-options',
+        f'test_dataloader.dataset.data_root={saved_logits["info"]["data_root"]}',
+        'test_dataloader.num_workers=0', 'test_dataloader.persistent_workers=False'])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(os.listdir(maps)) == sorted(f'{n}.png' for n in
+                                              manifest['ground_truth'])
+    for name in manifest['ground_truth']:
+        logits = np.load(osp.join(saved_logits['logits_dir'], f'{name}.npy'))
+        probs = torch.softmax(torch.from_numpy(logits).float(), 0).numpy()
+        expected = (1 - probs <= np.float32(threshold)).sum(0)
+        written = np.array(Image.open(osp.join(maps, f'{name}.png')))
+        assert written.shape == expected.shape
+        # the saved logits are float16: a few pixels at the threshold may differ
+        assert (written == expected).mean() > 0.95
+
+
+def test_conformal_refuses_too_few_calibration_images(saved_logits, tmp_path):
+    result = run_tool(['tools/calib_eval.py', saved_logits['logits_dir'],
+                       '--fit-split', '0.5', '--conformal', '0.1', '--out',
+                       str(tmp_path / 'sets')])
+    assert result.returncode == 2
+    assert 'need at least 9 calibration images' in result.stderr
+    assert not osp.exists(str(tmp_path / 'sets'))

@@ -7,9 +7,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cals_seg.calibrators import (Calibrator, CalibratorFileError,
-                                  CalibratorInputError, ClassTemperatureScaling,
-                                  DirichletScaling, LocalTemperatureScaling,
+from cals_seg.calibrators import (ArgmaxPreservingScaling, Calibrator,
+                                  CalibratorFileError, CalibratorInputError,
+                                  ClassTemperatureScaling, DirichletScaling,
+                                  EnsembleTemperatureScaling,
+                                  LocalTemperatureScaling, OrderPreservingScaling,
                                   TemperatureScaling, VectorScaling,
                                   image_folds, load_calibrator)
 
@@ -225,7 +227,9 @@ def test_bad_fit_input_is_named(logits, labels, ids, message):
 
 
 @pytest.mark.parametrize('kind', [TemperatureScaling, ClassTemperatureScaling,
-                                  VectorScaling, DirichletScaling])
+                                  VectorScaling, DirichletScaling,
+                                  EnsembleTemperatureScaling, ArgmaxPreservingScaling,
+                                  OrderPreservingScaling])
 def test_save_load_apply_to_image_logits(kind, tmp_path):
     logits, labels, ids, _ = _draw(lambda z: z / 2, pixels=4000)
     calibrator = kind(C)

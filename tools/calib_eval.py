@@ -5,6 +5,8 @@
     python tools/calib_eval.py work_dirs/logits --fit-split 0.2 \\
         --calibrators ts dirichlet lts selective                     # fit, compare
     python tools/calib_eval.py new_logits --apply OUT/calibrator_ts.pth  # apply
+    python tools/calib_eval.py work_dirs/logits --fit-split 0.2 \\
+        --calibrators ts cmsop --conformal 0.1                       # + pixel sets
 
 Each calibrator is fitted on the --fit-split images and checked out of fold,
 whole images per fold (Calibrator.fit): a fit that raises the out-of-fold NLL
@@ -13,7 +15,12 @@ is undone. Reads the logits and the manifest that
 and writes OUT/metrics.json, the fitted calibrators and the pictures (PNG): the
 reliability diagrams with the share of pixels per bin, before/after each
 calibrator side by side, the risk-coverage curves and the worst-calibrated
-images. Nothing is written unless every input is valid.
+images. With --conformal ALPHA, each row's pixel sets are calibrated on the
+--fit-split images (conformal risk control, the image as the unit:
+cals_seg/functional/conformal.py) and measured on the others: coverage, set size
+and each class mask's false-negative rate; OUT/conformal_<row>.json holds each
+row's thresholds for tools/test.py --conformal. Nothing is written unless every
+input is valid.
 """
 import stack_warnings  # noqa: F401  (first: tools/stack_warnings.py)
 
@@ -25,30 +32,37 @@ import sys
 from typing import Dict, List, Optional
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from cals_seg.calibrators import (SHORT_NAMES, Calibrator, CalibratorFileError,
                                   CalibratorInputError, load_calibrator)
 from cals_seg.evaluation.accumulator import (ERROR_BOUNDS, SCALAR_METRICS,
                                              CalibrationTotals)
+from cals_seg.evaluation.conformal import ConformalCalibration, SetTotals
+from cals_seg.functional.conformal import (DEFAULT_SCORE, SCORES,
+                                           ConformalInputError, check_alpha)
 from cals_seg.functional.calibration import (CECE_CLASSES, DEFAULT_BOUNDARY_WIDTH,
                                              DEFAULT_NUM_BINS, DEFAULT_NUM_CELLS)
 from cals_seg.evaluation.metrics.calibration_metric import resolve_classes
-from cals_seg.evaluation.offline import (CalibEvalError, load_image,
+from cals_seg.evaluation.offline import (CalibEvalError, Transform, load_image,
                                          load_manifest, load_pair, load_pairs,
-                                         pair_files, split_for_fitting,
-                                         stream_statistics)
+                                         pair_files, pixel_accuracy,
+                                         split_for_fitting, stream_statistics)
 from cals_seg.evaluation.sampling import (DEFAULT_MAX_FIT_PIXELS, sample_crops,
                                           sample_pixels)
 from cals_seg.visualization.reliability import (class_diagrams, compare_diagrams,
                                              image_panels, risk_coverage_figure)
+from cals_seg.visualization.sets import set_size_panels
 from cals_seg.utils.device import add_device_argument
 from cals_seg.utils.io import write_atomic
 
 UNCALIBRATED = 'uncalibrated'
-# Columns of the printed comparison table.
+# Columns of the printed comparison table; 'accuracy change' is the pixel
+# accuracy's change from the uncalibrated logits, in points (0 for calibrators
+# that keep the argmax).
 TABLE = ('ECE', 'AECE', 'CECE', 'NLL', 'Brier', 'ECE_boundary', 'ECE_interior',
-         'AURC', 'AUROC', 'ECE_image_median')
+         'AURC', 'AUROC', 'ECE_image_median', 'accuracy', 'accuracy change')
 
 
 def parse_args(argv=None):
@@ -89,6 +103,12 @@ def parse_args(argv=None):
     parser.add_argument('--apply', nargs='+', default=[], metavar='FILE',
                         help='evaluate the logits after each saved calibrator '
                         '(files written by --calibrators)')
+    parser.add_argument('--conformal', type=float, metavar='ALPHA',
+                        help='calibrate conformal pixel sets of risk ALPHA (e.g. '
+                        '0.1: 90 %% coverage) on the --fit-split images and '
+                        'measure them on the others')
+    parser.add_argument('--conformal-score', choices=SCORES, default=DEFAULT_SCORE,
+                        help="the sets' nonconformity score (default: lac)")
     parser.add_argument('--max-fit-pixels', type=int, default=DEFAULT_MAX_FIT_PIXELS,
                         help='pixels sampled to fit each calibrator on')
     parser.add_argument('--worst', type=int, default=4,
@@ -105,8 +125,11 @@ def parse_args(argv=None):
                                   key=list(SHORT_NAMES).index)
     if args.calibrators and not args.fit_split:
         parser.error('--calibrators needs --fit-split: the images to fit on')
-    if args.fit_split and not args.calibrators:
-        parser.error('--fit-split needs --calibrators: what to fit')
+    if args.conformal is not None and not args.fit_split:
+        parser.error('--conformal needs --fit-split: the images to calibrate '
+                     'the sets on')
+    if args.fit_split and not (args.calibrators or args.conformal is not None):
+        parser.error('--fit-split needs --calibrators or --conformal: what to fit')
     return args
 
 
@@ -128,6 +151,43 @@ def _table(rows: Dict[str, dict]) -> str:
     return '\n'.join(lines)
 
 
+def _conformal_table(rows: Dict[str, dict], alpha: float) -> str:
+    """Coverage sets and class masks of each row, in one line each."""
+    lines = [f'conformal sets at alpha={alpha:g} (target coverage '
+             f'{100 * (1 - alpha):.1f} %, class-mask FNR <= {100 * alpha:.1f} %):',
+             f'{"":<14}{"coverage %":>12}{"per image %":>13}{"set size":>10}'
+             f'{"worst class %":>15}{"worst FNR %":>13}{"mask size":>11}']
+    for name, metrics in rows.items():
+        sets, masks = metrics['coverage'], metrics['class_fnr']
+        worst = np.nanmin(sets['class_coverage'])
+        lines.append(f'{name:<14}{sets["coverage"]:>12.2f}'
+                     f'{sets["image_coverage"]:>13.2f}{sets["set_size"]:>10.3f}'
+                     f'{worst:>15.2f}{np.nanmax(masks["class_fnr"]):>13.2f}'
+                     f'{masks["set_size"]:>11.3f}')
+    return '\n'.join(lines)
+
+
+def _conformal(rows: Dict[str, Optional[Transform]], split, context, args) -> dict:
+    """Each row's sets, calibrated on the fitting images (one image in memory
+    at a time), with the test totals they will stream into."""
+    alpha = check_alpha(args.conformal)
+    num_classes = len(context['class_names'])
+    calibrations = {name: ConformalCalibration(num_classes, args.conformal_score,
+                                               context['ignore_index'])
+                    for name in rows}
+    images = context['images'] if context['needs_images'] else None
+    for logits, labels, image in load_pairs(split['fit'], num_classes,
+                                            context['dataset'],
+                                            context['ignore_index'], images):
+        for name, transform in rows.items():
+            with torch.no_grad():
+                scaled = logits if transform is None else transform(logits, image)
+            calibrations[name].update(scaled[None], labels[None])
+    return {name: SetTotals(calibration.fit(alpha, context['class_names']),
+                            context['ignore_index'])
+            for name, calibration in calibrations.items()}
+
+
 def _class_rows(result, class_names) -> str:
     rows = '\n'.join(
         f'  {name:<20} {cece:8.3f} {int(pixels):>12d}'
@@ -137,7 +197,8 @@ def _class_rows(result, class_names) -> str:
 
 
 def _json_metrics(result, class_names, image_eces, worst: int) -> dict:
-    metrics = {k: float(result[k]) for k in SCALAR_METRICS + ERROR_BOUNDS}
+    metrics = {k: float(result[k]) for k in SCALAR_METRICS + ERROR_BOUNDS +
+               ('accuracy', 'accuracy change')}
     metrics['boundary_pixels'] = float(result.get('boundary_pixels', float('nan')))
     metrics['per_class'] = {
         name: dict(CECE=float(cece), pixels=int(pixels))
@@ -197,7 +258,8 @@ def _transform(calibrator: Calibrator, device):
     return apply
 
 
-def _worst_panels(result, pairs, context, count: int) -> Optional[bytes]:
+def _worst_images(result, pairs, context, count: int) -> List[dict]:
+    """The ``count`` images of highest ECE: name, ECE, picture, labels, logits."""
     ranked = sorted((e for e in result.image_eces if e[0] == e[0]), reverse=True)
     by_name = {p.name: p for p in pairs}
     rows = []
@@ -211,9 +273,20 @@ def _worst_panels(result, pairs, context, count: int) -> Optional[bytes]:
                 np.uint8)
         rows.append(dict(name=name, ece=ece, image=image, labels=labels.numpy(),
                          logits=logits))
-    if not rows:
-        return None
-    return image_panels(rows, len(context['class_names']), context['ignore_index'])
+    return rows
+
+
+def _set_size_rows(rows: List[dict], sets, ignore_index: int) -> List[dict]:
+    """``rows`` with each pixel's set size and whether the set covers its class."""
+    shown = []
+    for row in rows:
+        members = sets.sets(row['logits'][None])[0]  # (C, H, W)
+        labels = torch.as_tensor(row['labels']).long()
+        kept = labels != ignore_index
+        covered = members.gather(0, torch.where(kept, labels, 0)[None])[0] & kept
+        shown.append(dict(row, sizes=members.sum(0).numpy(),
+                          covered=covered.numpy()))
+    return shown
 
 
 def run(args) -> dict:
@@ -244,34 +317,53 @@ def run(args) -> dict:
                       boundary_width=args.boundary_width))
     evaluated = pairs
     calibrators = dict(applied)
-    if args.calibrators:
+    split = None
+    if args.fit_split:
         split = split_for_fitting(pairs, args.fit_split)
         report['fit_images'] = [p.name for p in split['fit']]
         print(f'fitting on {len(split["fit"])} images, evaluating the other '
               f'{len(split["eval"])}')
+        evaluated = split['eval']
+    if args.calibrators:
         fitted = _fit(args.calibrators, split, context)
         report['fits'] = {name: calibrator.fit_record._asdict()
                           for name, calibrator in fitted.items()}
         calibrators.update(fitted)
-        evaluated = split['eval']
     needs_images = any(c.needs_images for c in calibrators.values())
     if needs_images and not context['images']:
         raise CalibEvalError('a calibrator reads the images, and the manifest names '
                              'none; save the logits again with tools/test.py')
+    context['needs_images'] = needs_images
+    names = [UNCALIBRATED] + list(calibrators)
+    transforms = [None] + [_transform(c, args.device) for c in calibrators.values()]
+    set_totals = {}
+    if args.conformal is not None:
+        set_totals = _conformal(dict(zip(names, transforms)), split, context, args)
+        report['conformal'] = {name: totals.conformal.to_dict()
+                               for name, totals in set_totals.items()}
 
     totals = CalibrationTotals(num_classes, args.bins, DEFAULT_NUM_CELLS,
                                args.reduction, args.cece_classes)
-    names = [UNCALIBRATED] + list(calibrators)
     results = stream_statistics(
-        evaluated, num_classes, context['dataset'], totals,
-        [None] + [_transform(c, args.device) for c in calibrators.values()],
+        evaluated, num_classes, context['dataset'], totals, transforms,
         ignore_index,
         excluded, boundary_width=args.boundary_width,
         images=context['images'] if needs_images else None,
-        progress=lambda it: tqdm(it, desc='evaluating', unit='img'))
+        progress=lambda it: tqdm(it, desc='evaluating', unit='img'),
+        observers=[set_totals[name].update for name in names] if set_totals
+        else None)
     report['num_images'] = len(evaluated)
     decoded = {name: totals.decode(r.totals) for name, r in zip(names, results)}
+    for result, streamed in zip(decoded.values(), results):
+        result['accuracy'] = pixel_accuracy(streamed.pooled)
+        result['accuracy change'] = (result['accuracy'] -
+                                     pixel_accuracy(results[0].pooled))
     print(_table(decoded))
+    if set_totals:
+        for name, set_total in set_totals.items():
+            report['conformal'][name]['test'] = set_total.compute()
+        print(_conformal_table({name: report['conformal'][name]['test']
+                                for name in names}, args.conformal))
     print(f'{UNCALIBRATED}, per class:\n' + _class_rows(decoded[UNCALIBRATED],
                                                          class_names))
     report['metrics'] = {
@@ -285,11 +377,18 @@ def run(args) -> dict:
     outputs['reliability_classes.png'] = class_diagrams(
         results[0].pooled, class_names, UNCALIBRATED)
     outputs['risk_coverage.png'] = risk_coverage_figure(pooled)
-    panels = _worst_panels(results[0], evaluated, context, args.worst)
-    if panels is not None:
-        outputs['worst_images.png'] = panels
+    worst = _worst_images(results[0], evaluated, context, args.worst)
+    if worst:
+        outputs['worst_images.png'] = image_panels(worst, num_classes, ignore_index)
+        if set_totals:
+            outputs['set_sizes.png'] = set_size_panels(
+                _set_size_rows(worst, set_totals[UNCALIBRATED].conformal,
+                               ignore_index), num_classes, ignore_index)
     calibrator_files = {f'calibrator_{name}.pth': calibrators[name]
                         for name in args.calibrators}
+    for name, set_total in set_totals.items():
+        outputs[f'conformal_{name}.json'] = json.dumps(
+            set_total.conformal.to_dict(), indent=2).encode('utf-8')
     report['outputs'] = sorted([*outputs, *calibrator_files, 'metrics.json'])
     outputs['metrics.json'] = json.dumps(report, indent=2).encode('utf-8')
 
@@ -307,7 +406,8 @@ def main(argv=None):
     args = parse_args(argv)
     try:
         run(args)
-    except (CalibEvalError, CalibratorFileError, CalibratorInputError) as error:
+    except (CalibEvalError, CalibratorFileError, CalibratorInputError,
+            ConformalInputError) as error:
         # Bad input only: anything else is a bug and keeps its traceback.
         print(f'error: {error}', file=sys.stderr)
         sys.exit(2)

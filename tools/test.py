@@ -1,5 +1,5 @@
-"""Test a segmentor: mmseg's tools/test.py, plus --save-logits for calib_eval
-and --calibrator.
+"""Test a segmentor: mmseg's tools/test.py, plus --save-logits for calib_eval,
+--calibrator, and --conformal (set-size maps of conformal pixel sets).
 
 The device is MMEngine's choice, as in mmseg's tool: the Runner puts the model
 on the GPU when there is one (``CUDA_VISIBLE_DEVICES=`` keeps it on the CPU),
@@ -45,6 +45,16 @@ def parse_args(argv=None):
         metavar='FILE',
         help='apply a saved post-hoc calibrator (tools/calib_eval.py '
         '--calibrators writes them) to every prediction before evaluation')
+    parser.add_argument(
+        '--conformal',
+        metavar='FILE',
+        help='write each image\'s conformal set sizes as an 8-bit PNG map (sets '
+        'saved by tools/calib_eval.py --conformal, conformal_<row>.json; with '
+        '--calibrator, the row of that calibrator)')
+    parser.add_argument(
+        '--set-size-dir',
+        metavar='DIR',
+        help='where --conformal writes its maps (default: WORK_DIR/set_sizes)')
     parser.add_argument(
         '--show', action='store_true', help='show prediction results')
     parser.add_argument(
@@ -107,6 +117,13 @@ def configure(cfg, args):
         cfg.custom_hooks = list(cfg.get('custom_hooks', [])) + [
             dict(type='SaveLogitsHook', out_dir=args.save_logits,
                  dtype=args.logits_dtype, ignore_index=ignore_index)
+        ]
+    if args.conformal:
+        if not osp.isfile(args.conformal):
+            sys.exit(f'error: conformal sets not found: {args.conformal}')
+        cfg.custom_hooks = list(cfg.get('custom_hooks', [])) + [
+            dict(type='SetSizeHook', conformal=args.conformal,
+                 out_dir=args.set_size_dir or osp.join(cfg.work_dir, 'set_sizes'))
         ]
     return cfg
 

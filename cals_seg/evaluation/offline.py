@@ -224,6 +224,12 @@ def load_image(path: Optional[str], shape) -> torch.Tensor:
 # A calibration applied while streaming: logits (C, H, W) and the image
 # (3, H, W) or None to calibrated logits (C, H, W).
 Transform = Callable[[torch.Tensor, Optional[torch.Tensor]], torch.Tensor]
+Observer = Callable[[torch.Tensor, torch.Tensor], None]
+
+
+def pixel_accuracy(pooled: CalibrationStatistics) -> float:
+    """Percent of the evaluated pixels whose top class is right."""
+    return float(100 * pooled.bin_accuracy.sum() / pooled.bin_count.sum())
 
 
 class StreamResult(NamedTuple):
@@ -239,13 +245,18 @@ def stream_statistics(pairs: Sequence[Pair], num_classes: int, dataset: dict,
                       ignore_index: int, exclude_classes: Sequence[int],
                       boundary_width: Optional[int] = None,
                       images: Optional[Dict[str, str]] = None,
-                      progress=iter) -> List[StreamResult]:
+                      progress=iter,
+                      observers: Optional[Sequence[Observer]] = None
+                      ) -> List[StreamResult]:
     """One pass over the images, one image in memory at a time.
 
     Args:
         transforms: one entry per result; None evaluates the logits as saved.
         images (dict, optional): image paths by name, for transforms that read
             the image; None passes None.
+        observers (optional): one per transform, each called with the
+            transformed logits ``(1, C, H, W)`` and labels ``(1, H, W)`` of
+            every image (further statistics of the same pass).
 
     Returns:
         list[StreamResult]: one per transform.
@@ -254,13 +265,17 @@ def stream_statistics(pairs: Sequence[Pair], num_classes: int, dataset: dict,
                                              totals.num_cells)
     sums = [(totals.zeros(), torch.zeros(pooled_size, dtype=torch.float64), [])
             for _ in transforms]
+    observers = observers or [None] * len(transforms)
     for pair in progress(pairs):
         logits, label = load_pair(pair, num_classes, dataset, ignore_index)
         image = (load_image(images.get(pair.name), label.shape)
                  if images is not None else None)
-        for (total, pooled, eces), transform in zip(sums, transforms):
+        for (total, pooled, eces), transform, observer in zip(sums, transforms,
+                                                              observers):
             with torch.no_grad():
                 scaled = logits if transform is None else transform(logits, image)
+            if observer is not None:
+                observer(scaled[None], label[None])
             stats = calibration_statistics(scaled, label, totals.num_bins,
                                            totals.num_cells, ignore_index,
                                            exclude_classes,
