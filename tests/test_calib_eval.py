@@ -382,10 +382,10 @@ def test_conformal_sets_and_preserving_calibrators(saved_logits, tmp_path):
             continue
         logits = np.load(osp.join(saved_logits['logits_dir'], f'{name}.npy'))
         labels = np.array(Image.open(manifest['ground_truth'][name]))
-        # the same float32 softmax: an untrained model's probabilities crowd
+        # the same float64 softmax: an untrained model's probabilities crowd
         # the threshold, where one ulp moves a class in or out
-        probs = torch.softmax(torch.from_numpy(logits).float(), 0).numpy()
-        sets = 1 - probs <= np.float32(threshold)
+        probs = torch.softmax(torch.from_numpy(logits).double(), 0).numpy()
+        sets = 1 - probs <= threshold
         kept = labels != 255
         covered += sets[labels[kept], *np.nonzero(kept)].sum()
         pixels += kept.sum()
@@ -409,8 +409,8 @@ def test_conformal_sets_and_preserving_calibrators(saved_logits, tmp_path):
                                               manifest['ground_truth'])
     for name in manifest['ground_truth']:
         logits = np.load(osp.join(saved_logits['logits_dir'], f'{name}.npy'))
-        probs = torch.softmax(torch.from_numpy(logits).float(), 0).numpy()
-        expected = (1 - probs <= np.float32(threshold)).sum(0)
+        probs = torch.softmax(torch.from_numpy(logits).double(), 0).numpy()
+        expected = (1 - probs <= threshold).sum(0)
         written = np.array(Image.open(osp.join(maps, f'{name}.png')))
         assert written.shape == expected.shape
         # the saved logits are float16: a few pixels at the threshold may differ

@@ -9,8 +9,9 @@ from cals_seg.evaluation.conformal import (ConformalCalibration, ConformalSets,
                                            SetTotals)
 from cals_seg.functional.conformal import (ConformalInputError, RiskHistograms,
                                            conformal_scores, crc_thresholds,
-                                           minimum_images, prediction_sets,
-                                           risk_histograms, set_statistics)
+                                           grid_edges, minimum_images,
+                                           prediction_sets, risk_histograms,
+                                           set_statistics)
 
 
 def simulated_images(generator, count, classes=4, side=8):
@@ -57,23 +58,34 @@ def test_coverage_and_class_risk_hold_over_many_calibrations(score):
     assert bool((class_risk >= alpha - 2 / (calibration + 1) - 0.03).all()), class_risk
 
 
-def test_pooled_pixels_as_exchangeable_would_undercover():
-    """Why the image is the unit: with a strong per-image effect, a quantile
-    over pooled pixels (one image's pixels outnumber the test's luck) misses
-    more often than alpha on the worst images; CRC's image-mean guarantee still
-    holds. Checked here on the closed form of one image per row."""
-    # One image whose 10 pixels all score 0.9, nine images whose pixels score 0.1:
-    # the pooled 90 % quantile of pixels is 0.1 and leaves the odd image bare,
-    # CRC (alpha = 0.1, n = 10) must cover its pixels too.
+def test_crc_threshold_in_closed_form():
+    """Ten images: nine whose pixels all score in cell 1, one in cell 9 (the
+    last). The pixels pooled, a 90 % quantile would sit in cell 1 and leave the
+    odd image bare; CRC counts images, and at alpha = 0.1 (n = 10) needs
+    ``T_j + 1 <= 1.1``: only the last edge, every class. At alpha = 0.2,
+    ``T_j <= 1.2`` holds from edge 2 on."""
     histograms = torch.zeros(2, 10, dtype=torch.float64)
-    histograms[-1, 1] = 9  # nine images, all their pixels in cell (0.1, 0.2]
-    histograms[-1, 9] = 1  # one image in (0.9, 1]
+    histograms[-1, 1] = 9
+    histograms[-1, 9] = 1
     risk = RiskHistograms(histograms, torch.tensor([0, 10]))
-    # T_j + 1 <= 0.1 * 11 = 1.1 needs T_j <= 0.1: only past cell 9, lambda = 1
-    assert crc_thresholds(risk, 0.1)[-1].item() == 1.0
-    # at alpha = 0.2 (2.2), T_j <= 1.2 allows cells 2 .. 9: lambda = 0.2
-    assert crc_thresholds(risk, 0.2)[-1].item() == pytest.approx(0.2)
+    edges = grid_edges(10)
+    assert crc_thresholds(risk, 0.1)[-1].item() == edges[10].item() == 1.0
+    assert crc_thresholds(risk, 0.2)[-1].item() == edges[2].item()
     assert torch.isnan(crc_thresholds(risk, 0.2)[0])  # no image of that class
+
+
+def test_the_grid_reaches_small_probabilities():
+    """Edges even in -log(1 - s): a threshold can sit at p = 1e-6 (an even grid
+    of [0, 1] would jump from p = 5e-4 to every class)."""
+    edges = grid_edges(2000)
+    assert edges[0] == 0 and edges[-1] == 1
+    assert bool((edges[1:] > edges[:-1]).all())
+    remaining = 1 - edges[1:-1]
+    assert remaining.min() < 1e-12
+    ratios = remaining[1:] / remaining[:-1]  # 1 - e_j rounds to 1e-3 near 1e-13
+    torch.testing.assert_close(ratios, torch.full_like(ratios, ratios[0].item()),
+                               rtol=2e-3, atol=0)
+    assert 0.98 < ratios[0] < 0.99  # 1.5 % apart
 
 
 class _Prefitted(ClassifierMixin, BaseEstimator):

@@ -151,10 +151,15 @@ def _table(rows: Dict[str, dict]) -> str:
     return '\n'.join(lines)
 
 
-def _conformal_table(rows: Dict[str, dict], alpha: float) -> str:
+def _conformal_table(rows: Dict[str, dict], alpha: float, images: int) -> str:
     """Coverage sets and class masks of each row, in one line each."""
+    # CRC's finite-sample price: the calibration images' own mean miss must stay
+    # at (alpha (n + 1) - 1) / n, below alpha.
+    calibration_miss = 100 * (alpha * (images + 1) - 1) / images
     lines = [f'conformal sets at alpha={alpha:g} (target coverage '
-             f'{100 * (1 - alpha):.1f} %, class-mask FNR <= {100 * alpha:.1f} %):',
+             f'{100 * (1 - alpha):.1f} %, class-mask FNR <= {100 * alpha:.1f} %); '
+             f'with {images} calibration images the sets miss at most '
+             f'{calibration_miss:.1f} % of theirs:',
              f'{"":<14}{"coverage %":>12}{"per image %":>13}{"set size":>10}'
              f'{"worst class %":>15}{"worst FNR %":>13}{"mask size":>11}']
     for name, metrics in rows.items():
@@ -363,7 +368,8 @@ def run(args) -> dict:
         for name, set_total in set_totals.items():
             report['conformal'][name]['test'] = set_total.compute()
         print(_conformal_table({name: report['conformal'][name]['test']
-                                for name in names}, args.conformal))
+                                for name in names}, args.conformal,
+                               len(split['fit'])))
     print(f'{UNCALIBRATED}, per class:\n' + _class_rows(decoded[UNCALIBRATED],
                                                          class_names))
     report['metrics'] = {

@@ -38,7 +38,7 @@ class ConformalCalibration:
         num_classes (int): ``C``.
         score (str): ``'lac'`` or ``'aps'``.
         ignore_index (int): label of pixels to leave out.
-        num_cells (int): the threshold grid's cells of [0, 1].
+        num_cells (int): the threshold grid's cells.
     """
 
     def __init__(self, num_classes: int, score: str = DEFAULT_SCORE,
@@ -53,7 +53,7 @@ class ConformalCalibration:
 
     def update(self, logits: Tensor, labels: Tensor) -> None:
         """Add images: ``logits (N, C, *S)``, ``labels (N, *S)``."""
-        scores = conformal_scores(torch.softmax(logits.float(), dim=1), self.score)
+        scores = conformal_scores(torch.softmax(logits.double(), dim=1), self.score)
         batch = risk_histograms(scores, labels, self.ignore_index, self.num_cells)
         self.risk = RiskHistograms(self.risk.histograms + batch.histograms.cpu(),
                                    self.risk.images + batch.images.cpu())
@@ -111,7 +111,7 @@ class ConformalSets:
     def sets(self, logits: Tensor, mode: str = 'coverage') -> Tensor:
         """``(N, C, *S)`` bool sets of ``logits (N, C, *S)``; ``mode``:
         ``'coverage'`` or ``'class_fnr'``."""
-        scores = conformal_scores(torch.softmax(logits.float(), dim=1), self.score)
+        scores = conformal_scores(torch.softmax(logits.double(), dim=1), self.score)
         thresholds = torch.tensor(self.coverage if mode == 'coverage' else
                                   self.class_fnr, dtype=torch.float64)
         return prediction_sets(scores, thresholds.to(scores.device))

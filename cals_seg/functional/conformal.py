@@ -31,10 +31,15 @@ Scores (``s_k`` small: ``k`` belongs to the set):
 Stage 1, :func:`risk_histograms`: one image's per-class score histograms
 (``(C + 1, G)``, the last row over all labelled pixels), normalised to each
 image's risk; sums over images are exact streaming, as in calibration.py.
-Stage 2, :func:`crc_thresholds`: the thresholds, on the histogram's grid of
-``G`` equal cells of [0, 1]. Choosing on a grid only rounds ``lambda_hat`` up
-to the next edge, which keeps the guarantee (the rule holds for any finite set
-of ``lambda``). :func:`set_statistics` then measures sets on test images.
+Stage 2, :func:`crc_thresholds`: the thresholds, on the histogram's grid.
+Choosing on a grid only rounds ``lambda_hat`` up to the next edge, which keeps
+the guarantee (the rule holds for any finite set of ``lambda``). The grid is
+even in ``-log(1 - s)`` (for LAC, ``-log p``) from 0 to 30, not in ``s``: high
+coverage needs thresholds at probabilities of 1e-4 and below, where an even
+grid of [0, 1] has no edge (on the demo, 2,000 even cells left every class in
+every set). Scores are float64, so ``1 - s`` keeps its digits down to 1e-13,
+the grid's end.
+:func:`set_statistics` then measures sets on test images.
 """
 import math
 from typing import NamedTuple
@@ -44,7 +49,8 @@ from torch import Tensor
 
 SCORES = ('lac', 'aps')
 DEFAULT_SCORE = 'lac'
-DEFAULT_GRID = 2000  # cells of [0, 1]: thresholds exact to 5e-4 of probability
+DEFAULT_GRID = 2000  # cells of the threshold grid: 1.5 % apart in 1 - s
+GRID_SPAN = 30.0  # the grid spans -log(1 - s) in [0, 30]: down to 1 - s = 1e-13
 
 
 class ConformalInputError(ValueError):
@@ -92,14 +98,13 @@ def conformal_scores(probs: Tensor, score: str = DEFAULT_SCORE) -> Tensor:
     raise ConformalInputError(f'score must be one of {SCORES}, got {score!r}')
 
 
-def _grid(num_cells: int, dtype: torch.dtype, device) -> Tensor:
-    """The ``G - 1`` inner edges of ``G`` equal cells of [0, 1]."""
-    return torch.linspace(0, 1, num_cells + 1, dtype=dtype, device=device)[1:-1]
-
-
-def threshold_value(cell: int, num_cells: int) -> float:
-    """The edge ``cell / G``: the threshold :func:`crc_thresholds` gives."""
-    return cell / num_cells
+def grid_edges(num_cells: int, device=None) -> Tensor:
+    """``(G + 1, )`` float64 edges ``e_j = 1 - exp(-30 j / G)`` of the threshold
+    grid, but the last, ``e_G = 1``: cell ``b`` is ``(e_b, e_{b+1}]``."""
+    span = torch.arange(num_cells + 1, dtype=torch.float64, device=device)
+    edges = -torch.expm1(-span * (GRID_SPAN / num_cells))
+    edges[-1] = 1.0
+    return edges
 
 
 class RiskHistograms(NamedTuple):
@@ -107,7 +112,7 @@ class RiskHistograms(NamedTuple):
 
     ``histograms[r, b]``: summed over the images, the share of the image's
     pixels of row ``r`` whose true-class score lies in cell ``b``
-    (``(e_b, e_{b+1}]``); rows ``0 .. C-1`` are the pixels labelled ``k``, row
+    (``(e_b, e_{b+1}]``, :func:`grid_edges`); rows ``0 .. C-1`` are the pixels labelled ``k``, row
     ``C`` all labelled pixels. ``images[r]``: the images that have pixels of row
     ``r`` (each contributes 1 to its row's sum).
     """
@@ -120,10 +125,10 @@ def risk_histograms(scores: Tensor, labels: Tensor, ignore_index: int = 255,
     """Stage 1: the per-image risk histograms of a batch of calibration images.
 
     Args:
-        scores (Tensor): ``(N, C, *S)`` scores (:func:`conformal_scores`).
+        scores (Tensor): ``(N, C, *S)`` float64 scores (:func:`conformal_scores`).
         labels (Tensor): ``(N, *S)`` classes, ``ignore_index`` left out.
         ignore_index (int): label of pixels to leave out.
-        num_cells (int): ``G``, cells of [0, 1].
+        num_cells (int): ``G``, cells of the threshold grid.
 
     Returns:
         RiskHistograms: summed over the ``N`` images.
@@ -140,8 +145,8 @@ def risk_histograms(scores: Tensor, labels: Tensor, ignore_index: int = 255,
                                   f'{ignore_index}, got [{int(label.min())}, '
                                   f'{int(label.max())}]')
     true_score = scores.movedim(1, -1)[kept].gather(1, label[:, None]).squeeze(1)
-    cell = torch.bucketize(true_score, _grid(num_cells, true_score.dtype,
-                                             true_score.device))
+    cell = torch.bucketize(true_score.double(),
+                           grid_edges(num_cells, true_score.device)[1:-1])
     # Each pixel counts in its class's row and in the last row (all pixels).
     row = torch.stack([image * rows + label, image * rows + classes])
     pixels = torch.bincount(row.reshape(-1), minlength=count * rows).double()
@@ -157,7 +162,7 @@ def risk_histograms(scores: Tensor, labels: Tensor, ignore_index: int = 255,
 def crc_thresholds(risk: RiskHistograms, alpha: float) -> Tensor:
     """Stage 2: the smallest grid threshold of each row whose CRC bound is at
     most ``alpha``: ``T_j + 1 <= alpha (n + 1)``, with ``T_j`` the summed risk
-    at threshold ``j / G`` (the cells from ``j`` on) and ``n`` the row's images.
+    at threshold ``e_j`` (the cells from ``j`` on) and ``n`` the row's images.
 
     Args:
         risk (RiskHistograms): of the calibration images.
@@ -177,7 +182,7 @@ def crc_thresholds(risk: RiskHistograms, alpha: float) -> Tensor:
     holds = tail + 1 <= alpha * (images[:, None] + 1) + 1e-9
     first = torch.where(holds, torch.arange(cells + 1, device=tail.device),
                         cells + 1).min(dim=1).values
-    thresholds = first.double() / cells
+    thresholds = grid_edges(cells, tail.device)[first.clamp_max(cells)]
     return torch.where(first > cells, torch.full_like(thresholds, float('nan')),
                        thresholds)
 

@@ -52,7 +52,7 @@ STUDY_ONLY = ('study/', )
 # Parts that score a trained model and never change its weights: editing them
 # re-evaluates the kept checkpoints.
 EVALUATION_ONLY = ('evaluation/', 'calibrators/', 'functional/calibration.py',
-                   'functional/image_sums.py',
+                   'functional/image_sums.py', 'functional/conformal.py',
                    'ops/csrc/calibration_statistics.cpp', 'ops/triton/calibration.py',
                    'datasets/transforms/', 'models/segmentors/',
                    'engine/hooks/save_logits_hook.py', 'study/evaluate.py',

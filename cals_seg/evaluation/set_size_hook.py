@@ -1,4 +1,8 @@
-"""Writes each test image's conformal set sizes as a map, beside the test."""
+"""Writes each test image's conformal set sizes as a map, beside the test.
+
+A hook that scores a trained model and never changes its weights, so it lives
+with the evaluation (editing it re-evaluates a study's runs, never retrains them).
+"""
 import io
 import os
 import os.path as osp
@@ -10,9 +14,9 @@ from PIL import Image
 
 from mmseg.registry import HOOKS
 
-from ...evaluation.conformal import ConformalSets
-from ...utils.io import write_atomic
-from ...utils.saved_logits import logits_name
+from ..utils.io import write_atomic
+from ..utils.saved_logits import logits_name
+from .conformal import ConformalSets
 
 
 @HOOKS.register_module()
