@@ -215,3 +215,31 @@ def test_too_few_calibration_images_are_refused_with_the_count():
 def test_unknown_score_is_refused():
     with pytest.raises(ConformalInputError, match='score must be one of'):
         ConformalCalibration(3, score='raps')
+
+
+def test_the_study_report_shows_sets_in_domain_and_under_shift():
+    from cals_seg.study.report.rows import Row
+    from cals_seg.study.report.tables import sets_table
+
+    def record(seed, coverage, size, shifted):
+        cells = dict(coverage=coverage, set_size=size)
+        return dict(seed=seed, key=f'k{seed}', test=dict(raw=dict(cells)),
+                    shift=dict(fog={'3': dict(raw=dict(coverage=shifted,
+                                                      set_size=size + 1))}),
+                    domain=dict(raw=dict(coverage=shifted - 1, set_size=size)))
+    row = Row('CE', 'ce', 'raw', [record(0, 91.0, 1.2, 80.0),
+                                  record(1, 93.0, 1.4, 82.0)], ('fog', ))
+    old = Row('LS', 'ls', 'raw', [dict(seed=0, key='k', test=dict(raw=dict(ECE=1)),
+                                       conformal_note='no conformal sets: the '
+                                       'selection part holds 4 images, risk 0.1 '
+                                       'needs 9')])
+    lines = []
+    sets_table([row, old], ['clean', '3', 'domain'], 0.1, lines)
+    text = '\n'.join(lines)
+    assert '### Conformal pixel sets' in text and 'target: 90 %' in text
+    assert '| CE | 92.00 ± ' in text and '| 81.00 ± ' in text
+    assert '| LS |' not in text  # a record without sets is no row of the table
+    lines = []
+    sets_table([old], ['clean'], None, lines)
+    assert lines[-1] == ('- No conformal sets: the selection part holds 4 images, '
+                         'risk 0.1 needs 9.')

@@ -121,3 +121,35 @@ def test_fit_calibrators_samples_as_calib_eval_does():
     reference.fit(*pixels)
     assert fitted['ts'].temperature == reference.temperature
     assert fitted['ts'].fit_record == reference.fit_record
+
+
+def test_conformal_sets_from_a_split_match_a_plain_loop():
+    """Sets calibrated on one split (raw and after TS) and measured on another:
+    the coverage and set size :func:`summarize` reports are what the saved
+    thresholds give, recomputed pixel by pixel."""
+    from cals_seg.evaluation.split_report import calibrate_sets
+    calibration_logits, _, calibration = _data(5, images=12, scale=2.0)
+    logits, labels, loader = _data(6, images=4, scale=2.0)
+    classes = logits.shape[1]
+    scaling = TemperatureScaling(classes)
+    with torch.no_grad():
+        scaling.log_temperature.fill_(np.log(1.5))
+    sets = calibrate_sets(FixedModel(calibration_logits), calibration,
+                          dict(ts=scaling), classes, alpha=0.25)
+    assert sets[RAW].images == 12 and sets[RAW].alpha == 0.25
+    split = evaluate_split(FixedModel(logits), loader, classes,
+                           calibrators=dict(ts=scaling), sets=sets)
+    for name, temperature in ((RAW, 1.0), ('ts', 1.5)):
+        threshold = sets[name].coverage
+        per_image, sizes = [], []
+        for i in range(len(logits)):
+            probs = softmax(logits[i].reshape(classes, -1).double().numpy()
+                            / temperature)
+            y = labels[i].reshape(-1).numpy()
+            kept = y != IGNORE
+            members = 1 - probs[:, kept] <= threshold
+            per_image.append(members[y[kept], np.arange(kept.sum())].mean())
+            sizes.extend(members.sum(0))
+        summary = summarize(split, name)
+        assert summary['coverage'] == pytest.approx(100 * np.mean(per_image))
+        assert summary['set_size'] == pytest.approx(np.mean(sizes))

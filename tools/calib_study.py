@@ -59,7 +59,8 @@ from cals_seg.study.rows import (all_grid_specs, default_rows,  # noqa: E402
                                  seed_major, tune, tuning_grids, with_keys)
 from cals_seg.study.study import Study  # noqa: E402
 
-DEFAULT_POSTHOC = ('ts', 'vs', 'dirichlet', 'lts', 'selective')
+DEFAULT_POSTHOC = ('ts', 'ets', 'vs', 'dirichlet', 'cmsap', 'cmsop', 'lts',
+                   'selective')
 DEFAULT_POSTHOC_ON = ('ce', 'cals')
 POSTHOC_CHOICES = sorted(n for n, c in SHORT_NAMES.items()
                          if not getattr(c, 'keywords', None))

@@ -8,6 +8,9 @@ hold-out part (raw), the selection part (raw: what hyper-parameters are chosen
 on, as nothing was fitted on it), the training part
 (the over-confidence regime's figures), and the test split under ImageNet-C
 corruptions and in a shifted domain, with the calibrators fitted in-domain.
+With ``conformal`` and a selection part, conformal pixel sets of the raw model
+and of each calibrator are calibrated on the selection part (nothing was fitted
+on it) and measured on the test split and under every shift.
 """
 from typing import Dict, NamedTuple, Optional, Sequence, Tuple
 
@@ -15,10 +18,12 @@ import numpy as np
 import torch
 
 from ..calibrators import Calibrator
-from .shift import CELL_METRICS, evaluate_shift, severity_means, shift_loader
-from .split_report import (RAW, background_classes, evaluate_split, fit_calibrators,
-                           prediction_head, regime_figures, reliability_bins,
-                           split_loaders, summarize)
+from ..functional.conformal import minimum_images
+from .shift import evaluate_shift, severity_means, shift_loader
+from .split_report import (RAW, background_classes, calibrate_sets,
+                           evaluate_split, fit_calibrators, prediction_head,
+                           regime_figures, reliability_bins, split_loaders,
+                           summarize)
 
 SPLITS = ('test', 'holdout', 'selection', 'train')
 DOMAIN = 'shifted_domain'
@@ -62,7 +67,8 @@ def evaluate_checkpoint(cfg, checkpoint: str, calibrators: Sequence[str] = ('ts'
                         device: torch.device = torch.device('cpu'),
                         splits: Sequence[str] = ('test', ),
                         shift: Optional[ShiftPlan] = None,
-                        background: Optional[Sequence[str]] = None
+                        background: Optional[Sequence[str]] = None,
+                        conformal: Optional[float] = None
                         ) -> Tuple[dict, Dict[str, Calibrator]]:
     """Load a checkpoint and report it.
 
@@ -79,6 +85,8 @@ def evaluate_checkpoint(cfg, checkpoint: str, calibrators: Sequence[str] = ('ts'
         background (sequence[str], optional): class names the foreground
             figures leave out (:func:`background_classes`: by default those
             named 'background').
+        conformal (float, optional): the risk level ``alpha`` of conformal sets
+            calibrated on the selection part (none without one).
 
     Returns:
         tuple: the report (dict) and the fitted calibrators by short name. The
@@ -92,12 +100,15 @@ def evaluate_checkpoint(cfg, checkpoint: str, calibrators: Sequence[str] = ('ts'
         ``selection`` (raw numbers) and ``selection_images`` (its per-image
         statistics, as ``test_images``); with 'train' ``figures`` (:func:`regime_figures`); with
         ``shift`` ``shift`` (``[corruption][severity][output][metric]``, the
-        :data:`CELL_METRICS`), ``shift_means`` (``[severity][output][metric]``
+        :data:`~.shift.CELL_METRICS`), ``shift_means`` (``[severity][output][metric]``
         over corruptions) and, with a domain, ``domain``
-        (``[output][metric]``).
+        (``[output][metric]``). With conformal sets, every output's numbers
+        hold ``coverage`` and ``set_size`` (:func:`summarize`), and ``conformal``
+        holds the sets' thresholds per output; with a selection part too
+        small for ``alpha``, ``conformal_note`` says so instead.
     """
     return evaluate_model(load_model(cfg, checkpoint, device), cfg, calibrators,
-                          device, splits, shift, background)
+                          device, splits, shift, background, conformal)
 
 
 def load_model(cfg, checkpoint: str, device: torch.device = torch.device('cpu')):
@@ -112,7 +123,8 @@ def evaluate_model(model, cfg, calibrators: Sequence[str] = ('ts', ),
                    device: torch.device = torch.device('cpu'),
                    splits: Sequence[str] = ('test', ),
                    shift: Optional[ShiftPlan] = None,
-                   background: Optional[Sequence[str]] = None
+                   background: Optional[Sequence[str]] = None,
+                   conformal: Optional[float] = None
                    ) -> Tuple[dict, Dict[str, Calibrator]]:
     """:func:`evaluate_checkpoint` of a loaded model: a segmentor, or one that
     averages several predictions (:mod:`cals_seg.models.segmentors.averaged`:
@@ -133,8 +145,20 @@ def evaluate_model(model, cfg, calibrators: Sequence[str] = ('ts', ),
         fitted = fit_calibrators(model, holdout, calibrators, num_classes,
                                  ignore_index)
     outputs = [RAW, *fitted]
+    selection = _build(loaders['selection']) if loaders['selection'] else None
+    sets, sets_note = None, None
+    if conformal is not None and selection is not None:
+        needed = minimum_images(conformal)
+        if len(selection.dataset) < needed:  # too few: no guarantee to give
+            sets_note = (f'no conformal sets: the selection part holds '
+                         f'{len(selection.dataset)} images, risk {conformal:g} '
+                         f'needs {needed}')
+        else:
+            sets = calibrate_sets(model, selection, fitted, num_classes, conformal,
+                                  ignore_index)
     test = evaluate_split(model, _build(loaders['test']), num_classes, fitted,
-                          exclude_classes=excluded, ignore_index=ignore_index)
+                          exclude_classes=excluded, ignore_index=ignore_index,
+                          sets=sets)
     report = dict(
         classes=classes, background=[classes[k] for k in excluded],
         test={name: summarize(test, name) for name in outputs},
@@ -143,16 +167,20 @@ def evaluate_model(model, cfg, calibrators: Sequence[str] = ('ts', ),
         fg_reliability=reliability_bins(test['outputs'][RAW]['foreground']),
         fits={name: c.fit_record._asdict() for name, c in fitted.items()},
         test_images=_image_rows(test, fitted, num_classes))
+    if sets is not None:
+        report['conformal'] = {name: conformal_sets.to_dict()
+                               for name, conformal_sets in sets.items()}
+    elif sets_note is not None:
+        report['conformal_note'] = sets_note
     if 'holdout' in splits and holdout is not None:
         report['holdout'] = summarize(evaluate_split(
             model, holdout, num_classes, exclude_classes=excluded,
             ignore_index=ignore_index))
-    if 'selection' in splits and loaders['selection'] is not None:
-        selection = evaluate_split(model, _build(loaders['selection']), num_classes,
-                                   exclude_classes=excluded,
-                                   ignore_index=ignore_index)
-        report['selection'] = summarize(selection)
-        report['selection_images'] = _image_rows(selection, {}, num_classes)
+    if 'selection' in splits and selection is not None:
+        selected = evaluate_split(model, selection, num_classes,
+                                  exclude_classes=excluded, ignore_index=ignore_index)
+        report['selection'] = summarize(selected)
+        report['selection_images'] = _image_rows(selected, {}, num_classes)
     if 'train' in splits:
         train = evaluate_split(model, _build(loaders['train']), num_classes,
                                exclude_classes=excluded, ignore_index=ignore_index)
@@ -161,7 +189,7 @@ def evaluate_model(model, cfg, calibrators: Sequence[str] = ('ts', ),
         cells = ((c, s, _build(shift_loader(cfg, c, s, shift.seed)))
                  for c in shift.corruptions for s in shift.severities)
         results = evaluate_shift(model, cells, num_classes, fitted, ignore_index,
-                                 excluded)
+                                 excluded, sets=sets)
         report['shift'] = {c: {str(s): v for s, v in by_severity.items()}
                            for c, by_severity in results.items()}
         report['shift_means'] = {
@@ -170,7 +198,8 @@ def evaluate_model(model, cfg, calibrators: Sequence[str] = ('ts', ),
     if shift is not None and shift.domain_root:
         cells = [(DOMAIN, 0, _build(shift_loader(cfg, data_root=shift.domain_root)))]
         report['domain'] = evaluate_shift(model, cells, num_classes, fitted,
-                                          ignore_index, excluded)[DOMAIN][0]
+                                          ignore_index, excluded,
+                                          sets=sets)[DOMAIN][0]
     return report, fitted
 
 

@@ -16,6 +16,8 @@ from .split_report import RAW, evaluate_split, split_loaders, summarize
 
 # The numbers of each (corruption, severity) cell, in the table's order.
 CELL_METRICS = ('mIoU', 'ECE', 'fg/ECE', 'ECE_boundary', 'NLL', 'AURC')
+# ... and, where conformal sets were calibrated in-domain, how they hold up
+SET_METRICS = ('coverage', 'set_size')
 CLEAN = 'clean'  # the uncorrupted test split: severity 0 of every corruption
 MEAN = 'mean'  # the mean over corruptions, per severity
 LOADER = 'LoadImageFromFile'
@@ -67,16 +69,19 @@ def shift_loader(cfg, corruption: Optional[str] = None, severity: int = 0,
 
 
 def cell_metrics(split: dict, names: Sequence[str]) -> Dict[str, Dict[str, float]]:
-    """:data:`CELL_METRICS` of an :func:`evaluate_split` result, per output name."""
-    return {name: {k: summarize(split, name)[k] for k in CELL_METRICS}
-            for name in names}
+    """:data:`CELL_METRICS` of an :func:`evaluate_split` result, per output name
+    (and :data:`SET_METRICS` for outputs with conformal sets)."""
+    summaries = {name: summarize(split, name) for name in names}
+    return {name: {k: summary[k] for k in CELL_METRICS + SET_METRICS if k in summary}
+            for name, summary in summaries.items()}
 
 
 def evaluate_shift(model, cells: Iterable[Tuple[str, int, object]],
                    num_classes: int, calibrators: Optional[dict] = None,
                    ignore_index: int = 255,
                    exclude_classes: Sequence[int] = (),
-                   on_pass: Optional[Callable[[str, int, dict], None]] = None
+                   on_pass: Optional[Callable[[str, int, dict], None]] = None,
+                   sets: Optional[dict] = None
                    ) -> Dict[str, Dict[int, Dict[str, Dict[str, float]]]]:
     """One :func:`evaluate_split` pass per cell.
 
@@ -88,6 +93,8 @@ def evaluate_shift(model, cells: Iterable[Tuple[str, int, object]],
         exclude_classes (sequence[int]): as :func:`evaluate_split`.
         on_pass (callable, optional): called with each cell's name, severity and
             :func:`evaluate_split` result (to save or print as it goes).
+        sets (dict, optional): conformal sets calibrated in-domain, by output
+            name, measured in every cell.
 
     Returns:
         dict: ``result[name][severity][output][metric]``, outputs ``'raw'`` and
@@ -98,7 +105,7 @@ def evaluate_shift(model, cells: Iterable[Tuple[str, int, object]],
     for name, severity, loader in cells:
         split = evaluate_split(model, loader, num_classes, calibrators,
                                exclude_classes=exclude_classes,
-                               ignore_index=ignore_index)
+                               ignore_index=ignore_index, sets=sets)
         results.setdefault(name, {})[severity] = cell_metrics(split, names)
         if on_pass is not None:
             on_pass(name, severity, split)
@@ -118,7 +125,7 @@ def severity_means(results: dict, corruptions: Sequence[str]
                  if severity in results.get(c, {})]
         means[severity] = {
             output: {k: float(np.mean([cell[output][k] for cell in cells]))
-                     for k in CELL_METRICS}
+                     for k in cells[0][output]}
             for output in cells[0]
         }
     return means

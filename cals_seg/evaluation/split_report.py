@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from ..calibrators import SHORT_NAMES, Calibrator
+from .conformal import ConformalCalibration, ConformalSets, SetTotals
 from ..utils.data_check import leaf_datasets, with_pipeline
 from .sampling import DEFAULT_MAX_FIT_PIXELS, sample_crops, sample_pixels
 from ..functional.calibration import (DEFAULT_BOUNDARY_WIDTH, DEFAULT_NUM_BINS,
@@ -72,6 +73,34 @@ def _logits_and_labels(model, loader):
                 yield sample.metainfo.get('img_path', ''), logits, labels
 
 
+def _outputs(logits: Tensor, transforms: Dict[str, Optional[Calibrator]]):
+    """Yield ``(name, logits (C, H, W))`` of the raw logits (a None transform)
+    and of each calibrator's, on the CPU (calibrators run on the logits'
+    device)."""
+    for name, calibrator in transforms.items():
+        with torch.no_grad():
+            calibrated = logits if calibrator is None else calibrator(
+                logits.unsqueeze(0)).squeeze(0)
+        yield name, calibrated.cpu()
+
+
+def calibrate_sets(model, loader, calibrators: Optional[Dict[str, Calibrator]],
+                   num_classes: int, alpha: float, ignore_index: int = 255
+                   ) -> Dict[str, ConformalSets]:
+    """Conformal pixel sets of risk ``alpha`` (:mod:`.conformal`) for the raw
+    logits and each calibrator's, calibrated on a loader's images. Nothing may
+    have been fitted on them (the selection part of the hold-out): sets
+    calibrated on a calibrator's own fitting images would be in-sample."""
+    transforms = {RAW: None, **(calibrators or {})}
+    calibrations = {name: ConformalCalibration(num_classes, ignore_index=ignore_index)
+                    for name in transforms}
+    for _, logits, labels in _logits_and_labels(model, loader):
+        for name, calibrated in _outputs(logits, transforms):
+            calibrations[name].update(calibrated.unsqueeze(0),
+                                      labels.cpu().unsqueeze(0))
+    return {name: calibration.fit(alpha) for name, calibration in calibrations.items()}
+
+
 def fit_calibrators(model, loader, names: Sequence[str], num_classes: int,
                     ignore_index: int = 255,
                     max_pixels: int = DEFAULT_MAX_FIT_PIXELS
@@ -121,7 +150,8 @@ def evaluate_split(model,
                    ignore_index: int = 255,
                    num_bins: int = DEFAULT_NUM_BINS,
                    distance_threshold: float = 10.0,
-                   boundary_width: int = DEFAULT_BOUNDARY_WIDTH) -> dict:
+                   boundary_width: int = DEFAULT_BOUNDARY_WIDTH,
+                   sets: Optional[Dict[str, ConformalSets]] = None) -> dict:
     """Streaming sums of a model on one split, raw and after each calibrator.
 
     Args:
@@ -137,6 +167,8 @@ def evaluate_split(model,
         distance_threshold (float): logit distance counted by
             ``distance_share`` (of the raw logits).
         boundary_width (int): width of the boundary band of the pooled sums.
+        sets (dict, optional): conformal sets by output name
+            (:func:`calibrate_sets`), measured on the split.
 
     Returns:
         dict: ``confusion`` ``[C, C]`` (rows ground truth, raw predictions),
@@ -145,7 +177,8 @@ def evaluate_split(model,
         ``image_ece`` (list of floats, percent, background kept),
         ``confusion`` of its predictions and ``image_rows`` (``(images,
         2 + 6B + 3C)``, each image's sufficient statistics of the verdict
-        metrics: :func:`cals_seg.functional.image_sums.image_row`).
+        metrics: :func:`cals_seg.functional.image_sums.image_row`); with
+        ``sets``, ``sets`` (:class:`SetTotals`) of each output that has them.
     """
     transforms = {RAW: None, **(calibrators or {})}
     outputs = {
@@ -154,6 +187,9 @@ def evaluate_split(model,
                                          dtype=torch.float64))
         for name in transforms
     }
+    for name, conformal in (sets or {}).items():
+        if name in outputs:
+            outputs[name]['sets'] = SetTotals(conformal, ignore_index)
     over = pairs = 0
     names: List[str] = []
     for name, logits, labels in _logits_and_labels(model, loader):
@@ -165,12 +201,10 @@ def evaluate_split(model,
         image_over, image_pairs = _distance_counts(logits.cpu(), keep,
                                                    distance_threshold)
         over, pairs = over + image_over, pairs + image_pairs
-        for key, calibrator in transforms.items():
+        for key, calibrated in _outputs(logits, transforms):
             sums = outputs[key]
-            with torch.no_grad():
-                calibrated = logits if calibrator is None else calibrator(
-                    logits.unsqueeze(0)).squeeze(0)
-            calibrated = calibrated.cpu()
+            if 'sets' in sums:
+                sums['sets'].update(calibrated.unsqueeze(0), labels.unsqueeze(0))
             prediction = calibrated.reshape(num_classes, -1).argmax(dim=0)[keep]
             confusion = torch.bincount(
                 flat_labels[keep] * num_classes + prediction,
@@ -217,7 +251,10 @@ def summarize(split: dict, name: str = RAW) -> Dict[str, float]:
         ``NLL``, ``Brier``, ``ECE_boundary``, ``ECE_interior``, ``AURC``,
         ``AUROC``; ``ECE_image`` (mean per-image ECE, background kept, the CALS
         authors' protocol); ``fg/ECE`` and ``fg/CECE`` (background excluded);
-        ``distance_share`` (of the raw logits).
+        ``distance_share`` (of the raw logits); with conformal sets,
+        ``coverage`` (percent, the mean over images of each image's share of
+        pixels whose class is in their set: what the sets guarantee) and
+        ``set_size`` (mean classes per pixel).
     """
     sums = split['outputs'][name]
     pooled = calibration_errors(sums['pooled'])
@@ -233,6 +270,10 @@ def summarize(split: dict, name: str = RAW) -> Dict[str, float]:
         'fg/CECE': float(foreground['CECE']),
         'distance_share': float(split['distance_share']),
     })
+    if 'sets' in sums:
+        coverage_sets = sums['sets'].compute()['coverage']
+        result.update(coverage=coverage_sets['image_coverage'],
+                      set_size=coverage_sets['set_size'])
     return result
 
 

@@ -17,7 +17,8 @@ from .figures import report_figures
 from .readings import fair_reading, finetune_agreement
 from .rows import (CALIBRATOR_LABELS, COLUMNS, RAW, VERDICT_METRICS,
                    Row, distinct_rows, section_of, study_settings, table_rows)
-from .tables import domain_table, gain_table, multiplier_lines, shift_reading, shift_table
+from .tables import (domain_table, gain_table, multiplier_lines, sets_table,
+                     shift_reading, shift_table)
 from .tuning_table import tuning_table
 from .verdicts import RESAMPLES, Candidate, candidates_of, cheapest, find_leaders, verdict
 
@@ -149,6 +150,9 @@ def build_report(manifest: dict, records: Dict[str, dict],
                              if several_seeds else [f'- {ONE_SEED}'])
             if ce is not None and several_seeds:
                 lines += gain_table(distinct, ce, shift_columns)
+        alpha = next((r['conformal'][RAW]['alpha'] for row in rows
+                      for r in row.records if r.get('conformal')), None)
+        sets_table(rows, shift_columns, alpha, lines)
         if several_seeds and any(r.tuned for r in rows):
             lines += fair_reading(rows, ce, shift_columns)
         lines += multiplier_lines(rows)

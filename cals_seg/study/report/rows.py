@@ -15,7 +15,8 @@ LABELS = dict(ce='CE', ls='LS', fl='FL', mbls='MbLS', ecp='ECP', nacl='NACL',
               svls='SVLS', cals='CALS', crac='CRaC')
 
 
-CALIBRATOR_LABELS = dict(ts='TS', cts='class TS', vs='VS', dirichlet='Dirichlet',
+CALIBRATOR_LABELS = dict(ts='TS', ets='ETS', cts='class TS', vs='VS',
+                         dirichlet='Dirichlet', cmsap='CMSap', cmsop='CMSop',
                          lts='LTS', selective='selective')
 
 
@@ -30,6 +31,10 @@ VERDICT_METRICS = ('mIoU', 'ECE', 'fg/ECE', 'NLL')
 
 
 SHIFT_METRICS = (('ECE', 'ECE', False), ('mIoU', 'mIoU', True))
+
+
+# Conformal sets' columns, in-domain and under shift: (record key, header).
+SET_COLUMNS = (('coverage', 'coverage %'), ('set_size', 'set size'))
 
 
 # Relative: an undone Dirichlet fit (the identity on log-probabilities) gives
@@ -94,7 +99,8 @@ class Row(NamedTuple):
     def shift(self, column: str, metric: str) -> Optional[np.ndarray]:
         """Per seed, ``metric`` at ``column``: 'clean', a severity ('3': the
         mean over the study's corruptions) or 'domain'; None when a record
-        lacks any of it (a record may hold more than the study asked for)."""
+        lacks any of it (a record may hold more than the study asked for, or
+        predate the metric)."""
         values = []
         for record in self.records:
             if column == 'clean':
@@ -105,7 +111,7 @@ class Row(NamedTuple):
                 by_corruption = record.get('shift') or {}
                 cells = [by_corruption.get(c, {}).get(column, {}).get(self.output)
                          for c in self.corruptions] or [None]
-            if any(cell is None for cell in cells):
+            if any(cell is None or metric not in cell for cell in cells):
                 return None
             values.append(float(np.mean([cell[metric] for cell in cells])))
         return np.array(values, dtype=float)

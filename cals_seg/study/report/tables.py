@@ -6,7 +6,7 @@ import numpy as np
 
 from ...functional.groups import group_names
 from ..statistics import ALPHA, gain_p_value
-from .rows import COLUMNS, RAW, SHIFT_METRICS, Row, cell, equals
+from .rows import COLUMNS, RAW, SET_COLUMNS, SHIFT_METRICS, Row, cell, equals
 from .verdicts import candidates_of, find_leaders, verdict
 
 
@@ -55,6 +55,36 @@ def shift_table(rows: List[Row], columns: List[str], lines: List[str]) -> None:
     for row in rows:
         cells = [cell(row.shown(row.shift(column, metric)))
                  for metric, _, _ in SHIFT_METRICS for column in columns]
+        lines.append(f'| {row.label} | ' + ' | '.join(cells) + ' |')
+
+
+def sets_table(rows: List[Row], columns: List[str], alpha: Optional[float],
+               lines: List[str]) -> None:
+    """Conformal sets calibrated in-domain: coverage and set size on the test
+    split and under each shift; why there are none, when the records say."""
+    shown = [r for r in rows if r.shift('clean', 'coverage') is not None]
+    notes = sorted({r['conformal_note'] for row in rows for r in row.records
+                    if r.get('conformal_note')})
+    if not shown:
+        if notes:
+            lines += ['', '### Conformal pixel sets', ''] + [
+                f'- {note[0].upper() + note[1:]}.' for note in notes]
+        return
+    lines += ['', '### Conformal pixel sets', '',
+              f'Sets of risk {alpha:g} (target: {100 * (1 - alpha):g} % of each '
+              "image's pixels covered, in expectation), calibrated by conformal "
+              'risk control on the selection part of the hold-out, where nothing '
+              'was fitted, with the image as the exchangeable unit; coverage is '
+              "the mean over test images of each image's share of covered pixels. "
+              'Under shift the images are no longer exchangeable with the '
+              "calibration images, and the guarantee lapses: the columns say by "
+              'how much.', '']
+    headers = [f'{h} {column_name(c)}' for _, h in SET_COLUMNS for c in columns]
+    lines += ['| method | ' + ' | '.join(headers) + ' |',
+              '| --- ' * (len(headers) + 1) + '|']
+    for row in shown:
+        cells = [cell(row.shown(row.shift(column, key)))
+                 for key, _ in SET_COLUMNS for column in columns]
         lines.append(f'| {row.label} | ' + ' | '.join(cells) + ' |')
 
 
