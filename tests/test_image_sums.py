@@ -18,18 +18,21 @@ def test_summed_image_rows_give_the_evaluation_s_numbers():
     loader = Loader([[(i, labels[i])] for i in range(5)])
     split = evaluate_split(FixedModel(logits), loader, 4, exclude_classes=[0])
     rows = split['outputs']['raw']['image_rows']
-    assert rows.shape == (5, 2 + 6 * 15 + 3 * 4)
+    assert rows.shape == (5, 2 + 9 * 15 + 3 * 4)
     from_rows = metrics_from_sums(rows.sum(0), 15, 4)
     reference = summarize(split)
-    for key in ('ECE', 'fg/ECE', 'NLL', 'mIoU'):
+    for key in ('ECE', 'fg/ECE', 'NLL', 'mIoU', 'ECE_boundary'):
         assert from_rows[key] == pytest.approx(reference[key], rel=1e-9), key
+    # Rows of records made before the boundary bins are their prefix.
+    older = metrics_from_sums(rows[:, :2 + 6 * 15 + 3 * 4].sum(0), 15, 4)
+    assert 'ECE_boundary' not in older and older['ECE'] == from_rows['ECE']
     # A resample is a weighting: the evaluation of a loader that shows image 0
     # twice and image 3 not at all is what weights (2, 1, 1, 0, 1) give.
     resampled = Loader([[(i, labels[i])] for i in (0, 0, 1, 2, 4)])
     again = summarize(evaluate_split(FixedModel(logits), resampled, 4,
                                      exclude_classes=[0]))
     weighted = metrics_from_sums(np.array([2.0, 1, 1, 0, 1]) @ rows, 15, 4)
-    for key in ('ECE', 'fg/ECE', 'NLL', 'mIoU'):
+    for key in ('ECE', 'fg/ECE', 'NLL', 'mIoU', 'ECE_boundary'):
         assert weighted[key] == pytest.approx(again[key], rel=1e-9), key
 
 

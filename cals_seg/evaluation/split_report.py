@@ -176,7 +176,7 @@ def evaluate_split(model,
         ``pooled`` and ``foreground`` (:class:`CalibrationStatistics`),
         ``image_ece`` (list of floats, percent, background kept),
         ``confusion`` of its predictions and ``image_rows`` (``(images,
-        2 + 6B + 3C)``, each image's sufficient statistics of the verdict
+        2 + 9B + 3C)``, each image's sufficient statistics of the verdict
         metrics: :func:`cals_seg.functional.image_sums.image_row`); with
         ``sets``, ``sets`` (:class:`SetTotals`) of each output that has them.
     """
