@@ -69,7 +69,8 @@ class _ExpertScaling(Calibrator):
         self.identity()
 
     def _set(self, floor: float) -> None:
-        diagonal = torch.eye(self.num_classes - 1, dtype=torch.bool)
+        diagonal = torch.eye(self.num_classes - 1, dtype=torch.bool,
+                             device=self.raw_weight.device)
         with torch.no_grad():
             self.raw_weight.fill_(floor)
             self.raw_weight[:, diagonal] = inverse_softplus(1.0)
@@ -117,8 +118,9 @@ class ArgmaxPreservingScaling(_ExpertScaling):
 
     def expert_logits(self, log_probs, expert, weight, offset):
         classes = log_probs.shape[1]
-        others = torch.cat([torch.arange(expert), torch.arange(expert + 1, classes)]
-                           ).to(log_probs.device)
+        device = log_probs.device
+        others = torch.cat([torch.arange(expert, device=device),
+                            torch.arange(expert + 1, classes, device=device)])
         margins = (log_probs[:, expert:expert + 1] -
                    log_probs.index_select(1, others)).clamp_min(0)
         out = torch.zeros_like(log_probs)

@@ -59,7 +59,8 @@ class EnsembleTemperatureScaling(Calibrator):
     def identity(self) -> None:
         with torch.no_grad():
             self.log_temperature.zero_()
-            self.raw_weights.copy_(torch.tensor([-math.inf, 0.0, -math.inf]))
+            self.raw_weights.copy_(torch.tensor([-math.inf, 0.0, -math.inf],
+                                                device=self.raw_weights.device))
 
     def _components(self, logits: Tensor) -> Tensor:
         """``(3, P, C)`` the mixture's three distributions."""
@@ -76,7 +77,8 @@ class EnsembleTemperatureScaling(Calibrator):
     def _minimise(self, logits, labels, images, max_iterations) -> None:
         with torch.no_grad():
             self.log_temperature.fill_(math.log(fit_temperature(logits, labels)))
-            self.raw_weights.copy_(torch.tensor(START_WEIGHTS).log())
+            self.raw_weights.copy_(torch.tensor(
+                START_WEIGHTS, device=self.raw_weights.device).log())
             # The NLL needs each component's probability of the true class only.
             true = self._components(logits).gather(
                 2, labels.view(1, -1, 1).expand(3, -1, 1)).squeeze(2)  # (3, P)

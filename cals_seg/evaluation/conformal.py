@@ -108,13 +108,20 @@ class ConformalSets:
     def num_classes(self) -> int:
         return len(self.class_fnr)
 
-    def sets(self, logits: Tensor, mode: str = 'coverage') -> Tensor:
-        """``(N, C, *S)`` bool sets of ``logits (N, C, *S)``; ``mode``:
-        ``'coverage'`` or ``'class_fnr'``."""
-        scores = conformal_scores(torch.softmax(logits.double(), dim=1), self.score)
+    def scores(self, logits: Tensor) -> Tensor:
+        """``(N, C, *S)`` float64 scores of ``logits (N, C, *S)``."""
+        return conformal_scores(torch.softmax(logits.double(), dim=1), self.score)
+
+    def sets(self, logits: Tensor, mode: str = 'coverage',
+             scores: Optional[Tensor] = None) -> Tensor:
+        """``(N, C, *S)`` bool sets of ``logits (N, C, *S)`` (or of their
+        :meth:`scores`, when given); ``mode``: ``'coverage'`` or
+        ``'class_fnr'``."""
+        scores = self.scores(logits) if scores is None else scores
         thresholds = torch.tensor(self.coverage if mode == 'coverage' else
-                                  self.class_fnr, dtype=torch.float64)
-        return prediction_sets(scores, thresholds.to(scores.device))
+                                  self.class_fnr, dtype=torch.float64,
+                                  device=scores.device)
+        return prediction_sets(scores, thresholds)
 
     def to_dict(self) -> dict:
         return dict(version=FILE_VERSION, alpha=self.alpha, score=self.score,
@@ -163,8 +170,9 @@ class SetTotals:
 
     def update(self, logits: Tensor, labels: Tensor) -> None:
         """Add images: ``logits (N, C, *S)``, ``labels (N, *S)``."""
+        scores = self.conformal.scores(logits)  # once for both kinds of sets
         for mode, total in self.totals.items():
-            batch = set_statistics(self.conformal.sets(logits, mode), labels,
+            batch = set_statistics(self.conformal.sets(logits, mode, scores), labels,
                                    self.ignore_index)
             batch = SetStatistics(*(value.cpu() for value in batch))
             self.totals[mode] = batch if total is None else add_statistics(total,
