@@ -97,3 +97,20 @@ def test_a_gain_made_on_one_image_is_no_best_once_images_are_resampled(with_imag
         assert 'seeds only' not in line
     else:
         assert line.startswith('- ECE: best CE') and line.endswith('; seeds only.')
+
+
+def test_a_report_of_a_study_under_way_draws_no_empty_figure():
+    """Every row misses a seed (its runs not finished): no row is distinct, and
+    the report is written without its reliability figure."""
+    from cals_seg.study.report import build_report
+    records = {f'ce{seed}': _record(f'ce{seed}', 'ce', seed, 0.0, 0.0, True)
+               for seed in range(2)}
+    manifest = dict(title='t', command='c', posthoc=[], posthoc_on=[],
+                    rows=[dict(kind='default', config='x/base_ce.py', method='ce',
+                               options={}, seeds=[0, 1, 2],
+                               keys=['ce0', 'ce1', None])],
+                    settings=dict(posthoc=[], corruptions=[], severities=[],
+                                  domain_root=None))
+    text, figures = build_report(manifest, records)
+    assert '1 of 3 seeds missing: in no verdict' in text
+    assert not any(name.startswith('reliability_') for name in figures)

@@ -181,6 +181,36 @@ def gain_p_value(gains: np.ndarray) -> float:
     return float(_one_sided_p(difference[0, 1], error[0, 1], dof[0, 1]))
 
 
+class Change(NamedTuple):
+    """How far a second row moved from a first, paired by seed (and image).
+
+    Attributes:
+        difference (float): mean over seeds of ``second - first``.
+        standard_error (float): its standard error (seeds, and images when
+            replicates were given); NaN with one seed.
+        p_value (float): one-sided p-value of "the second is no higher";
+            NaN where there is no spread to test against.
+    """
+    difference: float
+    standard_error: float
+    p_value: float
+
+
+def paired_change(values: np.ndarray, replicates: Optional[np.ndarray] = None
+                  ) -> Change:
+    """The paired change from row 0 to row 1 and the one-sided test that it
+    rose, with the noise of :func:`pairwise_differences`.
+
+    Args:
+        values (ndarray): ``(2, seeds)``.
+        replicates (ndarray, optional): ``(B, 2, seeds)`` image-bootstrap values.
+    """
+    difference, error, dof = pairwise_differences(np.asarray(values, dtype=float),
+                                                  replicates)
+    return Change(float(difference[0, 1]), float(error[0, 1]),
+                  float(_one_sided_p(difference[0, 1], error[0, 1], dof[0, 1])))
+
+
 def compare_with_best(labels: Sequence[str], values: np.ndarray, higher: bool,
                       replicates: Optional[np.ndarray] = None,
                       alpha: float = ALPHA) -> Verdict:

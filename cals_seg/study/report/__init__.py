@@ -19,6 +19,7 @@ from .rows import (CALIBRATOR_LABELS, COLUMNS, RAW, VERDICT_METRICS,
                    Row, distinct_rows, section_of, study_settings, table_rows)
 from .tables import (domain_table, gain_table, multiplier_lines, sets_table,
                      shift_reading, shift_table)
+from .posthoc import posthoc_flags
 from .tuning_table import tuning_table
 from .verdicts import RESAMPLES, Candidate, candidates_of, cheapest, find_leaders, verdict
 
@@ -122,6 +123,7 @@ def build_report(manifest: dict, records: Dict[str, dict],
         if not several_seeds:
             lines.append(f'- {ONE_SEED}')
         lines += [f'- {note}' for note in notes]
+        lines += [f'- Flag: {flag}.' for flag in posthoc_flags(rows)]
         if absent:
             lines.append(f'- Without a finished run (failed, or not run yet): '
                          f'{", ".join(absent)}.')

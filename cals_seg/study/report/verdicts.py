@@ -6,14 +6,17 @@ from typing import Callable, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ...functional.image_sums import METRICS as IMAGE_METRICS
-from ...functional.image_sums import bootstrap_weights, metrics_from_sums
+from ...functional.image_sums import BOUNDARY, bootstrap_weights, metrics_from_sums
+from ...functional.image_sums import METRICS as VERDICT_SUMS
 from ..statistics import compare_with_best
 from .rows import LABELS, Row, cell
 
 
 # Image resamples per verdict: enough for the variance of a difference to a few %.
 RESAMPLES = 1000
+# The metrics per-image sums give (boundary ECE: in records made since they hold
+# its bins).
+IMAGE_METRICS = VERDICT_SUMS + (BOUNDARY, )
 
 
 class Candidate(NamedTuple):
@@ -32,7 +35,7 @@ def image_replicates(candidates: Sequence[Candidate], seeds: List[int],
                 metric: str) -> Optional[np.ndarray]:
     """``(RESAMPLES, rows, seeds)``: the metric on resamples of the test images,
     one resample for every row and seed; None unless every candidate has its
-    images' sums for the same images, bins and classes."""
+    images' sums, of the metric, for the same images, bins and classes."""
     if metric not in IMAGE_METRICS or any(c.image_sums is None for c in candidates):
         return None
     if len({(c.image_sums.shape[1:], c.shape) for c in candidates}) != 1:
@@ -42,13 +45,15 @@ def image_replicates(candidates: Sequence[Candidate], seeds: List[int],
     return resampled(stack, candidates[0].shape, metric)
 
 
-def resampled(stack: np.ndarray, shape: Tuple[int, int], metric: str) -> np.ndarray:
+def resampled(stack: np.ndarray, shape: Tuple[int, int], metric: str
+              ) -> Optional[np.ndarray]:
     """``(RESAMPLES, rows, seeds)``: ``metric`` on resamples of the images of
     ``stack`` (``[rows, seeds, images, K]`` per-image sums, the same images in
-    every row and seed), one resample shared by every row and seed."""
+    every row and seed), one resample shared by every row and seed; None where
+    the sums lack the metric (boundary ECE in older records)."""
     weights = bootstrap_weights(stack.shape[2], RESAMPLES)
     summed = np.einsum('bi,rsik->brsk', weights, stack)
-    return metrics_from_sums(summed, *shape)[metric]
+    return metrics_from_sums(summed, *shape).get(metric)
 
 
 def find_leaders(candidates: Sequence[Candidate], higher: bool,
