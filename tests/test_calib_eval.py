@@ -415,6 +415,14 @@ def test_conformal_sets_and_preserving_calibrators(saved_logits, tmp_path):
         assert written.shape == expected.shape
         # the saved logits are float16: a few pixels at the threshold may differ
         assert (written == expected).mean() > 0.95
+    # sets calibrated on ETS's outputs do not fit the raw model's
+    result = run_tool([
+        'tools/test.py', CONFIG, str(saved_logits['root'] / 'train' / 'iter_6.pth'),
+        '--work-dir', str(tmp_path / 'test'), '--conformal',
+        osp.join(out, 'conformal_ets.json')])
+    assert result.returncode != 0
+    assert ('holds sets calibrated on EnsembleTemperatureScaling, and this test '
+            'makes the raw logits') in result.stderr
 
 
 def test_conformal_refuses_too_few_calibration_images(saved_logits, tmp_path):
@@ -422,5 +430,5 @@ def test_conformal_refuses_too_few_calibration_images(saved_logits, tmp_path):
                        '--fit-split', '0.5', '--conformal', '0.1', '--out',
                        str(tmp_path / 'sets')])
     assert result.returncode == 2
-    assert 'need at least 9 calibration images' in result.stderr
+    assert 'need at least 10 calibration images' in result.stderr
     assert not osp.exists(str(tmp_path / 'sets'))

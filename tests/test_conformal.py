@@ -32,9 +32,10 @@ def simulated_images(generator, count, classes=4, side=8):
 def test_coverage_and_class_risk_hold_over_many_calibrations(score):
     """E[share of a new image's pixels covered] >= 1 - alpha, and each class's
     expected false-negative rate <= alpha, within CRC's finite-sample band
-    [alpha - 2 / (n + 1), alpha], over 1,500 simulated calibrations."""
+    [alpha - 2 / (n + 1), alpha] = [0.08, 0.10], over 1,000 simulated
+    calibrations."""
     generator = torch.Generator().manual_seed(0)
-    alpha, calibration, repeats, classes = 0.1, 19, 1500, 4
+    alpha, calibration, repeats, classes = 0.1, 99, 1000, 4
     misses, class_misses, class_counts = [], torch.zeros(classes), torch.zeros(classes)
     for _ in range(repeats):
         probs, labels = simulated_images(generator, calibration + 1, classes)
@@ -54,8 +55,8 @@ def test_coverage_and_class_risk_hold_over_many_calibrations(score):
     assert misses.mean() <= alpha + 3 * standard_error
     assert misses.mean() >= alpha - 2 / (calibration + 1) - 3 * standard_error
     class_risk = class_misses / class_counts
-    assert bool((class_risk <= alpha + 0.03).all()), class_risk
-    assert bool((class_risk >= alpha - 2 / (calibration + 1) - 0.03).all()), class_risk
+    assert bool((class_risk <= alpha + 0.01).all()), class_risk
+    assert bool((class_risk >= alpha - 2 / (calibration + 1) - 0.01).all()), class_risk
 
 
 def test_crc_threshold_in_closed_form():
@@ -206,10 +207,11 @@ def test_too_few_calibration_images_are_refused_with_the_count():
     probs, labels = simulated_images(generator, 8, 3)
     calibration = ConformalCalibration(3)
     calibration.update(probs.log(), labels)
-    assert minimum_images(0.1) == 9
-    with pytest.raises(ConformalInputError, match='at least 9 calibration images.*got 8'):
+    # alpha (n + 1) > 1: at n = 9 and alpha = 0.1 the sets would hold every class
+    assert minimum_images(0.1) == 10 and minimum_images(0.4) == 2
+    with pytest.raises(ConformalInputError, match='at least 10 calibration images.*got 8'):
         calibration.fit(0.1)
-    assert calibration.fit(0.2).images == 8  # 1 / 0.2 - 1 = 4 images suffice
+    assert calibration.fit(0.2).images == 8  # 5 images suffice
 
 
 def test_unknown_score_is_refused():

@@ -128,6 +128,11 @@ def parse_args(argv=None):
     if args.conformal is not None and not args.fit_split:
         parser.error('--conformal needs --fit-split: the images to calibrate '
                      'the sets on')
+    if args.conformal is not None:
+        try:
+            check_alpha(args.conformal)
+        except ConformalInputError as error:
+            parser.error(f'--conformal: {error}')
     if args.fit_split and not (args.calibrators or args.conformal is not None):
         parser.error('--fit-split needs --calibrators or --conformal: what to fit')
     return args
@@ -188,9 +193,12 @@ def _conformal(rows: Dict[str, Optional[Transform]], split, context, args) -> di
             with torch.no_grad():
                 scaled = logits if transform is None else transform(logits, image)
             calibrations[name].update(scaled[None], labels[None])
-    return {name: SetTotals(calibration.fit(alpha, context['class_names']),
-                            context['ignore_index'])
-            for name, calibration in calibrations.items()}
+    return {name: SetTotals(calibration.fit(
+        alpha, context['class_names'],
+        None if transform is None else type(transform.calibrator).__name__),
+        context['ignore_index'])
+        for (name, calibration), transform in zip(calibrations.items(),
+                                                  rows.values())}
 
 
 def _class_rows(result, class_names) -> str:
@@ -256,10 +264,12 @@ def _fit(names: List[str], split, context) -> Dict[str, Calibrator]:
 
 
 def _transform(calibrator: Calibrator, device):
-    """Calibrated logits ``(C, H, W)`` on the CPU, computed on ``device``."""
+    """Calibrated logits ``(C, H, W)`` on the CPU, computed on ``device``; the
+    function keeps its ``calibrator``."""
     def apply(logits, image):
         images = None if image is None else image.unsqueeze(0).to(device)
         return calibrator(logits.unsqueeze(0).to(device), images).squeeze(0).cpu()
+    apply.calibrator = calibrator
     return apply
 
 
@@ -369,7 +379,7 @@ def run(args) -> dict:
             report['conformal'][name]['test'] = set_total.compute()
         print(_conformal_table({name: report['conformal'][name]['test']
                                 for name in names}, args.conformal,
-                               len(split['fit'])))
+                               set_totals[UNCALIBRATED].conformal.images))
     print(f'{UNCALIBRATED}, per class:\n' + _class_rows(decoded[UNCALIBRATED],
                                                          class_names))
     report['metrics'] = {

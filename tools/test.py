@@ -86,6 +86,26 @@ def trigger_visualization_hook(cfg, args):
     return cfg
 
 
+def check_conformal_pairing(conformal: str, calibrator: str) -> None:
+    """Exit unless the sets were calibrated on the outputs this test makes:
+    the raw logits without ``--calibrator``, that calibrator's type with it."""
+    from cals_seg.calibrators import CalibratorFileError, load_calibrator
+    from cals_seg.evaluation.conformal import ConformalSets
+    from cals_seg.functional.conformal import ConformalInputError
+    try:
+        sets = ConformalSets.load(conformal)
+        applied = (type(load_calibrator(calibrator)).__name__
+                   if calibrator else None)
+    except (ConformalInputError, CalibratorFileError) as error:
+        sys.exit(f'error: {error}')
+    if sets.calibrator != applied:
+        sys.exit(f'error: {conformal} holds sets calibrated on '
+                 f'{sets.calibrator or "the raw logits"}, and this test makes '
+                 f'{applied or "the raw logits"}: the guarantee holds for the '
+                 'outputs the sets were calibrated on (pass the matching '
+                 '--calibrator, or conformal_<row>.json of this row)')
+
+
 def configure(cfg, args):
     """The test config with the options applied: the calibrator and TTA
     wrappers, the prediction output and the logits hook."""
@@ -119,8 +139,7 @@ def configure(cfg, args):
                  dtype=args.logits_dtype, ignore_index=ignore_index)
         ]
     if args.conformal:
-        if not osp.isfile(args.conformal):
-            sys.exit(f'error: conformal sets not found: {args.conformal}')
+        check_conformal_pairing(args.conformal, args.calibrator)
         cfg.custom_hooks = list(cfg.get('custom_hooks', [])) + [
             dict(type='SetSizeHook', conformal=args.conformal,
                  out_dir=args.set_size_dir or osp.join(cfg.work_dir, 'set_sizes'))

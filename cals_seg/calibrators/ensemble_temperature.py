@@ -7,17 +7,20 @@ softmax, the softmax itself and the uniform distribution:
 
 Temperature scaling is the case ``w = (1, 0, 0)``; the uniform share lifts the
 probabilities that a temperature cannot lift without flattening every pixel.
-Like every temperature method here, ETS never changes the argmax (for ``T > 0``
-both softmaxes rank the classes alike, and the uniform term adds the same to
-each).
+ETS does not change the argmax (for ``T > 0`` both softmaxes rank the classes
+alike, and the uniform term adds the same to each), up to float rounding of
+near-tied classes.
 
-Fitted in two stages, as the authors' code and Fiducio (fiducio-ai/Fiducio 0.2.0,
-``calibrators/ensemble_temperature.py``) do: ``T`` minimises the NLL of
+Fitted in two stages as Fiducio (fiducio-ai/Fiducio 0.2.0,
+``calibrators/ensemble_temperature.py``) does: ``T`` minimises the NLL of
 ``softmax(z / T)`` alone, then ``w`` the NLL of the mixture with ``T`` fixed,
-from ``(0.998, 0.001, 0.001)``. Where ours differs: ``T`` comes from the exact
-bisection of :func:`fit_temperature` (Fiducio runs an optimiser on it), and the
-weights from float64 L-BFGS on the true class's probabilities only (as Fiducio's
-second stage does).
+from ``(0.998, 0.001, 0.001)``. The authors' own code fits by squared error
+(SLSQP), not by the NLL; we follow Fiducio, as every calibrator here minimises
+the NLL. Where ours differs from Fiducio's: ``T`` comes from the exact bisection
+of :func:`fit_temperature` (Fiducio runs an optimiser on it), the weights from
+float64 L-BFGS to convergence on the true class's probabilities (Fiducio's
+second stage, without its best-iterate restore, which L-BFGS does not need), and
+the mixture is clamped at the smallest positive float64 (theirs: 1e-12).
 """
 import math
 

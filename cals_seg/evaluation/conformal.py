@@ -12,6 +12,9 @@ calibration pass:
   expectation over the images where the class is present. A class present in
   too few calibration images gets the threshold 1 (its mask is every pixel)
   and is named in ``uncontrolled``.
+
+A file records the calibrator (type) whose outputs the sets were calibrated on,
+so that they are applied to the same outputs (tools/test.py checks it).
 """
 import json
 from typing import Dict, List, Optional, Sequence
@@ -58,9 +61,10 @@ class ConformalCalibration:
         self.risk = RiskHistograms(self.risk.histograms + batch.histograms.cpu(),
                                    self.risk.images + batch.images.cpu())
 
-    def fit(self, alpha: float, class_names: Optional[Sequence[str]] = None
-            ) -> 'ConformalSets':
-        """The thresholds for risk ``alpha``.
+    def fit(self, alpha: float, class_names: Optional[Sequence[str]] = None,
+            calibrator: Optional[str] = None) -> 'ConformalSets':
+        """The thresholds for risk ``alpha``, of logits as the calibration pass
+        saw them: raw, or after the calibrator whose type ``calibrator`` names.
 
         Raises:
             ConformalInputError: ``alpha`` outside (0, 1), or fewer calibration
@@ -72,16 +76,20 @@ class ConformalCalibration:
         if images < needed:
             raise ConformalInputError(
                 f'conformal sets at alpha={alpha:g} need at least {needed} '
-                f'calibration images (n >= 1/alpha - 1), got {images}: calibrate '
-                'on more held-out images or raise alpha')
+                f'calibration images (alpha (n + 1) > 1), got {images} with labelled '
+                'pixels: calibrate on more held-out images or raise alpha')
         thresholds = crc_thresholds(self.risk, alpha)
         names = list(class_names or range(self.num_classes))
+        # Classes in too few images: their mask is the whole image.
+        too_few = self.risk.images[:-1] < needed
         uncontrolled = [str(names[k]) for k in range(self.num_classes)
-                        if bool(torch.isnan(thresholds[k]))]
-        class_fnr = torch.nan_to_num(thresholds[:-1], nan=1.0)
+                        if bool(too_few[k])]
+        class_fnr = torch.where(too_few, torch.ones_like(thresholds[:-1]),
+                                thresholds[:-1])
         return ConformalSets(alpha, self.score, float(thresholds[-1]),
                              class_fnr.tolist(), images,
-                             self.risk.images[:-1].tolist(), uncontrolled)
+                             self.risk.images[:-1].tolist(), uncontrolled,
+                             calibrator)
 
 
 class ConformalSets:
@@ -95,14 +103,17 @@ class ConformalSets:
         images (int): calibration images.
         class_images (list[int]): calibration images where each class is present.
         uncontrolled (list[str]): classes in too few images for ``alpha``.
+        calibrator (str, optional): the type of the calibrator applied to the
+            logits before the sets; None: the raw logits.
     """
 
     def __init__(self, alpha: float, score: str, coverage: float,
                  class_fnr: List[float], images: int, class_images: List[int],
-                 uncontrolled: List[str]):
+                 uncontrolled: List[str], calibrator: Optional[str] = None):
         self.alpha, self.score, self.coverage = alpha, score, coverage
         self.class_fnr, self.images = class_fnr, images
         self.class_images, self.uncontrolled = class_images, uncontrolled
+        self.calibrator = calibrator
 
     @property
     def num_classes(self) -> int:
@@ -127,7 +138,7 @@ class ConformalSets:
         return dict(version=FILE_VERSION, alpha=self.alpha, score=self.score,
                     coverage=self.coverage, class_fnr=self.class_fnr,
                     images=self.images, class_images=self.class_images,
-                    uncontrolled=self.uncontrolled)
+                    uncontrolled=self.uncontrolled, calibrator=self.calibrator)
 
     def save(self, path: str) -> None:
         """Write the thresholds as JSON (atomically)."""
@@ -144,16 +155,22 @@ class ConformalSets:
         try:
             with open(path) as f:
                 content = json.load(f)
-            version = content.pop('version')
-            sets = cls(**content)
         except FileNotFoundError:
             raise ConformalInputError(f'{path}: no such conformal file') from None
-        except (ValueError, KeyError, TypeError) as error:
+        except ValueError as error:
             raise ConformalInputError(f'{path}: not a conformal file '
-                                      f'({type(error).__name__}: {error})') from None
+                                      f'(ValueError: {error})') from None
+        if not isinstance(content, dict) or 'version' not in content:
+            raise ConformalInputError(f'{path}: not a conformal file (no version)')
+        version = content.pop('version')
         if version != FILE_VERSION:
             raise ConformalInputError(f'{path}: conformal file version {version}, '
                                       f'this cals-seg reads {FILE_VERSION}')
+        try:
+            sets = cls(**content)
+        except TypeError as error:
+            raise ConformalInputError(f'{path}: not a conformal file '
+                                      f'(TypeError: {error})') from None
         if num_classes is not None and sets.num_classes != num_classes:
             raise ConformalInputError(f'{path}: fitted for {sets.num_classes} '
                                       f'classes, the logits have {num_classes}')

@@ -9,8 +9,10 @@ on, as nothing was fitted on it), the training part
 (the over-confidence regime's figures), and the test split under ImageNet-C
 corruptions and in a shifted domain, with the calibrators fitted in-domain.
 With ``conformal`` and a selection part, conformal pixel sets of the raw model
-and of each calibrator are calibrated on the selection part (nothing was fitted
-on it) and measured on the test split and under every shift.
+and of each calibrator are calibrated on the selection part (no weights,
+multipliers or calibrators were fitted on it; a tuned row's hyper-parameters
+were chosen on it, which the sets' guarantee does not account for) and
+measured on the test split and under every shift.
 """
 from typing import Dict, NamedTuple, Optional, Sequence, Tuple
 
@@ -18,7 +20,7 @@ import numpy as np
 import torch
 
 from ..calibrators import Calibrator
-from ..functional.conformal import minimum_images
+from ..functional.conformal import ConformalInputError, minimum_images
 from .shift import evaluate_shift, severity_means, shift_loader
 from .split_report import (RAW, background_classes, calibrate_sets,
                            evaluate_split, fit_calibrators, prediction_head,
@@ -154,8 +156,11 @@ def evaluate_model(model, cfg, calibrators: Sequence[str] = ('ts', ),
                          f'{len(selection.dataset)} images, risk {conformal:g} '
                          f'needs {needed}')
         else:
-            sets = calibrate_sets(model, selection, fitted, num_classes, conformal,
-                                  ignore_index)
+            try:
+                sets = calibrate_sets(model, selection, fitted, num_classes,
+                                      conformal, ignore_index, classes or None)
+            except ConformalInputError as error:  # images without labels
+                sets_note = f'no conformal sets: {error}'
     test = evaluate_split(model, _build(loaders['test']), num_classes, fitted,
                           exclude_classes=excluded, ignore_index=ignore_index,
                           sets=sets)

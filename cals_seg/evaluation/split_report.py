@@ -85,12 +85,18 @@ def _outputs(logits: Tensor, transforms: Dict[str, Optional[Calibrator]]):
 
 
 def calibrate_sets(model, loader, calibrators: Optional[Dict[str, Calibrator]],
-                   num_classes: int, alpha: float, ignore_index: int = 255
+                   num_classes: int, alpha: float, ignore_index: int = 255,
+                   class_names: Optional[Sequence[str]] = None
                    ) -> Dict[str, ConformalSets]:
     """Conformal pixel sets of risk ``alpha`` (:mod:`.conformal`) for the raw
     logits and each calibrator's, calibrated on a loader's images. Nothing may
     have been fitted on them (the selection part of the hold-out): sets
-    calibrated on a calibrator's own fitting images would be in-sample."""
+    calibrated on a calibrator's own fitting images would be in-sample.
+
+    Raises:
+        ConformalInputError: fewer images with labelled pixels than ``alpha``
+            needs.
+    """
     transforms = {RAW: None, **(calibrators or {})}
     calibrations = {name: ConformalCalibration(num_classes, ignore_index=ignore_index)
                     for name in transforms}
@@ -98,7 +104,10 @@ def calibrate_sets(model, loader, calibrators: Optional[Dict[str, Calibrator]],
         for name, calibrated in _outputs(logits, transforms):
             calibrations[name].update(calibrated.unsqueeze(0),
                                       labels.cpu().unsqueeze(0))
-    return {name: calibration.fit(alpha) for name, calibration in calibrations.items()}
+    return {name: calibration.fit(alpha, class_names, None if transform is None
+                                  else type(transform).__name__)
+            for (name, calibration), transform in zip(calibrations.items(),
+                                                      transforms.values())}
 
 
 def fit_calibrators(model, loader, names: Sequence[str], num_classes: int,

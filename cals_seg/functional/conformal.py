@@ -65,9 +65,13 @@ def check_alpha(alpha: float) -> float:
 
 
 def minimum_images(alpha: float) -> int:
-    """The fewest calibration images for which CRC can reach risk ``alpha``
-    with sets short of every class: ``n >= 1 / alpha - 1``."""
-    return max(1, math.ceil(1 / check_alpha(alpha) - 1 - 1e-9))
+    """The fewest calibration images for which CRC's sets can leave out any
+    class a calibration image needs: ``alpha (n + 1) > 1``, so
+    ``n > 1 / alpha - 1``. At ``alpha (n + 1) = 1`` the rule needs a risk of
+    exactly 0 on every calibration image, and the threshold lies past the
+    largest calibration score: sets of nearly every class, a trivial answer
+    that would read as a controlled one."""
+    return math.floor(1 / check_alpha(alpha) - 1 + 1e-9) + 1
 
 
 def conformal_scores(probs: Tensor, score: str = DEFAULT_SCORE) -> Tensor:
@@ -170,8 +174,9 @@ def crc_thresholds(risk: RiskHistograms, alpha: float) -> Tensor:
 
     Returns:
         Tensor: ``(C + 1, )`` float64 thresholds in [0, 1]; NaN for a row with
-        too few images (fewer than :func:`minimum_images`), which no threshold
-        short of every class can control.
+        too few images (``alpha (n + 1) < 1``), which no threshold short of
+        every class can control. Callers refuse rows below
+        :func:`minimum_images`, where the threshold is trivial.
     """
     alpha = check_alpha(alpha)
     histograms, images = risk.histograms, risk.images.double()

@@ -73,8 +73,10 @@ def sets_table(rows: List[Row], columns: List[str], alpha: Optional[float],
     lines += ['', '### Conformal pixel sets', '',
               f'Sets of risk {alpha:g} (target: {100 * (1 - alpha):g} % of each '
               "image's pixels covered, in expectation), calibrated by conformal "
-              'risk control on the selection part of the hold-out, where nothing '
-              'was fitted, with the image as the exchangeable unit; coverage is '
+              'risk control on the selection part of the hold-out, where no '
+              'weights, multipliers or calibrators were fitted (tuned rows chose '
+              'their hyper-parameters on it, which the guarantee does not count), '
+              'with the image as the exchangeable unit; coverage is '
               "the mean over test images of each image's share of covered pixels. "
               'Under shift the images are no longer exchangeable with the '
               "calibration images, and the guarantee lapses: the columns say by "
