@@ -141,6 +141,24 @@ def test_every_calibrator_fits_reports_and_applies(saved_logits, tmp_path):
         assert osp.isfile(osp.join(out, f'calibrator_{name}.pth'))
     assert osp.getsize(osp.join(out, 'reliability.png')) > 5000
     assert report['metrics']['ts']['accuracy change'] == 0  # keeps the argmax
+    # The local flags' per-image sums give the table's boundary ECE (streamed
+    # apart), for the raw logits and each calibrator; the demo has a background
+    # class, so fg ECE is tested too.
+    assert 'local change from uncalibrated' in result.stdout
+    for name in names:
+        local = report['fits'][name]['local']['local']
+        assert set(local) == {'ECE_boundary', 'fg/ECE'}
+        boundary = local['ECE_boundary']
+        assert boundary['before'] == pytest.approx(
+            report['metrics']['uncalibrated']['ECE_boundary'], rel=1e-6)
+        assert boundary['after'] == pytest.approx(
+            report['metrics'][name]['ECE_boundary'], rel=1e-6)
+        assert boundary['change'] == pytest.approx(boundary['after'] -
+                                                   boundary['before'])
+        # One evaluated image: no spread over image resamples, so no test.
+        assert report['num_images'] == 1
+        assert boundary['standard_error'] == 0 and not boundary['flagged']
+        assert f'flag: {name} lowers' not in result.stdout
 
     # The evaluated images alone, as new logits to apply the saved files to.
     new_dir = _copy(saved_logits, tmp_path, 'new_logits')

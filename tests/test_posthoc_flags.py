@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from cals_seg.functional.image_sums import metrics_from_sums
-from cals_seg.study.report.posthoc import posthoc_flags
+from cals_seg.study.report.posthoc import one_model_flags, posthoc_flags
 from cals_seg.study.report.rows import Row
-from cals_seg.study.statistics import paired_change
+from cals_seg.study.statistics import image_change, paired_change
 
 
 def _image(boundary_gap, seed_noise):
@@ -68,3 +68,86 @@ def test_the_paired_change_keeps_its_level_under_the_null():
     risen = null.copy()
     risen[:, 1] += 0.8
     assert np.mean([paired_change(v).p_value < 0.05 for v in risen]) > 0.6
+
+
+def _one_model(gaps, images=10):
+    """One model's raw and TS per-image sums (seed 0 of :func:`_rows`)."""
+    return {'raw': np.array([_image(0.0, 0.0) for _ in range(images)]),
+            'ts': np.array([_image(gap, 0.0) for gap in gaps])}
+
+
+def test_one_model_flags_a_rise_on_every_image_not_one_images_luck():
+    """calib_eval's rule: the images are the only noise. The same rise on every
+    image is flagged (with fg ECE untouched, not flagged); the same total rise
+    on one image is within the image resamples' noise."""
+    gaps = 3.0 + np.random.default_rng(0).normal(0, 0.5, size=10)
+    sums = _one_model(gaps)
+    sums['ts'][:, 6] -= 10  # TS lowers the pooled NLL (sum over 1000 pixels)
+    result = one_model_flags(sums, 'raw', (1, 2))['ts']
+    assert result['improved'] == ['NLL']
+    boundary = result['local']['ECE_boundary']
+    assert boundary['flagged']
+    assert boundary['change'] == pytest.approx(100 * gaps.sum() / 200)
+    assert not result['local']['fg/ECE']['flagged']
+    assert result['flags'] == [
+        f'ts lowers the pooled NLL of raw but raises its boundary ECE by '
+        f'{boundary["change"]:.2f} ± {boundary["standard_error"]:.2f} (paired one-sided p = '
+        f'{boundary["p_value"]:.2g}, beyond noise at 0.05 / 2)']
+    lucky = _one_model([30.0] + [0.0] * 9)
+    lucky['ts'][:, 6] -= 10
+    assert not one_model_flags(lucky, 'raw', (1, 2))['ts']['local'][
+        'ECE_boundary']['flagged']
+    # Nothing pooled improved: no flag however large the local rise.
+    assert one_model_flags(_one_model([3.0] * 10), 'raw', (1, 2))['ts']['flags'] == []
+
+
+def test_the_image_change_keeps_its_level_under_the_null():
+    """Two outputs whose per-image values are exchangeable: the bootstrap
+    test of a rise rejects at about its level (40 images, 1,000 simulated
+    pairs, 300 resamples each), and finds a true rise of one standard error."""
+    rng = np.random.default_rng(1)
+    weights = rng.multinomial(40, np.full(40, 1 / 40), size=300).astype(float)
+    rejected, found = [], []
+    for _ in range(1000):
+        shared = rng.normal(5.0, 1.0, size=40)  # the image's own difficulty
+        pair = shared + rng.normal(0, 0.5, size=(2, 40))
+        for rise, out in ((0.0, rejected), (0.35, found)):
+            values = pair + np.array([[0.0], [rise]])
+            replicates = (weights @ values.T) / 40  # [B, 2] resampled means
+            change = image_change(values.mean(axis=1), replicates)
+            out.append(change.p_value < 0.05)
+    assert np.mean(rejected) == pytest.approx(0.05, abs=0.02)
+    assert np.mean(found) > 0.8
+
+
+def test_the_report_shows_each_calibrators_accuracy_change_and_names_argmax_changes():
+    """A calibrator row carries its pixel accuracy less its model's, seed by
+    seed; one that moved it is marked, one that kept it (0.00) is not."""
+    from cals_seg.study.report import build_report
+    settings = dict(posthoc=['ts', 'vs'], corruptions=[], severities=[],
+                    domain_root=None)
+    records = {}
+    for seed, vs_gain in ((0, 1.0), (1, 1.5), (2, 2.0)):
+        raw = dict(mIoU=50.0, ECE=5.0, ECE_image=5.0, ECE_boundary=9.0, NLL=0.5,
+                   Brier=0.1, AURC=3.0, aAcc=80.0 + seed, **{'fg/ECE': 6.0})
+        records[f'k{seed}'] = dict(
+            key=f'k{seed}', seed=seed, method='ce', classes=['background', 'cat'],
+            background=['background'], resolved_options={}, minutes=dict(train=1.0),
+            fits=dict(ts=dict(kept=True), vs=dict(kept=True)),
+            test=dict(raw=raw, ts=dict(raw, ECE=2.0, NLL=0.4),
+                      vs=dict(raw, ECE=3.0, NLL=0.45, aAcc=raw['aAcc'] + vs_gain)),
+            reliability={name: dict(count=[1.0], confidence=[0.5], accuracy=[0.5])
+                         for name in ('raw', 'ts', 'vs')},
+            code=dict(tree='t', commit='c', dirty=False), settings=settings)
+    manifest = dict(title='t', command='c', posthoc=['ts', 'vs'], posthoc_on=['ce'],
+                    settings=settings,
+                    rows=[dict(kind='default', config='x/base_ce.py', method='ce',
+                               options={}, seeds=[0, 1, 2],
+                               keys=['k0', 'k1', 'k2'])])
+    text = build_report(manifest, records)[0]
+    header = next(line for line in text.splitlines() if line.startswith('| method'))
+    assert header.endswith('| AURC | pixel acc change | train min | eval min |')
+    lines = {line.split(' | ')[0]: line for line in text.splitlines()}
+    assert lines['| CE + TS'].endswith('| 0.00 ± 0.00 |  |  |')
+    assert lines['| CE + VS (changes the argmax)'].endswith('| 1.50 ± 0.50 |  |  |')
+    assert lines['| CE'].endswith('|  | 1.0 | 0.0 |')

@@ -15,7 +15,10 @@ is undone. Reads the logits and the manifest that
 and writes OUT/metrics.json, the fitted calibrators and the pictures (PNG): the
 reliability diagrams with the share of pixels per bin, before/after each
 calibrator side by side, the risk-coverage curves and the worst-calibrated
-images. With --conformal ALPHA, each row's pixel sets are calibrated on the
+images. Each calibrator's change of boundary and fg ECE is tested on paired
+resamples of the evaluated images, and flagged where it lowers the pooled ECE or
+NLL while it raises one of them beyond noise (metrics.json: fits.<name>.local).
+With --conformal ALPHA, each row's pixel sets are calibrated on the
 --fit-split images (conformal risk control, the image as the unit:
 cals_seg/functional/conformal.py) and measured on the others: coverage, set size
 and each class mask's false-negative rate; OUT/conformal_<row>.json holds each
@@ -43,8 +46,12 @@ from cals_seg.evaluation.conformal import ConformalCalibration, SetTotals
 from cals_seg.functional.conformal import (DEFAULT_SCORE, SCORES,
                                            ConformalInputError, check_alpha)
 from cals_seg.functional.calibration import (CECE_CLASSES, DEFAULT_BOUNDARY_WIDTH,
-                                             DEFAULT_NUM_BINS, DEFAULT_NUM_CELLS)
+                                             DEFAULT_NUM_BINS, DEFAULT_NUM_CELLS,
+                                             calibration_statistics)
 from cals_seg.evaluation.metrics.calibration_metric import resolve_classes
+from cals_seg.evaluation.split_report import background_classes
+from cals_seg.functional.image_sums import image_row
+from cals_seg.study.report.posthoc import LOCAL, one_model_flags
 from cals_seg.evaluation.offline import (CalibEvalError, Transform, load_image,
                                          load_manifest, load_pair, load_pairs,
                                          pair_files, pixel_accuracy,
@@ -304,6 +311,67 @@ def _set_size_rows(rows: List[dict], sets, ignore_index: int) -> List[dict]:
     return shown
 
 
+class _ImageSums:
+    """Each test image's sums of one output (:func:`image_row`: pooled and
+    boundary bins with ``excluded`` left out, foreground bins with the
+    background classes too), for the paired image bootstrap of the local
+    flags (:func:`one_model_flags`)."""
+
+    def __init__(self, context: dict, num_bins: int, boundary_width: int):
+        self.context, self.num_bins, self.boundary_width = context, num_bins, boundary_width
+        self.rows: List[np.ndarray] = []
+
+    def __call__(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        logits, labels = logits[0].cpu(), labels[0].cpu()
+        context, num_classes = self.context, logits.shape[0]
+        ignore_index = context['ignore_index']
+        pooled = calibration_statistics(logits, labels, self.num_bins,
+                                        ignore_index=ignore_index,
+                                        exclude_classes=context['excluded'],
+                                        boundary_width=self.boundary_width)
+        foreground = calibration_statistics(logits, labels, self.num_bins,
+                                            ignore_index=ignore_index,
+                                            exclude_classes=context['background'])
+        kept = (labels != ignore_index) & (labels >= 0) & (labels < num_classes)
+        confusion = torch.bincount(
+            labels[kept] * num_classes + logits.argmax(0)[kept],
+            minlength=num_classes**2).reshape(num_classes, num_classes)
+        self.rows.append(image_row(pooled, foreground, confusion.numpy()))
+
+
+def _both(first, second):
+    def observe(logits, labels):
+        first(logits, labels)
+        second(logits, labels)
+    return observe
+
+
+def _local_flags(image_sums: Dict[str, _ImageSums], context: dict,
+                 num_bins: int) -> Dict[str, dict]:
+    """Each calibrator's boundary and foreground ECE against the uncalibrated
+    logits' (:func:`one_model_flags`); fg ECE only where the foreground is not
+    every class that pooled ECE counts."""
+    local = [(key, name) for key, name in LOCAL
+             if key != 'fg/ECE' or context['background'] != context['excluded']]
+    sums = {name: np.stack(collector.rows) for name, collector in image_sums.items()}
+    return one_model_flags(sums, UNCALIBRATED,
+                           (num_bins, len(context['class_names'])), local)
+
+
+def _local_table(flags: Dict[str, dict]) -> str:
+    """Each calibrator's change of the local metrics, and its flags."""
+    keys = list(next(iter(flags.values()))['local'])
+    names = dict(LOCAL)
+    lines = [f'local change from {UNCALIBRATED} (± image-bootstrap standard error): '
+             + ', '.join(names[key] for key in keys)]
+    for name, entry in flags.items():
+        cells = [f'{c["change"]:+.2f} ± {c["standard_error"]:.2f}'
+                 for c in entry['local'].values()]
+        lines.append(f'  {name:<16}' + ''.join(f'{cell:>20}' for cell in cells))
+        lines += [f'  flag: {flag}' for flag in entry['flags']]
+    return '\n'.join(lines)
+
+
 def run(args) -> dict:
     manifest = load_manifest(args.logits_dir)
     class_names = manifest['classes']
@@ -319,8 +387,9 @@ def run(args) -> dict:
     pairs = pair_files(args.logits_dir, manifest, args.gt_dir)
     applied = {osp.basename(path): load_calibrator(path, num_classes).to(args.device)
                for path in args.apply}
+    background = sorted(set(excluded) | set(background_classes(class_names)))
     context = dict(class_names=class_names, dataset=manifest['dataset'],
-                   ignore_index=ignore_index, excluded=excluded,
+                   ignore_index=ignore_index, excluded=excluded, background=background,
                    max_fit_pixels=args.max_fit_pixels, manifest=manifest,
                    images=manifest.get('images') or {}, device=args.device)
     report = dict(
@@ -357,6 +426,12 @@ def run(args) -> dict:
         report['conformal'] = {name: totals.conformal.to_dict()
                                for name, totals in set_totals.items()}
 
+    image_sums = {name: _ImageSums(context, args.bins, args.boundary_width)
+                  for name in names}
+    observers = [image_sums[name] for name in names]
+    if set_totals:
+        observers = [_both(first, set_totals[name].update)
+                     for first, name in zip(observers, names)]
     totals = CalibrationTotals(num_classes, args.bins, DEFAULT_NUM_CELLS,
                                args.reduction, args.cece_classes)
     results = stream_statistics(
@@ -365,8 +440,7 @@ def run(args) -> dict:
         excluded, boundary_width=args.boundary_width,
         images=context['images'] if needs_images else None,
         progress=lambda it: tqdm(it, desc='evaluating', unit='img'),
-        observers=[set_totals[name].update for name in names] if set_totals
-        else None)
+        observers=observers)
     report['num_images'] = len(evaluated)
     decoded = {name: totals.decode(r.totals) for name, r in zip(names, results)}
     for result, streamed in zip(decoded.values(), results):
@@ -374,6 +448,13 @@ def run(args) -> dict:
         result['accuracy change'] = (result['accuracy'] -
                                      pixel_accuracy(results[0].pooled))
     print(_table(decoded))
+    if len(names) > 1:
+        flags = _local_flags(image_sums, context, args.bins)
+        report['local'] = flags
+        for name, entry in flags.items():
+            if name in report.get('fits', {}):
+                report['fits'][name]['local'] = entry
+        print(_local_table(flags))
     if set_totals:
         for name, set_total in set_totals.items():
             report['conformal'][name]['test'] = set_total.compute()

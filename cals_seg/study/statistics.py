@@ -37,6 +37,8 @@ import numpy as np
 from scipy import stats
 
 ALPHA = 0.05
+# Float64 rounding of a sum over images, relative to its size.
+RELATIVE_ROUNDING = 1e-9
 
 
 class Comparison(NamedTuple):
@@ -209,6 +211,34 @@ def paired_change(values: np.ndarray, replicates: Optional[np.ndarray] = None
                                                   replicates)
     return Change(float(difference[0, 1]), float(error[0, 1]),
                   float(_one_sided_p(difference[0, 1], error[0, 1], dof[0, 1])))
+
+
+def image_change(values: np.ndarray, replicates: np.ndarray) -> Change:
+    """The change from output 0 to output 1 of one model on the same test
+    images, and the one-sided test that it rose, with the images as the only
+    noise (one model has no seeds to count: a post-hoc calibrator on saved
+    logits).
+
+    The standard error is the spread of the change over the image resamples;
+    the reference is normal, the resampled change of a sum over tens of images
+    being close to it (no seed dof to take a t from).
+
+    Args:
+        values (ndarray): ``(2,)``, the metric of each output on all the images.
+        replicates (ndarray): ``(B, 2)``, the metric on B resamples of the
+            images, each shared by both outputs.
+    """
+    values = np.asarray(values, dtype=float)
+    resampled = np.asarray(replicates, dtype=float)
+    difference = float(values[1] - values[0])
+    error = float(np.nanstd(resampled[:, 1] - resampled[:, 0], ddof=1))
+    # Resamples that are all alike (one image) differ by the sums' rounding
+    # alone: no spread to test against.
+    if not error > RELATIVE_ROUNDING * np.nanmax(np.abs(values)):
+        error = 0.0
+    p_value = (float(stats.norm.sf(difference / error))
+               if error > 0 and np.isfinite(difference) else float('nan'))
+    return Change(difference, error, p_value)
 
 
 def compare_with_best(labels: Sequence[str], values: np.ndarray, higher: bool,

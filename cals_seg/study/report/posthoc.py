@@ -9,14 +9,18 @@ ECE beyond noise: the one-sided paired test of
 the records hold their sums) rejects "no rise" at ``alpha / k``, ``k`` the
 number of (row, metric) pairs tested, so that a false flag anywhere in a table
 has probability at most ``alpha``.
+
+:func:`one_model_flags` applies the same rule to one model's saved logits
+(``tools/calib_eval.py``), where the test images are the only noise.
 """
-from typing import List, Optional
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..statistics import ALPHA, Change, paired_change
+from ...functional.image_sums import metrics_from_sums
+from ..statistics import ALPHA, Change, image_change, paired_change
 from .rows import RAW, Row
-from .verdicts import candidates_of, image_replicates
+from .verdicts import candidates_of, image_replicates, resampled
 
 POOLED = (('ECE', 'ECE'), ('NLL', 'NLL'))
 LOCAL = (('ECE_boundary', 'boundary ECE'), ('fg/ECE', 'fg ECE'))
@@ -54,9 +58,63 @@ def posthoc_flags(rows: List[Row], alpha: float = ALPHA) -> List[str]:
             change = local_change(raw, row, key)
             if change is None or not change.p_value < alpha / tests:
                 continue
-            flags.append(
-                f'{row.label} lowers the pooled {" and ".join(improved)} of '
-                f'{raw.label} but raises its {name} by {change.difference:.2f} '
-                f'± {change.standard_error:.2f} (paired one-sided p = '
-                f'{change.p_value:.2g}, beyond noise at {alpha:g} / {tests})')
+            flags.append(flag_sentence(row.label, raw.label, improved, name,
+                                       change, f'{alpha:g} / {tests}'))
     return flags
+
+
+def flag_sentence(label: str, raw_label: str, improved: Sequence[str], name: str,
+                  change: Change, level: str) -> str:
+    """What a flag says: the pooled metrics that improved, the local one that
+    rose, by how much and at what level."""
+    return (f'{label} lowers the pooled {" and ".join(improved)} of {raw_label} '
+            f'but raises its {name} by {change.difference:.2f} ± '
+            f'{change.standard_error:.2f} (paired one-sided p = '
+            f'{change.p_value:.2g}, beyond noise at {level})')
+
+
+def one_model_flags(image_sums: Dict[str, np.ndarray], raw: str,
+                    shape: Tuple[int, int], local: Sequence[Tuple[str, str]] = LOCAL,
+                    alpha: float = ALPHA) -> Dict[str, dict]:
+    """The rule on one model: each calibrated output against the raw one on the
+    same test images, the images resampled (:func:`image_change`), Bonferroni
+    over every (calibrator, local metric) pair.
+
+    Args:
+        image_sums (dict): ``(images, K)`` per-image sums
+            (:func:`cals_seg.functional.image_sums.image_row`) by output name,
+            the same images in every output; ``raw`` among them.
+        raw (str): the uncalibrated output's name.
+        shape (tuple): ``(bins, classes)`` of the sums.
+        local (sequence): ``(metric key, name)`` of the local metrics to test
+            (leave fg ECE out where the foreground is every class).
+        alpha (float): the chance of any false flag.
+
+    Returns:
+        dict: per calibrated output, ``improved`` (the pooled metrics it
+        lowered), ``local`` (per metric key: ``before``, ``after``, ``change``,
+        ``standard_error``, ``p_value``, ``flagged``) and ``flags`` (the
+        sentences of :func:`flag_sentence`).
+    """
+    names = [name for name in image_sums if name != raw]
+    tests = max(len(names) * len(local), 1)
+    stack = np.stack([image_sums[name] for name in [raw] + names])[:, None]
+    totals = metrics_from_sums(stack.sum(axis=2)[:, 0], *shape)
+    results = {}
+    for index, name in enumerate(names, start=1):
+        improved = [pretty for key, pretty in POOLED
+                    if totals[key][index] < totals[key][0]]
+        entry = dict(improved=improved, local={}, flags=[])
+        for key, pretty in local:
+            replicates = resampled(stack[[0, index]], shape, key)[:, :, 0]
+            change = image_change(totals[key][[0, index]], replicates)
+            flagged = bool(improved) and change.p_value < alpha / tests
+            entry['local'][key] = dict(
+                before=float(totals[key][0]), after=float(totals[key][index]),
+                change=change.difference, standard_error=change.standard_error,
+                p_value=change.p_value, flagged=flagged)
+            if flagged:
+                entry['flags'].append(flag_sentence(
+                    name, raw, improved, pretty, change, f'{alpha:g} / {tests}'))
+        results[name] = entry
+    return results

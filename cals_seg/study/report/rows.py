@@ -80,6 +80,17 @@ class Row(NamedTuple):
     def values(self, metric: str) -> np.ndarray:
         return np.array([t[metric] for t in self.test()], dtype=float)
 
+    def accuracy_change(self) -> Optional[np.ndarray]:
+        """Per seed, the pixel accuracy (``aAcc``, percent) of a calibrator's
+        output less its model's raw one: not 0 where the calibrator changed the
+        argmax. None for a raw row, or records without ``aAcc``."""
+        if self.output == RAW or any('aAcc' not in r['test'][RAW] or
+                                     'aAcc' not in r['test'][self.output]
+                                     for r in self.records):
+            return None
+        return np.array([r['test'][self.output]['aAcc'] - r['test'][RAW]['aAcc']
+                         for r in self.records])
+
     def image_sums(self) -> Tuple[Optional[np.ndarray], Tuple[int, int]]:
         """``(seeds, images, K)`` each test image's sums of the verdict metrics
         (raw's where this output's fit was undone on a seed) and (bins,

@@ -10,11 +10,16 @@ from .rows import COLUMNS, RAW, SET_COLUMNS, SHIFT_METRICS, Row, cell, equals
 from .verdicts import candidates_of, find_leaders, verdict
 
 
+# Points of pixel accuracy below which a calibrator kept the argmax (float
+# rounding of aAcc).
+ACCURACY_TOLERANCE = 1e-6
+
+
 def domain_table(rows: List[Row], ce: Optional[Row], lines: List[str]) -> List[str]:
     """The in-domain table; returns the notes it needs."""
     headers = [h for _, h, _ in COLUMNS]
-    lines += ['| method | seeds | ' + ' | '.join(headers) + ' | train min | '
-              'eval min |', '| --- ' * (len(COLUMNS) + 4) + '|']
+    lines += ['| method | seeds | ' + ' | '.join(headers) + ' | pixel acc change | '
+              'train min | eval min |', '| --- ' * (len(COLUMNS) + 5) + '|']
     notes = []
     for row in rows:
         flags = []
@@ -26,6 +31,9 @@ def domain_table(rows: List[Row], ce: Optional[Row], lines: List[str]) -> List[s
         if row.missing:
             flags.append(f'{row.missing} of {len(row.records) + row.missing} seeds '
                          'missing: in no verdict')
+        accuracy = row.accuracy_change()
+        if accuracy is not None and np.any(np.abs(accuracy) > ACCURACY_TOLERANCE):
+            flags.append('changes the argmax')
         label = row.label + (f' ({"; ".join(flags)})' if flags else '')
         minutes = ['' if row.output != RAW else
                    f'{np.mean([r["minutes"].get(part, 0) for r in row.records]):.1f}'
@@ -34,7 +42,8 @@ def domain_table(rows: List[Row], ce: Optional[Row], lines: List[str]) -> List[s
                  else len(row.records))
         lines.append(f'| {label} | {seeds} | ' +
                      ' | '.join(cell(row.shown(row.values(k))) for k, _, _ in COLUMNS)
-                     + f' | {" | ".join(minutes)} |')
+                     + f' | {"" if accuracy is None else cell(accuracy)}'
+                     f' | {" | ".join(minutes)} |')
         if flags and flags[0] == '= CE' and row.output == RAW:
             notes.append(f'{row.label} equals CE on every number and seed.')
     return notes
