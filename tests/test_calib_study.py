@@ -754,19 +754,47 @@ def test_plan_names_missing_data_before_anything_trains(tmp_path, data_root):
 
 
 def test_estimate_counts_the_schedule_the_rounds_and_every_evaluated_image():
-    from cals_seg.study.plan import Probe, estimate
+    from cals_seg.study.plan import CalibratorProbe, Probe, estimate
     cfg = Config(dict(train_cfg=dict(max_iters=1200), custom_hooks=[
         dict(type='CALSMultiplierHook', source='holdout', rounds=100)]))
     images = dict(test=40, train=21, holdout=20, selection=19, domain=40)
     settings = dict(posthoc=['ts'], corruptions=['fog'] * 15, severities=[3, 5])
-    train, evaluate = estimate(cfg, Probe(0.5, 0.2), images, settings)
-    # 1200 iterations and 100 rounds over the 20 hold-out images; the test,
-    # hold-out, selection, 30 corrupted and domain passes, and the calibrators'
-    # hold-out pass.
+    # TS adds 0.01 s to each image it is applied to; VS timed but not asked
+    # for; LTS fits on crops.
+    found = Probe(0.5, 0.2, dict(ts=CalibratorProbe(0.01, False),
+                                 vs=CalibratorProbe(1.0, False),
+                                 lts=CalibratorProbe(0.02, True)))
+    train, evaluate = estimate(cfg, found, images, settings)
+    # 1200 iterations and 100 rounds over the 20 hold-out images.
     assert train == pytest.approx((1200 * 0.5 + 100 * 20 * 0.2) / 60)
-    assert evaluate == pytest.approx((40 + 20 + 19 + 40 * 30 + 40 + 20) * 0.2 / 60)
+    # TS applied to the test, selection (conformal sets: 19 >= 10 images), 30
+    # corrupted and domain passes; raw passes: those, the hold-out and selection
+    # parts' own numbers and the hold-out pass TS's pixels are sampled in.
+    calibrated = 40 + 19 + 40 * 30 + 40
+    assert evaluate == pytest.approx(((calibrated + 20 + 19 + 20) * 0.2
+                                      + 0.01 * calibrated) / 60)
+    # Measuring the sets costs 0.05 s per image and output (raw and TS) on the
+    # test split, corrupted passes and shifted domain.
+    with_sets = estimate(cfg, found._replace(sets_s=0.05), images, settings)[1]
+    assert with_sets - evaluate == pytest.approx(0.05 * 2 * (40 + 40 * 30 + 40) / 60)
+    # LTS samples crops in a pass of its own; too small a selection part
+    # calibrates no sets.
+    images['selection'] = 9
+    both = estimate(cfg, found._replace(sets_s=0.05), images,
+                    dict(settings, posthoc=['ts', 'lts']))[1]
+    calibrated = 40 + 40 * 30 + 40
+    assert both == pytest.approx(((calibrated + 20 + 9 + 2 * 20) * 0.2
+                                  + (0.01 + 0.02) * calibrated) / 60)
+    # Without a probe of the calibrators (SLURM) the hold-out pass is still
+    # counted.
+    images['selection'] = 19
+    assert estimate(cfg, Probe(0.5, 0.2), images, dict(settings, corruptions=[]))[1] \
+        == pytest.approx((40 + 19 + 40 + 20 + 19 + 20) * 0.2 / 60)
     cfg.custom_hooks = [dict(type='CALSMultiplierHook', source='train', interval=10)]
-    assert estimate(cfg, Probe(0.5, 0.2), images, settings)[0] == pytest.approx(10)
+    assert estimate(cfg, found, images, settings)[0] == pytest.approx(10)
+    # A training process's own cost (start, build, checkpoint) counts once.
+    assert estimate(cfg, found._replace(startup_s=30.0), images, settings)[0] == \
+        pytest.approx(10.5)
 
 
 def test_the_probe_loads_no_pretrained_weights():

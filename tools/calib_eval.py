@@ -318,7 +318,8 @@ class _ImageSums:
     flags (:func:`one_model_flags`)."""
 
     def __init__(self, context: dict, num_bins: int, boundary_width: int):
-        self.context, self.num_bins, self.boundary_width = context, num_bins, boundary_width
+        self.context, self.num_bins = context, num_bins
+        self.boundary_width = boundary_width
         self.rows: List[np.ndarray] = []
 
     def __call__(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
@@ -352,7 +353,8 @@ def _local_flags(image_sums: Dict[str, _ImageSums], context: dict,
     logits' (:func:`one_model_flags`); fg ECE only where the foreground is not
     every class that pooled ECE counts."""
     local = [(key, name) for key, name in LOCAL
-             if key != 'fg/ECE' or context['background'] != context['excluded']]
+             if key != 'fg/ECE'
+             or set(context['background']) != set(context['excluded'])]
     sums = {name: np.stack(collector.rows) for name, collector in image_sums.items()}
     return one_model_flags(sums, UNCALIBRATED,
                            (num_bins, len(context['class_names'])), local)
@@ -362,8 +364,8 @@ def _local_table(flags: Dict[str, dict]) -> str:
     """Each calibrator's change of the local metrics, and its flags."""
     keys = list(next(iter(flags.values()))['local'])
     names = dict(LOCAL)
-    lines = [f'local change from {UNCALIBRATED} (± image-bootstrap standard error): '
-             + ', '.join(names[key] for key in keys)]
+    lines = [f'local change from {UNCALIBRATED}, pooled over pixels (± image-'
+             'bootstrap standard error): ' + ', '.join(names[key] for key in keys)]
     for name, entry in flags.items():
         cells = [f'{c["change"]:+.2f} ± {c["standard_error"]:.2f}'
                  for c in entry['local'].values()]
@@ -426,11 +428,13 @@ def run(args) -> dict:
         report['conformal'] = {name: totals.conformal.to_dict()
                                for name, totals in set_totals.items()}
 
-    image_sums = {name: _ImageSums(context, args.bins, args.boundary_width)
-                  for name in names}
-    observers = [image_sums[name] for name in names]
+    # Each image's sums, for the local flags: only where there is a calibrator.
+    image_sums = ({name: _ImageSums(context, args.bins, args.boundary_width)
+                   for name in names} if len(names) > 1 else {})
+    observers = [image_sums.get(name) for name in names]
     if set_totals:
-        observers = [_both(first, set_totals[name].update)
+        observers = [set_totals[name].update if first is None else
+                     _both(first, set_totals[name].update)
                      for first, name in zip(observers, names)]
     totals = CalibrationTotals(num_classes, args.bins, DEFAULT_NUM_CELLS,
                                args.reduction, args.cece_classes)
@@ -448,7 +452,7 @@ def run(args) -> dict:
         result['accuracy change'] = (result['accuracy'] -
                                      pixel_accuracy(results[0].pooled))
     print(_table(decoded))
-    if len(names) > 1:
+    if image_sums:
         flags = _local_flags(image_sums, context, args.bins)
         report['local'] = flags
         for name, entry in flags.items():

@@ -5,8 +5,9 @@ reads checked, and its cost estimated from a probe.
 - :func:`check_data` finds what would fail after a run trained: a split whose
   data root, image list or folders are missing, an empty split, a sample that
   does not load, a shifted domain in another layout.
-- :func:`probe` times a few training iterations of a base config and the
-  evaluation of one test image, on this machine.
+- :func:`probe` times a few training iterations of a base config, the
+  evaluation of one test image, what each post-hoc calibrator and the conformal
+  sets add to it, on this machine.
 - :func:`estimate` turns a probe into minutes for one run; :func:`summary`
   prints the plan.
 """
@@ -22,6 +23,7 @@ import tempfile
 import time
 from typing import Dict, List, NamedTuple, Optional, Sequence
 
+from ..functional.conformal import minimum_images
 from .finetune import without_pretrained
 
 PROBE_ITERATIONS = 8
@@ -33,10 +35,23 @@ class PlanError(ValueError):
     config and the missing path."""
 
 
+class CalibratorProbe(NamedTuple):
+    """What a post-hoc calibrator adds to one evaluated image, in seconds;
+    ``spatial``: it fits on crops, sampled in a pass of their own."""
+    image_s: float
+    spatial: bool
+
+
 class Probe(NamedTuple):
-    """Seconds one training iteration and one evaluated test image take here."""
+    """Seconds one training iteration and one evaluated test image take here,
+    each post-hoc calibrator's costs by short name, what measuring the
+    conformal sets adds to an evaluated image, per output, and what a training
+    process costs besides its iterations."""
     iteration_s: float
     image_s: float
+    calibrators: Dict[str, CalibratorProbe] = {}
+    sets_s: float = 0.0
+    startup_s: float = 0.0  # a training's seconds besides its iterations
 
 
 class PlannedRun(NamedTuple):
@@ -116,11 +131,13 @@ def check_data(cfg, run: str, domain_root: Optional[str] = None) -> Dict[str, in
     return counts
 
 
-def probe(cfg, name: str, repo: str, threads: Optional[int], device: str) -> Probe:
+def probe(cfg, name: str, repo: str, threads: Optional[int], device: str,
+          posthoc: Sequence[str] = ()) -> Probe:
     """Time :data:`PROBE_ITERATIONS` training iterations of ``cfg`` (its own
-    process, ``tools/train.py``, as a run trains) and one test image's
-    evaluation, from random weights: the cost does not depend on them, and
-    pretrained ones may have to be downloaded.
+    process, ``tools/train.py``, as a run trains), one test image's
+    evaluation and each ``posthoc`` calibrator (:func:`probe_calibrators`),
+    from random weights: the cost does not depend on them, and pretrained ones
+    may have to be downloaded.
 
     Args:
         cfg (Config): a resolved training config (the base config's CE run).
@@ -128,6 +145,7 @@ def probe(cfg, name: str, repo: str, threads: Optional[int], device: str) -> Pro
         repo (str): the repository whose tools/train.py runs.
         threads (int, optional): OMP threads, as the study gives each run.
         device (str): where the image is evaluated.
+        posthoc (sequence[str]): short names of the calibrators to time.
     """
     import torch
     from mmengine.registry import init_default_scope
@@ -155,9 +173,11 @@ def probe(cfg, name: str, repo: str, threads: Optional[int], device: str) -> Pro
                    os.environ.get('PYTHONPATH', ''))
         if threads:
             env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+        start = time.perf_counter()
         result = subprocess.run([sys.executable, osp.join(repo, 'tools', 'train.py'),
                                  config, '--work-dir', work_dir], env=env,
                                 capture_output=True, text=True)
+        wall_s = time.perf_counter() - start
         if result.returncode != 0:
             raise PlanError(f'the probe of {name} failed:\n'
                             f'{result.stderr[-2000:]}')
@@ -165,6 +185,9 @@ def probe(cfg, name: str, repo: str, threads: Optional[int], device: str) -> Pro
     if len(times) <= PROBE_WARMUP:
         raise PlanError(f'the probe of {name} logged no iteration times')
     iteration_s = statistics.median(times[PROBE_WARMUP:])
+    # What a training costs besides its iterations: the process, the model and
+    # the loaders built, a checkpoint written (a short fine-tuning is mostly this).
+    startup_s = max(wall_s - sum(times), 0.0)
     threads_before = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
@@ -178,12 +201,71 @@ def probe(cfg, name: str, repo: str, threads: Optional[int], device: str) -> Pro
         start = time.perf_counter()
         evaluate_split(model, batch, head.num_classes)
         image_s = time.perf_counter() - start
+        calibrators = probe_calibrators(model, loader, head, posthoc, image_s)
+        sets_s = probe_sets(model, loader, head, batch)
     except Exception as error:  # named with the config it came from
         raise PlanError(f'the probe of {name} failed to evaluate an image on '
                         f'{device}: {type(error).__name__}: {error}') from error
     finally:
         torch.set_num_threads(threads_before)
-    return Probe(iteration_s, image_s)
+    return Probe(iteration_s, image_s, calibrators, sets_s, startup_s)
+
+
+def probe_sets(model, loader, head, batch: list) -> float:
+    """Seconds the conformal sets of the raw output add to the evaluation of
+    the image in ``batch``: sets calibrated, for timing only, on the first
+    images of ``loader`` repeated to the fewest the study's risk needs."""
+    from torch.utils.data import DataLoader, Subset
+    from ..evaluation.split_report import calibrate_sets, evaluate_split
+    from .evaluate import CONFORMAL_ALPHA
+    count = len(loader.dataset)
+    repeated = DataLoader(
+        Subset(loader.dataset, [i % count for i in range(minimum_images(
+            CONFORMAL_ALPHA))]), batch_size=1, collate_fn=loader.collate_fn)
+    ignore_index = getattr(head, 'ignore_index', 255)
+    sets = calibrate_sets(model, repeated, None, head.num_classes, CONFORMAL_ALPHA,
+                          ignore_index)
+    times = {}
+    for with_sets in (True, False, True, False):  # the second of each counts
+        start = time.perf_counter()
+        evaluate_split(model, batch, head.num_classes, ignore_index=ignore_index,
+                       sets=sets if with_sets else None)
+        times[with_sets] = time.perf_counter() - start
+    return max(times[True] - times[False], 0.0)
+
+
+def probe_calibrators(model, loader, head, names: Sequence[str],
+                      image_s: float) -> Dict[str, CalibratorProbe]:
+    """What each calibrator adds to the evaluation of the first image of
+    ``loader``, timed on the identity (applying one costs the same fitted or
+    not). Fits are not timed: their iterations' fixed overheads dominate on
+    small hold-out parts, so two images tell little of a run's, and a probe
+    that fitted each calibrator would take minutes before every study.
+
+    Args:
+        model: the segmentor.
+        loader (DataLoader): the test split's.
+        head: its prediction head (``num_classes``, ``ignore_index``).
+        names (sequence[str]): calibrators' short names.
+        image_s (float): one image's evaluation without calibrators.
+    """
+    from ..calibrators import SHORT_NAMES
+    from ..evaluation.split_report import evaluate_split
+    first = [next(iter(loader))]
+    found = {}
+    for name in names:
+        calibrator = SHORT_NAMES[name](head.num_classes).to(
+            next(model.parameters()).device)
+        calibrator.identity()
+        calibrator.eval()
+        times = []
+        for _ in range(2):  # the first call warms the calibrator up
+            start = time.perf_counter()
+            evaluate_split(model, first, head.num_classes, {name: calibrator},
+                           ignore_index=getattr(head, 'ignore_index', 255))
+            times.append(time.perf_counter() - start)
+        found[name] = CalibratorProbe(max(times[-1] - image_s, 0.0), calibrator.spatial)
+    return found
 
 
 def _scalars(work_dir: str) -> List[dict]:
@@ -198,14 +280,22 @@ def _scalars(work_dir: str) -> List[dict]:
 def estimate(cfg, found: Probe, images: Dict[str, int], settings: dict) -> tuple:
     """Estimated (training, evaluation) minutes of one run.
 
-    Training: the probe's iteration time times the schedule's iterations, plus
-    a multiplier hook's hold-out rounds (each a pass over the hold-out images).
+    Training: the probe's process cost besides its iterations, and its
+    iteration time times the schedule's iterations, plus a multiplier hook's
+    hold-out rounds (each a pass over the hold-out images).
     Evaluation: one image's time times the images the run's evaluation reads:
     the test split, hold-out and selection parts, every corrupted pass and the
-    shifted domain, with the hold-out part once more when calibrators are fitted.
+    shifted domain, with the hold-out part once more when calibrators are fitted;
+    the selection part once more for the conformal sets (where it holds
+    enough images); per calibrator, what it adds to each image it is applied
+    to (the test split, the sets' pass, every corrupted pass and the shifted
+    domain: an upper bound for the sets' pass, which computes no statistics);
+    and, where sets are calibrated, their measurement on every output of the
+    test split, corrupted passes and shifted domain. The calibrators' fits are
+    left out (:func:`probe_calibrators`).
     """
     iterations = cfg.train_cfg.max_iters
-    train_s = found.iteration_s * iterations
+    train_s = found.startup_s + found.iteration_s * iterations
     for hook in cfg.get('custom_hooks') or []:
         if hook.get('type') == 'CALSMultiplierHook' and hook.get('source') == 'holdout':
             interval = hook.get('interval')
@@ -213,12 +303,32 @@ def estimate(cfg, found: Probe, images: Dict[str, int], settings: dict) -> tuple
                       else iterations // interval if isinstance(interval, int)
                       else 0)  # 'epoch': not known before the data is read
             train_s += rounds * images.get('holdout', 0) * found.image_s
-    passes = (images['test'] + images.get('holdout', 0) + images.get('selection', 0)
-              + images['test'] * len(settings['corruptions']) * len(settings['severities'])
-              + images.get('domain', 0))
-    if settings['posthoc']:
-        passes += images.get('holdout', 0)
-    return train_s / 60, passes * found.image_s / 60
+    from .evaluate import CONFORMAL_ALPHA  # the evaluation stack: imported late
+    holdout, selection = images.get('holdout', 0), images.get('selection', 0)
+    # The conformal sets every run reports are calibrated on the selection
+    # part, when it holds enough images.
+    sets = selection if selection >= minimum_images(CONFORMAL_ALPHA) else 0
+    # Images each calibrator is applied to: the test split, the sets' pass, every
+    # corrupted pass and the shifted domain.
+    calibrated = (images['test'] + sets
+                  + images['test'] * len(settings['corruptions'])
+                  * len(settings['severities']) + images.get('domain', 0))
+    # Raw passes: those, and the hold-out and selection parts' own numbers.
+    passes = calibrated + holdout + selection
+    evaluate_s = 0.0
+    costs = [found.calibrators[name] for name in settings['posthoc']
+             if name in found.calibrators]
+    # The hold-out part is read once for the pixels the pixel-wise calibrators
+    # fit on, and once for the spatial ones' crops.
+    kinds = {cost.spatial for cost in costs} or ({False} if settings['posthoc']
+                                                   else set())
+    passes += holdout * len(kinds)
+    # Sets measured for the raw output and each calibrator's on the test split,
+    # every corrupted pass and the shifted domain.
+    if sets:
+        evaluate_s += found.sets_s * (1 + len(costs)) * (calibrated - sets)
+    evaluate_s += sum(cost.image_s for cost in costs) * calibrated
+    return train_s / 60, (passes * found.image_s + evaluate_s) / 60
 
 
 def summary(runs: Sequence[PlannedRun], jobs: int, device: str) -> List[str]:

@@ -212,7 +212,8 @@ class Study:
             elif self.args.launcher != 'slurm':  # a login node is not a node
                 if spec.config not in probes:
                     probes[spec.config] = probe(cfg, spec.config, self.repo,
-                                                self.threads, self.args.device)
+                                                self.threads, self.args.device,
+                                                self.args.posthoc)
                 train_min, evaluate_min = estimate(cfg, probes[spec.config],
                                                    checked[spec.config], settings)
                 if action == 'evaluate':

@@ -107,7 +107,8 @@ def one_model_flags(image_sums: Dict[str, np.ndarray], raw: str,
         entry = dict(improved=improved, local={}, flags=[])
         for key, pretty in local:
             replicates = resampled(stack[[0, index]], shape, key)[:, :, 0]
-            change = image_change(totals[key][[0, index]], replicates)
+            change = image_change(totals[key][[0, index]], replicates,
+                                  stack.shape[2])
             flagged = bool(improved) and change.p_value < alpha / tests
             entry['local'][key] = dict(
                 before=float(totals[key][0]), after=float(totals[key][index]),
